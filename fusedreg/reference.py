@@ -1,0 +1,119 @@
+"""The "torch" backend: pure PyTorch, any device, and the oracle every native kernel is tested against.
+
+Each tensor is lifted to opmath (fp64 for fp64 params, else fp32), updated out of place in torch.optim's order,
+and written back once. Scalar factors are formed in double on the host and rounded to opmath once, the same
+way the native kernels form them, so the exact-zero patterns agree at the threshold.
+"""
+import math
+
+import torch
+
+
+def opmath(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _skip(found_inf):
+    return found_inf is not None and bool(found_inf.item())
+
+
+def _grad(p, g, grad_scale, maximize, l1, l1_subgradient, weight_decay):
+    """The gradient after AMP unscaling, maximize, subgradient L1 and coupled weight decay."""
+    g = g.to(p.dtype)
+    if grad_scale is not None:
+        g = g / grad_scale.to(device=g.device, dtype=g.dtype)
+    if maximize:
+        g = -g
+    if l1 != 0 and l1_subgradient:
+        g = g + l1 * torch.sign(p)
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    return g
+
+
+def prox(v, step, denom, l1, l1_subgradient, l2, l0, nonneg):
+    """Proximal penalties on v with per-element step step/denom (denom is 1 for SGD)."""
+    dt = v.dtype
+    if l1 != 0 and not l1_subgradient:
+        thr = _scalar(step * l1, dt) / denom
+        v = torch.sign(v) * torch.clamp_min(v.abs() - thr, 0)
+    if l2 != 0:
+        v = v / (1 + _scalar(step * l2, dt) / denom)
+    if l0 != 0:
+        v = torch.where(v.abs() <= torch.sqrt(_scalar(2 * step * l0, dt) / denom), torch.zeros_like(v), v)
+    if nonneg:
+        v = torch.clamp_min(v, 0)
+    return v
+
+
+def _scalar(x, dtype):
+    # Round a host double to opmath once, as a 0-dim tensor so torch does not re-promote it.
+    return torch.tensor(x, dtype=dtype)
+
+
+def _penalties(l1, l1_subgradient, l2, l0, nonneg):
+    return dict(l1=l1, l1_subgradient=l1_subgradient, l2=l2, l0=l0, nonneg=nonneg)
+
+
+def sgd_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
+         l1, l1_subgradient, l2, l0, nonneg, grad_scale=None, found_inf=None):
+    if _skip(found_inf):
+        return
+    pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        dt = opmath(param.dtype)
+        p = param.to(dt)
+        g = _grad(p, grad.to(dt), grad_scale, maximize, l1, l1_subgradient, weight_decay)
+        if momentum != 0:
+            buf = momentum_buffers[i]
+            b = g if first_step else buf.to(dt) * _scalar(momentum, dt) + _scalar(1 - dampening, dt) * g
+            buf.copy_(b)
+            g = g + _scalar(momentum, dt) * b if nesterov else b
+        p = p - _scalar(lr, dt) * g
+        param.copy_(prox(p, lr, 1, **pen))
+
+
+def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
+          weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg,
+          grad_scale=None, found_inf=None):
+    if _skip(found_inf):
+        return
+    pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        dt = opmath(param.dtype)
+        p = param.to(dt)
+        g = _grad(p, grad.to(dt), grad_scale, maximize, l1, l1_subgradient, 0 if decoupled else weight_decay)
+        if decoupled and weight_decay != 0:
+            p = p * _scalar(1 - lr * weight_decay, dt)
+        state_steps[i].add_(1)
+        step = float(state_steps[i].item())
+        m = torch.lerp(exp_avgs[i].to(dt), g, _scalar(1 - beta1, dt))
+        v = exp_avg_sqs[i].to(dt) * _scalar(beta2, dt) + _scalar(1 - beta2, dt) * g * g
+        exp_avgs[i].copy_(m)
+        exp_avg_sqs[i].copy_(v)
+        if amsgrad:
+            v = torch.maximum(max_exp_avg_sqs[i].to(dt), v)
+            max_exp_avg_sqs[i].copy_(v)
+        bc1 = 1 - beta1 ** step
+        bc2_sqrt = math.sqrt(1 - beta2 ** step)
+        denom = torch.sqrt(v) / _scalar(bc2_sqrt, dt) + _scalar(eps, dt)
+        p = p - _scalar(lr / bc1, dt) * (m / denom)
+        param.copy_(prox(p, lr, denom, **pen))
+
+
+def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
+             l1, l1_subgradient, l2, l0, nonneg, grad_scale=None, found_inf=None):
+    if _skip(found_inf):
+        return
+    pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        dt = opmath(param.dtype)
+        p = param.to(dt)
+        g = _grad(p, grad.to(dt), grad_scale, maximize, l1, l1_subgradient, weight_decay)
+        state_steps[i].add_(1)
+        clr = lr / (1 + (float(state_steps[i].item()) - 1) * lr_decay)
+        s = state_sums[i].to(dt) + g * g
+        state_sums[i].copy_(s)
+        denom = torch.sqrt(s) + _scalar(eps, dt)
+        p = p - _scalar(clr, dt) * (g / denom)
+        param.copy_(prox(p, clr, denom, **pen))
