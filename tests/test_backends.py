@@ -1,0 +1,65 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fusedreg
+from fusedreg import backends
+
+
+def test_available_and_explain_agree():
+    info = backends.explain()
+    assert set(info) == set(backends.NAMES)
+    assert backends.available() == [b for b in backends.NAMES if info[b] == "available"]
+    assert "torch" in backends.available()
+    for name, why in info.items():
+        assert why == "available" or len(why) > 10, name
+
+
+def test_unknown_backend_is_a_value_error_listing_choices():
+    with pytest.raises(ValueError, match=r"'numpy'.*auto.*cuda.*triton.*cpp.*torch"):
+        backends.resolve("numpy", torch.device("cpu"))
+
+
+def test_unavailable_backend_says_why():
+    missing = [b for b in backends.NAMES if b not in backends.available()]
+    assert missing, "this machine has no CUDA device, so at least 'cuda' is missing"
+    for name in missing:
+        with pytest.raises(RuntimeError, match=f"backend '{name}' is not available: .+"):
+            backends.resolve(name, torch.device("cpu"))
+
+
+def test_auto_prefers_the_cpp_extension_on_cpu():
+    expected = "cpp" if "cpp" in backends.available() else "torch"
+    assert backends.resolve("auto", torch.device("cpu")) == expected
+
+
+def test_env_var_replaces_auto(monkeypatch):
+    monkeypatch.setenv("FUSEDREG_BACKEND", "torch")
+    assert backends.resolve("auto", torch.device("cpu")) == "torch"
+    assert backends.resolve("torch", torch.device("cpu")) == "torch"
+    monkeypatch.setenv("FUSEDREG_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="bogus"):
+        backends.resolve("auto", torch.device("cpu"))
+
+
+def test_import_without_the_extension_falls_back_with_one_warning():
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "import fusedreg, torch\n"
+            "print(fusedreg.backends.available()); print(fusedreg.backends.explain()['cpp'])\n"
+            "p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3)\n"
+            "fusedreg.SGD([p], lr=0.5, l1=1.0).step(); print(p.tolist())\n")
+    env = dict(os.environ, FUSEDREG_NO_EXT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert "'cpp'" not in lines[0] and "'torch'" in lines[0]
+    assert "FUSEDREG_NO_EXT=1" in lines[1]
+    assert lines[2] == "[0.0, 0.0, 0.0]"  # 1 - 0.5, then soft-threshold by 0.5
+
+
+def test_the_op_runs_the_reference_where_no_native_kernel_is_registered():
+    # The "default" kernel of every op is the reference; Meta has no native kernel.
+    for op in backends.OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedreg::{op}", "CompositeExplicitAutograd")

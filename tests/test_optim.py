@@ -1,0 +1,371 @@
+"""Foundation suite: torch.optim parity, prox known answers, lasso vs scikit-learn, state_dict interop, groups,
+schedulers, closures and bad input. Every test runs on each backend this install has for CPU tensors."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import fusedreg
+from tolerances import SOLVER, TRAJECTORY, rel_err
+
+SGD_CONFIGS = [
+    dict(lr=0.05),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
+    dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    dict(lr=0.05, momentum=0.5, maximize=True),
+]
+ADAM_CONFIGS = [
+    dict(lr=0.01),
+    dict(lr=0.01, amsgrad=True),
+    dict(lr=0.01, weight_decay=0.05, maximize=True),
+    dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, amsgrad=True),
+]
+PAIRS = ([("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS]
+         + [("AdamW", c) for c in ADAM_CONFIGS])
+
+
+def mlp(dtype, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+
+
+def data(dtype, n=64):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 6, generator=g, dtype=dtype), torch.randn(n, 3, generator=g, dtype=dtype)
+
+
+def train(model, opt, steps=25, loss_extra=None, sched=None):
+    X, y = data(next(model.parameters()).dtype)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((model(X) - y) ** 2).mean()
+        if loss_extra is not None:
+            loss = loss + loss_extra(model)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return flat(model)
+
+
+def flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name,cfg", PAIRS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(PAIRS)])
+def test_matches_torch_optim_without_penalty(name, cfg, dtype, backend):
+    ref_model, our_model = mlp(dtype), mlp(dtype)
+    ref = train(ref_model, getattr(torch.optim, name)(ref_model.parameters(), **cfg))
+    ours_opt = getattr(fusedreg, name)(our_model.parameters(), **cfg, backend=backend)
+    ours = train(our_model, ours_opt)
+    assert rel_err(ours, ref) <= TRAJECTORY[dtype]
+    # State layout and values match torch.optim too.
+    ref_state = getattr(torch.optim, name)(mlp(dtype).parameters(), **cfg)
+    ref_state_model = mlp(dtype)
+    ref_state = getattr(torch.optim, name)(ref_state_model.parameters(), **cfg)
+    train(ref_state_model, ref_state)
+    for p_ref, p_our in zip(ref_state_model.parameters(), our_model.parameters()):
+        s_ref, s_our = ref_state.state[p_ref], ours_opt.state[p_our]
+        assert set(s_our) == set(k for k, v in s_ref.items() if v is not None)
+        for key, value in s_ref.items():
+            if torch.is_tensor(value):
+                assert rel_err(s_our[key], value) <= TRAJECTORY[dtype], key
+
+
+def soft(z, t):
+    return torch.sign(z) * torch.clamp_min(z.abs() - t, 0)
+
+
+def test_soft_threshold_known_answers():
+    from fusedreg.reference import prox
+    v = torch.tensor([3.0, -0.5, -3.0, 1.0, 0.0], dtype=torch.float64)
+    out = prox(v, 1.0, 1, l1=1.0, l1_subgradient=False, l2=0, l0=0, nonneg=False)
+    assert out.tolist() == [2.0, 0.0, -2.0, 0.0, 0.0]
+
+
+def test_one_prox_sgd_step_on_quadratic_is_soft_threshold(backend):
+    # f(w) = 1/2 ||w - z||^2, lr = 1: the gradient step lands on z, the prox on soft(z, l1).
+    z = torch.tensor([3.0, -0.5, 0.25, -2.0, 1.0, 0.0, 7.5], dtype=torch.float64)
+    w = torch.nn.Parameter(torch.randn(7, dtype=torch.float64))
+    opt = fusedreg.SGD([w], lr=1.0, l1=1.0, backend=backend)
+    (0.5 * ((w - z) ** 2).sum()).backward()
+    opt.step()
+    assert torch.equal(w.detach(), soft(z, 1.0))
+    assert w.detach().tolist() == [2.0, 0.0, 0.0, -1.0, 0.0, 0.0, 6.5]
+
+
+def orthonormal_design(n=64, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, d)))
+    X = torch.tensor(q * np.sqrt(n))  # X^T X / n = I
+    w_true = torch.tensor(rng.standard_normal(d) * 2)
+    y = X @ w_true + 0.3 * torch.tensor(rng.standard_normal(n))
+    return X, y
+
+
+def test_lasso_on_orthonormal_design_is_soft_threshold(backend):
+    X, y = orthonormal_design()
+    n, alpha = X.shape[0], 0.7
+    expected = soft(X.T @ y / n, alpha)
+    w = torch.nn.Parameter(torch.zeros(X.shape[1], dtype=torch.float64))
+    opt = fusedreg.SGD([w], lr=1.0, l1=alpha, backend=backend)  # L = 1 here, so one step with lr = 1/L
+    (0.5 * ((X @ w - y) ** 2).mean()).backward()
+    opt.step()
+    assert rel_err(w.detach(), expected) <= 1e-14
+    assert torch.equal(w.detach() == 0, expected == 0)
+    assert (expected == 0).any() and (expected != 0).any()
+
+
+def regression(n=200, d=10, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    X = (X - X.mean(0)) / X.std(0)
+    w = np.zeros(d)
+    w[:4] = [3.0, -2.0, 1.5, 0.5]
+    y = X @ w + 1.0 + 0.5 * rng.standard_normal(n)
+    return X, y
+
+
+def fit_penalized(X, y, opt_name, a, b, steps, **opt_kw):
+    """Full-batch fit of 1/(2n)||y - Xw - c||^2 + a||w||_1 + b/2||w||^2, intercept c unpenalized."""
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    w = torch.nn.Parameter(torch.zeros(X.shape[1], dtype=torch.float64))
+    c = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+    groups = [dict(params=[w], l1=a, weight_decay=b), dict(params=[c], l1=0.0, weight_decay=0.0)]
+    opt = getattr(fusedreg, opt_name)(groups, **opt_kw)
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * ((Xt @ w + c - yt) ** 2).mean()).backward()
+        opt.step()
+    return w.detach().numpy(), c.item()
+
+
+def sklearn_fit(X, y, a, b, **kw):
+    from sklearn.linear_model import ElasticNet
+    alpha = a + b
+    model = ElasticNet(alpha=alpha, l1_ratio=a / alpha, tol=1e-12, max_iter=1_000_000, **kw).fit(X, y)
+    return model.coef_, model.intercept_
+
+
+@pytest.mark.parametrize("a,b", [(0.1, 0.0), (0.2, 0.3)], ids=["lasso", "elasticnet"])
+def test_prox_sgd_reaches_sklearn(a, b, backend):
+    X, y = regression()
+    L = np.linalg.norm(np.c_[X, np.ones(len(X))], 2) ** 2 / len(X)
+    w, c = fit_penalized(X, y, "SGD", a, b, steps=500, lr=1 / (L + b), backend=backend)
+    coef, intercept = sklearn_fit(X, y, a, b)
+    assert np.abs(w - coef).max() <= SOLVER and abs(c - intercept) <= SOLVER
+    assert np.array_equal(w == 0, coef == 0) and (coef == 0).any()
+
+
+@pytest.mark.parametrize("a,b", [(0.1, 0.0), (0.2, 0.3)], ids=["lasso", "elasticnet"])
+def test_prox_adam_reaches_sklearn(a, b, backend):
+    X, y = regression()
+    w, c = fit_penalized(X, y, "Adam", a, b, steps=3000, lr=0.01, backend=backend)
+    coef, intercept = sklearn_fit(X, y, a, b)
+    assert np.abs(w - coef).max() <= SOLVER and abs(c - intercept) <= SOLVER
+    assert np.array_equal(w == 0, coef == 0) and (coef == 0).any()
+
+
+@pytest.mark.parametrize("name,cfg", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
+                                      ("Adam", dict(lr=0.01, weight_decay=0.01)),
+                                      ("AdamW", dict(lr=0.01, amsgrad=True))])
+def test_subgradient_mode_equals_penalty_in_the_loss(name, cfg, backend):
+    l1 = 0.01
+    ref_model, our_model = mlp(torch.float64), mlp(torch.float64)
+    ref_opt = getattr(torch.optim, name)(ref_model.parameters(), **cfg)
+    our_opt = getattr(fusedreg, name)(our_model.parameters(), **cfg, l1=l1, l1_mode="subgradient", backend=backend)
+    X, y = data(torch.float64)
+    for _ in range(20):
+        for model, opt, extra in ((ref_model, ref_opt, True), (our_model, our_opt, False)):
+            opt.zero_grad()
+            loss = ((model(X) - y) ** 2).mean()
+            if extra:
+                loss = loss + l1 * sum(p.abs().sum() for p in model.parameters())
+            loss.backward()
+            opt.step()
+        assert rel_err(flat(our_model), flat(ref_model)) <= TRAJECTORY[torch.float64]
+    assert not (flat(our_model) == 0).any()  # subgradient never lands on exact zeros
+
+
+def test_prox_l1_gives_exact_zeros_that_the_loss_penalty_does_not(backend):
+    model, manual = mlp(torch.float32), mlp(torch.float32)
+    train(model, fusedreg.AdamW(model.parameters(), lr=0.02, l1=0.05, backend=backend), steps=40)
+    l1 = 0.05
+    train(manual, torch.optim.AdamW(manual.parameters(), lr=0.02), steps=40,
+          loss_extra=lambda m: l1 * sum(p.abs().sum() for p in m.parameters()))
+    assert (flat(model) == 0).float().mean() > 0.2
+    assert (flat(manual) == 0).sum() == 0
+
+
+@pytest.mark.parametrize("name,cfg", [("SGD", dict(lr=0.05, momentum=0.9)), ("Adam", dict(lr=0.01, amsgrad=True)),
+                                      ("AdamW", dict(lr=0.01)), ("Adagrad", dict(lr=0.05, lr_decay=0.01))])
+def test_state_dict_interop_with_torch_optim(name, cfg, backend):
+    """torch.optim -> fusedreg and fusedreg -> torch.optim mid-run, then identical continuation."""
+    dt = torch.float64
+    straight = mlp(dt)
+    train(straight, getattr(torch.optim, name)(straight.parameters(), **cfg), steps=20)
+    for first, second in ((torch.optim, fusedreg), (fusedreg, torch.optim)):
+        model = mlp(dt)
+        kw = {} if first is torch.optim else dict(backend=backend)
+        opt = getattr(first, name)(model.parameters(), **cfg, **kw)
+        train(model, opt, steps=10)
+        sd = copy.deepcopy(opt.state_dict())
+        kw = {} if second is torch.optim else dict(backend=backend)
+        opt2 = getattr(second, name)(model.parameters(), **cfg, **kw)
+        opt2.load_state_dict(sd)
+        X, y = data(dt)
+        for _ in range(10):
+            opt2.zero_grad()
+            ((model(X) - y) ** 2).mean().backward()
+            opt2.step()
+        assert rel_err(flat(model), flat(straight)) <= TRAJECTORY[dt], f"{first.__name__} -> {second.__name__}"
+
+
+def test_state_dict_round_trip_continues_identically(backend):
+    a, b = mlp(torch.float32), mlp(torch.float32)
+    opt_a = fusedreg.AdamW(a.parameters(), lr=0.01, l1=0.01, amsgrad=True, backend=backend)
+    train(a, opt_a, steps=5)
+    b.load_state_dict(a.state_dict())
+    opt_b = fusedreg.AdamW(b.parameters(), lr=0.5, backend=backend)  # hyperparameters come from the state_dict
+    opt_b.load_state_dict(opt_a.state_dict())
+    assert opt_b.param_groups[0]["l1"] == 0.01 and opt_b.param_groups[0]["lr"] == 0.01
+    train(a, opt_a, steps=5)
+    train(b, opt_b, steps=5)
+    assert torch.equal(flat(a), flat(b))
+
+
+def test_low_precision_state_stays_fp32_through_load_state_dict(backend):
+    model = mlp(torch.bfloat16)
+    opt = fusedreg.Adam(model.parameters(), lr=0.01, backend=backend)
+    train(model, opt, steps=3)
+    sd = copy.deepcopy(opt.state_dict())
+    opt.load_state_dict(sd)
+    for p in model.parameters():
+        assert opt.state[p]["exp_avg"].dtype == torch.float32
+        assert opt.state[p]["step"].dtype == torch.float32
+
+
+def test_param_groups_with_different_penalties(backend):
+    model = mlp(torch.float64)
+    weights = [model[0].weight, model[2].weight]
+    biases = [model[0].bias, model[2].bias]
+    opt = fusedreg.SGD([dict(params=weights, l1=0.05), dict(params=biases, lr=0.01)], lr=0.1, backend=backend)
+    train(model, opt, steps=30)
+    assert all((w == 0).any() for w in weights)
+    assert not any((b == 0).any() for b in biases)
+    # The same run done by hand: torch SGD then soft-threshold of the weights only.
+    ref = mlp(torch.float64)
+    ref_opt = torch.optim.SGD([dict(params=[ref[0].weight, ref[2].weight]),
+                               dict(params=[ref[0].bias, ref[2].bias], lr=0.01)], lr=0.1)
+    X, y = data(torch.float64)
+    for _ in range(30):
+        ref_opt.zero_grad()
+        ((ref(X) - y) ** 2).mean().backward()
+        ref_opt.step()
+        with torch.no_grad():
+            for w in (ref[0].weight, ref[2].weight):
+                w.copy_(soft(w, 0.1 * 0.05))
+    assert rel_err(flat(model), flat(ref)) <= TRAJECTORY[torch.float64]
+
+
+def test_lr_scheduler_and_closure(backend):
+    ref_model, our_model = mlp(torch.float64), mlp(torch.float64)
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9)
+    our_opt = fusedreg.SGD(our_model.parameters(), lr=0.1, momentum=0.9, backend=backend)
+    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10) for o in (ref_opt, our_opt)]
+    X, y = data(torch.float64)
+    for _ in range(15):
+        for model, opt, sched in ((ref_model, ref_opt, scheds[0]), (our_model, our_opt, scheds[1])):
+            def closure(model=model, opt=opt):
+                opt.zero_grad()
+                loss = ((model(X) - y) ** 2).mean()
+                loss.backward()
+                return loss
+            loss = opt.step(closure)
+            assert torch.is_tensor(loss)
+            sched.step()
+    assert our_opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"]
+    assert rel_err(flat(our_model), flat(ref_model)) <= TRAJECTORY[torch.float64]
+
+
+BAD_ARGS = [
+    ("SGD", dict(lr=-0.1), "lr"), ("SGD", dict(lr=0.1, l1=-1.0), "l1"),
+    ("SGD", dict(lr=0.1, weight_decay=-1.0), "weight_decay"), ("SGD", dict(lr=0.1, momentum=-0.5), "momentum"),
+    ("SGD", dict(lr=0.1, nesterov=True), "Nesterov"), ("SGD", dict(lr=0.1, l1_mode="lasso"), "l1_mode"),
+    ("SGD", dict(lr=float("nan")), "lr"),
+    ("Adam", dict(eps=-1e-8), "eps"), ("Adam", dict(betas=(1.0, 0.999)), "beta"),
+    ("AdamW", dict(betas=(0.9, -0.1)), "beta"), ("AdamW", dict(l1=float("nan")), "l1"),
+    ("Adagrad", dict(lr_decay=-1.0), "lr_decay"),
+]
+
+
+@pytest.mark.parametrize("name,kw,match", BAD_ARGS)
+def test_bad_hyperparameters_fail_at_construction(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        getattr(fusedreg, name)(mlp(torch.float32).parameters(), **kw)
+
+
+def test_unknown_backend_lists_choices():
+    model = mlp(torch.float32)
+    opt = fusedreg.SGD(model.parameters(), lr=0.1, backend="tpu")
+    X, y = data(torch.float32)
+    ((model(X) - y) ** 2).mean().backward()
+    before = flat(model).clone()
+    with pytest.raises(ValueError, match="cuda.*triton.*cpp.*torch"):
+        opt.step()
+    assert torch.equal(flat(model), before) and not opt.state
+
+
+def snapshot(model, opt):
+    return flat(model).clone(), copy.deepcopy(opt.state_dict())
+
+
+def assert_untouched(model, opt, snap):
+    assert torch.equal(flat(model), snap[0])
+    sd = opt.state_dict()
+    assert sd["state"].keys() == snap[1]["state"].keys()
+    for k, st in snap[1]["state"].items():
+        for key, v in st.items():
+            assert torch.equal(sd["state"][k][key], v)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad"])
+def test_bad_input_at_step_leaves_params_and_state_untouched(name, backend):
+    model = mlp(torch.float32)
+    opt = getattr(fusedreg, name)(model.parameters(), lr=0.01, backend=backend,
+                                  **(dict(momentum=0.9) if name == "SGD" else {}))
+    train(model, opt, steps=2)
+    X, y = data(torch.float32)
+    ((model(X) - y) ** 2).mean().backward()
+    snap = snapshot(model, opt)
+    # A sparse gradient on the last param: the earlier params must not have been stepped either.
+    model[2].bias.grad = model[2].bias.grad.to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert_untouched(model, opt, snap)
+    model[2].bias.grad = torch.zeros(3)
+    opt.param_groups[0]["lr"] = -1.0  # a group edited into a bad value after construction
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()
+    assert_untouched(model, opt, snap)
+
+
+def test_complex_params_are_rejected():
+    with pytest.raises(ValueError, match="complex"):
+        fusedreg.Adam([torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))])
+
+
+def test_functional_rejects_mismatched_grads_before_touching_anything(backend):
+    params = [torch.ones(4), torch.ones(3)]
+    with pytest.raises(RuntimeError, match="does not match"):
+        fusedreg.functional.sgd(params, [torch.ones(4), torch.ones(5)], [], lr=0.1, backend=backend)
+    with pytest.raises(RuntimeError, match="does not match"):
+        fusedreg.functional.sgd(params, [torch.ones(4), torch.ones(3, dtype=torch.float64)], [], lr=0.1,
+                                backend=backend)
+    with pytest.raises(ValueError, match="momentum_buffers"):
+        fusedreg.functional.sgd(params, [torch.ones(4), torch.ones(3)], [torch.zeros(4)], lr=0.1, momentum=0.9,
+                                backend=backend)
+    assert all(torch.equal(p, torch.ones_like(p)) for p in params)
