@@ -1,0 +1,176 @@
+"""GPU benchmark: one optimizer step over ~168M params in transformer-like shapes, fp32 and bf16 params.
+
+    python bench/bench_gpu.py --out bench_gpu.json      (bench/gpu.sh runs it on the lent GPU machine)
+
+Times are CUDA-event medians over --iters steps after --warmup steps. Compared, per dtype: fusedreg adam_ (CUDA
+kernels; and Triton if fusedreg.triton_ops has an adam_) with decoupled wd + L1 + L2 vs torch AdamW
+fused/foreach, torch fused + a foreach soft-threshold pass, the seeds' way (loss += l1*sum|p|: abs-sum forward,
+backward, torch fused AdamW); fusedreg sgd_ (momentum, L1, wd) vs torch SGD fused/foreach; device-to-device
+copy and a += b for the bandwidth roofline.
+"""
+import argparse
+import json
+import statistics
+
+import torch
+
+import fusedreg._ops  # noqa: F401
+import fusedreg._C  # noqa: F401
+
+LAYERS, D, FF, VOCAB = 16, 1024, 4096, 32768
+SHAPES = ([(VOCAB, D)] + [(FF, D), (D, FF), (3 * D, D), (D, D)] * LAYERS + [(FF,), (D,), (D,), (D,)] * LAYERS)
+LR, WD, L1, L2 = 1e-3, 1e-2, 1e-4, 1e-3
+
+
+def timed(fn, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def setup(dtype, n_states, requires_grad=False):
+    torch.manual_seed(0)
+    params = [torch.randn(s, device="cuda", dtype=dtype).requires_grad_(requires_grad) for s in SHAPES]
+    grads = [torch.randn(s, device="cuda", dtype=dtype) for s in SHAPES]
+    od = torch.float64 if dtype == torch.float64 else torch.float32
+    states = [[torch.zeros(s, device="cuda", dtype=od) for s in SHAPES] for _ in range(n_states)]
+    return params, grads, states
+
+
+def torch_opt(cls, dtype, **kw):
+    params, grads, _ = setup(dtype, 0, requires_grad=True)
+    for p, g in zip(params, grads):
+        p.grad = g
+    return params, cls(params, **kw)
+
+
+def cases(dtype):
+    """name -> (make() -> step fn, bytes/param for the bandwidth column)."""
+    ops = torch.ops.fusedreg
+    esz = torch.finfo(dtype).bits // 8
+    adam_bytes = 3 * esz + 16 if dtype != torch.float32 else 28  # p, g read; p written; m, v read+written fp32
+    sgd_bytes = 3 * esz + 8
+
+    def fused_adam(fn):
+        def make():
+            p, g, (m, v) = setup(dtype, 2)
+            steps = [torch.zeros((), device="cuda") for _ in p]
+            return lambda: fn(p, g, m, v, [], steps, LR, 0.9, 0.999, 1e-8, WD, True, False, False, L1, False, L2,
+                              0.0, False, None, None)
+        return make
+
+    def adamw(**kw):
+        def make():
+            _, opt = torch_opt(torch.optim.AdamW, dtype, lr=LR, weight_decay=WD, **kw)
+            return opt.step
+        return make
+
+    def fused_then_threshold():
+        params, opt = torch_opt(torch.optim.AdamW, dtype, lr=LR, weight_decay=WD, fused=True)
+        t = LR * L1
+
+        def step():
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_sub_(params, torch._foreach_clamp_max(torch._foreach_clamp_min(params, -t), t))
+        return step
+
+    def seeds_way():
+        params, opt = torch_opt(torch.optim.AdamW, dtype, lr=LR, weight_decay=WD, fused=True)
+
+        def step():
+            penalty = L1 * torch.stack([p.abs().sum() for p in params]).sum()
+            penalty.backward()
+            opt.step()
+        return step
+
+    def fused_sgd():
+        p, g, (b,) = setup(dtype, 1)
+        return lambda: ops.sgd_(p, g, b, LR, 0.9, 0.0, WD, False, False, False, L1, False, 0.0, 0.0, False, None,
+                                None)
+
+    def sgd(**kw):
+        def make():
+            _, opt = torch_opt(torch.optim.SGD, dtype, lr=LR, momentum=0.9, weight_decay=WD, **kw)
+            return opt.step
+        return make
+
+    def copy():
+        a, b, _ = setup(dtype, 0)
+        return lambda: torch._foreach_copy_(a, b)
+
+    def add():
+        a, b, _ = setup(dtype, 0)
+        return lambda: torch._foreach_add_(a, b)
+
+    out = {"fusedreg_cuda_adamw_l1_l2": (fused_adam(ops.adam_), adam_bytes)}
+    try:
+        import fusedreg.triton_ops as tr
+        if hasattr(tr, "adam_"):
+            out["fusedreg_triton_adamw_l1_l2"] = (fused_adam(tr.adam_), adam_bytes)
+    except Exception as e:  # noqa: BLE001  (Triton is optional)
+        print(f"triton: not benchmarked ({type(e).__name__}: {e})")
+    out.update({
+        "torch_adamw_fused": (adamw(fused=True), adam_bytes),
+        "torch_adamw_foreach": (adamw(foreach=True), adam_bytes),
+        "torch_adamw_fused_then_foreach_soft_threshold": (fused_then_threshold, adam_bytes),
+        "seeds_way_l1_in_loss_fused_adamw": (seeds_way, adam_bytes),
+        "fusedreg_cuda_sgd_momentum_l1": (fused_sgd, sgd_bytes),
+        "torch_sgd_momentum_fused": (sgd(fused=True), sgd_bytes),
+        "torch_sgd_momentum_foreach": (sgd(foreach=True), sgd_bytes),
+        "copy_d2d": (copy, 2 * esz),
+        "a_plus_eq_b": (add, 3 * esz),
+    })
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench_gpu.json")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=20)
+    args = ap.parse_args()
+    numel = sum(torch.Size(s).numel() for s in SHAPES)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "params": numel, "tensors": len(SHAPES), "results": {}}
+    for dtype in (torch.float32, torch.bfloat16):
+        rows = {}
+        for name, (make, bpp) in cases(dtype).items():
+            try:
+                fn = make()
+                sec = timed(fn, args.warmup, args.iters)
+                rows[name] = {"median_ms": sec * 1e3, "bytes_per_param": bpp, "GBps": bpp * numel / sec / 1e9}
+            except Exception as e:  # noqa: BLE001  (record and go on: one failure must not lose the others)
+                rows[name] = {"error": f"{type(e).__name__}: {e}"}
+            finally:
+                fn = None
+                torch.cuda.empty_cache()
+        result["results"][str(dtype).removeprefix("torch.")] = rows
+    json.dump(result, open(args.out, "w"), indent=1)
+
+    print(f"{result['device']}, torch {result['torch']}, {numel:,} params in {len(SHAPES)} tensors")
+    for dt, rows in result["results"].items():
+        base = rows.get("torch_adamw_fused", {}).get("median_ms")
+        sbase = rows.get("torch_sgd_momentum_fused", {}).get("median_ms")
+        print(f"\n### {dt}\n\n| case | median (ms) | vs torch fused | GB/s |\n| --- | ---: | ---: | ---: |")
+        for name, r in rows.items():
+            if "error" in r:
+                print(f"| {name} | error: {r['error'][:80]} | | |")
+                continue
+            ref = sbase if "sgd" in name else base
+            ratio = f"{r['median_ms'] / ref:.2f}x" if ref and ("adam" in name or "sgd" in name or "seeds" in name) \
+                else ""
+            print(f"| {name} | {r['median_ms']:.2f} | {ratio} | {r['GBps']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

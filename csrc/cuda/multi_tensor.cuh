@@ -1,0 +1,192 @@
+// Multi-tensor launches for the CUDA kernels (the scheme of ATen's MultiTensorApply.cuh, written for fusedreg):
+// each launch covers up to kMaxBlocks chunks of kChunk elements from up to max_tensors<N>() tensors, all
+// addresses passed by value in the kernel arguments (under the 4 KB limit). Each block runs one chunk, with
+// kILP-wide vector loads and stores when every pointer of the tensor is aligned for them. 64-bit indexing.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "../fusedreg_math.h"
+#include "../ops.h"
+
+namespace fusedreg {
+namespace cuda {
+
+constexpr int64_t kChunk = 65536;
+constexpr int kThreads = 512;
+constexpr int kILP = 4;
+constexpr int kMaxBlocks = 320;
+
+template <int N>
+constexpr int max_tensors() {
+  return N <= 2 ? 64 : (N == 3 ? 48 : (N == 4 ? 36 : 30));
+}
+
+// N lists (params, grads, states); addr[k][t] is nullptr for an unused state list.
+template <int N>
+struct TensorListMeta {
+  void* addr[N][max_tensors<N>()];
+  int64_t numel[max_tensors<N>()];
+  const float* step[max_tensors<N>()];  // the step counter before this call, or nullptr
+  unsigned char block_to_tensor[kMaxBlocks];
+  int block_to_chunk[kMaxBlocks];
+};
+
+// Packs the tensors of `lists` (N lists of equal length; an undefined tensor means "unused") into launches;
+// launch(meta, blocks) enqueues one kernel.
+template <int N, typename Launch>
+void multi_tensor_apply(const std::vector<std::vector<at::Tensor>>& lists, at::TensorList steps,
+                        const Launch& launch) {
+  TORCH_INTERNAL_ASSERT(lists.size() == N);
+  TensorListMeta<N> meta;
+  int nt = 0, nb = 0;
+  const size_t n = lists[0].size();
+  for (size_t t = 0; t < n; ++t) {
+    const int64_t numel = lists[0][t].numel();
+    if (numel == 0) continue;
+    for (int k = 0; k < N; ++k) {
+      const at::Tensor& x = lists[k][t];
+      meta.addr[k][nt] = x.defined() ? const_cast<void*>(x.const_data_ptr()) : nullptr;
+    }
+    meta.numel[nt] = numel;
+    meta.step[nt] = steps.empty() ? nullptr : steps[t].const_data_ptr<float>();
+    ++nt;
+    const int64_t chunks = (numel + kChunk - 1) / kChunk;
+    for (int64_t c = 0; c < chunks; ++c) {
+      meta.block_to_tensor[nb] = static_cast<unsigned char>(nt - 1);
+      meta.block_to_chunk[nb] = static_cast<int>(c);
+      ++nb;
+      const bool last_chunk = c == chunks - 1;
+      if (nb == kMaxBlocks || (nt == max_tensors<N>() && last_chunk)) {
+        launch(meta, nb);
+        nb = 0;
+        if (last_chunk) {
+          nt = 0;
+        } else {  // the rest of this tensor goes on in the next launch, as its tensor 0
+          for (int k = 0; k < N; ++k) meta.addr[k][0] = meta.addr[k][nt - 1];
+          meta.numel[0] = meta.numel[nt - 1];
+          meta.step[0] = meta.step[nt - 1];
+          nt = 1;
+        }
+      }
+    }
+  }
+  if (nb > 0) launch(meta, nb);
+}
+
+template <typename T>
+struct alignas(sizeof(T) * kILP) Pack {
+  T v[kILP];
+};
+
+template <typename T>
+__device__ inline bool is_aligned(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kILP) == 0;
+}
+
+// Runs f(p, g, s) (opmath values; s: NS states) on elements [0, len) of one chunk of one tensor. A null state
+// pointer is read as 0 and not written.
+template <typename T, typename O, int NS, typename F>
+__device__ inline void chunk_loop(T* p, const T* g, O* const* s, int64_t len, const F& f) {
+  bool vec = is_aligned<T>(p) && is_aligned<T>(g);
+#pragma unroll
+  for (int k = 0; k < NS; ++k) vec = vec && (s[k] == nullptr || is_aligned<O>(s[k]));
+  int64_t start = 0;
+  if (vec) {
+    const int64_t nvec = len / kILP;
+    for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+      Pack<T> pp = reinterpret_cast<const Pack<T>*>(p)[i];
+      const Pack<T> gp = reinterpret_cast<const Pack<T>*>(g)[i];
+      Pack<O> sp[NS > 0 ? NS : 1];
+#pragma unroll
+      for (int k = 0; k < NS; ++k) {
+        if (s[k] != nullptr) {
+          sp[k] = reinterpret_cast<const Pack<O>*>(s[k])[i];
+        } else {
+#pragma unroll
+          for (int j = 0; j < kILP; ++j) sp[k].v[j] = O(0);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kILP; ++j) {
+        O pv = static_cast<O>(pp.v[j]);
+        O sv[NS > 0 ? NS : 1];
+#pragma unroll
+        for (int k = 0; k < NS; ++k) sv[k] = sp[k].v[j];
+        f(pv, static_cast<O>(gp.v[j]), sv);
+        pp.v[j] = static_cast<T>(pv);
+#pragma unroll
+        for (int k = 0; k < NS; ++k) sp[k].v[j] = sv[k];
+      }
+      reinterpret_cast<Pack<T>*>(p)[i] = pp;
+#pragma unroll
+      for (int k = 0; k < NS; ++k)
+        if (s[k] != nullptr) reinterpret_cast<Pack<O>*>(s[k])[i] = sp[k];
+    }
+    start = nvec * kILP;
+  }
+  for (int64_t i = start + threadIdx.x; i < len; i += blockDim.x) {
+    O pv = static_cast<O>(p[i]);
+    O sv[NS > 0 ? NS : 1];
+#pragma unroll
+    for (int k = 0; k < NS; ++k) sv[k] = s[k] != nullptr ? s[k][i] : O(0);
+    f(pv, static_cast<O>(g[i]), sv);
+    p[i] = static_cast<T>(pv);
+#pragma unroll
+    for (int k = 0; k < NS; ++k)
+      if (s[k] != nullptr) s[k][i] = sv[k];
+  }
+}
+
+// The chunk of block blockIdx.x: its tensor, its offset, its length, its pointers.
+template <typename T, typename O, int N>
+struct Chunk {
+  int t;
+  int64_t len;
+  T* p;
+  const T* g;
+  O* s[N - 2 > 0 ? N - 2 : 1];
+
+  __device__ explicit Chunk(const TensorListMeta<N>& meta) {
+    t = meta.block_to_tensor[blockIdx.x];
+    const int64_t off = static_cast<int64_t>(meta.block_to_chunk[blockIdx.x]) * kChunk;
+    len = meta.numel[t] - off < kChunk ? meta.numel[t] - off : kChunk;
+    p = static_cast<T*>(meta.addr[0][t]) + off;
+    g = static_cast<const T*>(meta.addr[1][t]) + off;
+#pragma unroll
+    for (int k = 2; k < N; ++k) s[k - 2] = meta.addr[k][t] ? static_cast<O*>(meta.addr[k][t]) + off : nullptr;
+  }
+};
+
+__device__ inline bool skipped(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.f; }
+
+// found_inf / grad_scale as float32 device tensors (undefined when absent); their pointers for the kernels.
+struct AmpArgs {
+  at::Tensor scale, inf;
+  const float* scale_ptr() const { return scale.defined() ? scale.const_data_ptr<float>() : nullptr; }
+  const float* inf_ptr() const { return inf.defined() ? inf.const_data_ptr<float>() : nullptr; }
+};
+
+inline AmpArgs amp_args(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  AmpArgs a;
+  if (grad_scale.has_value()) a.scale = grad_scale->to(at::kFloat).contiguous();
+  if (found_inf.has_value()) a.inf = found_inf->to(at::kFloat).contiguous();
+  return a;
+}
+
+// Adds 1 to every step counter unless found_inf is set (enqueued after the update kernels, which read the old
+// value and use old + 1).
+void advance_steps(at::TensorList steps, const float* found_inf, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fusedreg

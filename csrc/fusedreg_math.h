@@ -1,0 +1,254 @@
+// The per-element math of every fusedreg op, written once.
+//
+// Everything here is templated on the value type V: a scalar opmath type (float, double; host and device) or
+// at::vec::Vectorized<float/double> (CPU only; the overloads of the primitives live in cpu/vec_prims.h). The
+// formulas use only these primitives and the arithmetic operators, so the CPU kernels (Vectorized) and the CUDA
+// kernels (scalar) run the same code. The order of operations and the rounding points follow
+// fusedreg/reference.py (see the docstring of fusedreg/_ops.py):
+//   * every scalar factor is formed in double from the op's arguments and rounded once to opmath (make_*);
+//   * per-element math is in opmath, one rounding per arithmetic operation as in eager PyTorch (build with
+//     floating-point contraction off); the only fused multiply-add is torch.lerp's, as ATen's vectorized lerp.
+#ifndef FUSEDREG_MATH_H
+#define FUSEDREG_MATH_H
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+
+namespace fusedreg {
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scalar primitives. NaN propagates through max like torch.maximum / clamp_min.
+C10_HOST_DEVICE inline float fr_sqrt(float x) { return ::sqrtf(x); }
+C10_HOST_DEVICE inline double fr_sqrt(double x) { return ::sqrt(x); }
+C10_HOST_DEVICE inline float fr_abs(float x) { return ::fabsf(x); }
+C10_HOST_DEVICE inline double fr_abs(double x) { return ::fabs(x); }
+C10_HOST_DEVICE inline float fr_neg(float x) { return -x; }
+C10_HOST_DEVICE inline double fr_neg(double x) { return -x; }
+C10_HOST_DEVICE inline float fr_fmadd(float a, float b, float c) { return ::fmaf(a, b, c); }
+C10_HOST_DEVICE inline double fr_fmadd(double a, double b, double c) { return ::fma(a, b, c); }
+template <typename T>
+C10_HOST_DEVICE inline T fr_max_s(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a > b ? a : b)); }
+C10_HOST_DEVICE inline float fr_max(float a, float b) { return fr_max_s(a, b); }
+C10_HOST_DEVICE inline double fr_max(double a, double b) { return fr_max_s(a, b); }
+// torch.sign: -1, 0 or 1 (0 for NaN).
+C10_HOST_DEVICE inline float fr_sign(float x) { return float((0.f < x) - (x < 0.f)); }
+C10_HOST_DEVICE inline double fr_sign(double x) { return double((0.0 < x) - (x < 0.0)); }
+// x <= y ? a : b
+C10_HOST_DEVICE inline float fr_where_le(float x, float y, float a, float b) { return x <= y ? a : b; }
+C10_HOST_DEVICE inline double fr_where_le(double x, double y, double a, double b) { return x <= y ? a : b; }
+
+// The unit denominator of plain SGD: x / One{} is x (IEEE division by 1 is exact), without the division.
+struct One {};
+template <typename V>
+C10_HOST_DEVICE inline V fr_div(V x, One) { return x; }
+template <typename V>
+C10_HOST_DEVICE inline V fr_div(V x, V d) { return x / d; }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The op arguments as the schema gives them (double), shared by host and device.
+struct PenaltyArgs {
+  double l1, l2, l0;
+  bool l1_subgradient, nonneg;
+};
+struct SgdArgs {
+  double lr, momentum, dampening, weight_decay;
+  bool nesterov, maximize, first_step;
+  PenaltyArgs pen;
+};
+struct AdamArgs {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool decoupled, amsgrad, maximize;
+  PenaltyArgs pen;
+};
+struct AdagradArgs {
+  double lr, lr_decay, weight_decay, eps;
+  bool maximize;
+  PenaltyArgs pen;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scalars rounded once to opmath O.
+template <typename O>
+struct Penalty {
+  O l1;   // opmath(l1): subgradient coefficient
+  O thr;  // opmath(step*l1): soft-threshold numerator, divided by denom per element
+  O c2;   // opmath(step*l2)
+  O c0;   // opmath(2*step*l0)
+  bool l1_prox, l1_sub, l2, l0, nonneg;
+};
+
+template <typename O>
+C10_HOST_DEVICE inline Penalty<O> make_penalty(const PenaltyArgs& a, double step) {
+  Penalty<O> r;
+  r.l1 = O(a.l1);
+  r.thr = O(step * a.l1);
+  r.c2 = O(step * a.l2);
+  r.c0 = O(2 * step * a.l0);
+  r.l1_prox = a.l1 != 0 && !a.l1_subgradient;
+  r.l1_sub = a.l1 != 0 && a.l1_subgradient;
+  r.l2 = a.l2 != 0;
+  r.l0 = a.l0 != 0;
+  r.nonneg = a.nonneg;
+  return r;
+}
+
+// Gradient preprocessing shared by all ops: unscale -> maximize -> subgradient L1 -> coupled weight decay.
+template <typename O>
+struct GradPrep {
+  O wd;
+  bool maximize, has_wd;
+};
+
+template <typename O>
+C10_HOST_DEVICE inline GradPrep<O> make_grad_prep(double weight_decay, bool maximize) {
+  GradPrep<O> r;
+  r.wd = O(weight_decay);
+  r.has_wd = weight_decay != 0;
+  r.maximize = maximize;
+  return r;
+}
+
+// grad_scale == nullptr: no unscaling. `scale` is the grad_scale value already in opmath.
+template <typename V, typename O>
+C10_HOST_DEVICE inline V prep_grad(V g, const V& p, const GradPrep<O>& gp, const Penalty<O>& pen, bool has_scale,
+                                   O scale) {
+  if (has_scale) g = g / V(scale);
+  if (gp.maximize) g = fr_neg(g);
+  if (pen.l1_sub) g = g + V(pen.l1) * fr_sign(p);
+  if (gp.has_wd) g = g + V(gp.wd) * p;
+  return g;
+}
+
+// Proximal penalties with per-element step step/denom (the step is folded into pen's numerators).
+template <typename V, typename O, typename D>
+C10_HOST_DEVICE inline V prox(V v, const D& denom, const Penalty<O>& pen) {
+  if (pen.l1_prox) {
+    const V thr = fr_div(V(pen.thr), denom);
+    v = fr_sign(v) * fr_max(fr_abs(v) - thr, V(O(0)));
+  }
+  if (pen.l2) v = v / (V(O(1)) + fr_div(V(pen.c2), denom));
+  if (pen.l0) v = fr_where_le(fr_abs(v), fr_sqrt(fr_div(V(pen.c0), denom)), V(O(0)), v);
+  if (pen.nonneg) v = fr_max(v, V(O(0)));
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SGD: buf = g on the first step, else momentum*buf + (1-dampening)*g; nesterov g += momentum*buf, else g = buf;
+// p -= lr*g; prox with step lr.
+template <typename O>
+struct SgdScalars {
+  O lr, momentum, one_minus_damp;
+  bool has_momentum, nesterov, first_step;
+  GradPrep<O> gp;
+  Penalty<O> pen;
+};
+
+template <typename O>
+C10_HOST_DEVICE inline SgdScalars<O> make_sgd(const SgdArgs& a) {
+  SgdScalars<O> s;
+  s.lr = O(a.lr);
+  s.momentum = O(a.momentum);
+  s.one_minus_damp = O(1 - a.dampening);
+  s.has_momentum = a.momentum != 0;
+  s.nesterov = a.nesterov;
+  s.first_step = a.first_step;
+  s.gp = make_grad_prep<O>(a.weight_decay, a.maximize);
+  s.pen = make_penalty<O>(a.pen, a.lr);
+  return s;
+}
+
+template <typename V, typename O>
+C10_HOST_DEVICE inline void sgd_update(V& p, V g, V& buf, const SgdScalars<O>& s, bool has_scale, O scale) {
+  g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
+  if (s.has_momentum) {
+    buf = s.first_step ? g : buf * V(s.momentum) + V(s.one_minus_damp) * g;
+    g = s.nesterov ? g + V(s.momentum) * buf : buf;
+  }
+  p = p - V(s.lr) * g;
+  p = prox(p, One{}, s.pen);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Adam / AdamW at step t (already incremented): decoupled p *= 1 - lr*wd; m = lerp(m, g, 1-beta1);
+// v = beta2*v + (1-beta2)*g*g; amsgrad vmax = max(vmax, v); denom = sqrt(v)/sqrt(bc2) + eps;
+// p -= (lr/bc1) * m/denom; prox with step lr/denom.
+template <typename O>
+struct AdamScalars {
+  O lerp_w, lerp_coeff, beta2, one_minus_beta2, decay, lr_bc1, bc2_sqrt, eps;
+  bool lerp_small, decoupled, amsgrad;
+  GradPrep<O> gp;
+  Penalty<O> pen;
+};
+
+template <typename O>
+C10_HOST_DEVICE inline AdamScalars<O> make_adam(const AdamArgs& a, double step) {
+  AdamScalars<O> s;
+  s.lerp_w = O(1 - a.beta1);
+  // torch.lerp: start + w*(end-start) for |w| < 0.5, else end + (w-1)*(end-start), with w in opmath.
+  s.lerp_small = fr_abs(s.lerp_w) < O(0.5);
+  s.lerp_coeff = s.lerp_small ? s.lerp_w : s.lerp_w - O(1);
+  s.beta2 = O(a.beta2);
+  s.one_minus_beta2 = O(1 - a.beta2);
+  s.decoupled = a.decoupled && a.weight_decay != 0;
+  s.decay = O(1 - a.lr * a.weight_decay);
+  const double bc1 = 1 - ::pow(a.beta1, step);
+  s.lr_bc1 = O(a.lr / bc1);
+  s.bc2_sqrt = O(::sqrt(1 - ::pow(a.beta2, step)));
+  s.eps = O(a.eps);
+  s.amsgrad = a.amsgrad;
+  s.gp = make_grad_prep<O>(a.decoupled ? 0.0 : a.weight_decay, a.maximize);
+  s.pen = make_penalty<O>(a.pen, a.lr);
+  return s;
+}
+
+template <typename V, typename O>
+C10_HOST_DEVICE inline void adam_update(V& p, V g, V& m, V& v, V& vmax, const AdamScalars<O>& s, bool has_scale,
+                                        O scale) {
+  g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
+  if (s.decoupled) p = p * V(s.decay);
+  m = fr_fmadd(V(s.lerp_coeff), g - m, s.lerp_small ? m : g);
+  v = v * V(s.beta2) + V(s.one_minus_beta2) * g * g;
+  V vh = v;
+  if (s.amsgrad) {
+    vmax = fr_max(vmax, v);
+    vh = vmax;
+  }
+  const V denom = fr_sqrt(vh) / V(s.bc2_sqrt) + V(s.eps);
+  p = p - V(s.lr_bc1) * (m / denom);
+  p = prox(p, denom, s.pen);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Adagrad at step t (already incremented): clr = lr/(1+(t-1)*lr_decay); sum += g*g; denom = sqrt(sum) + eps;
+// p -= clr * g/denom; prox with step clr/denom.
+template <typename O>
+struct AdagradScalars {
+  O clr, eps;
+  GradPrep<O> gp;
+  Penalty<O> pen;
+};
+
+template <typename O>
+C10_HOST_DEVICE inline AdagradScalars<O> make_adagrad(const AdagradArgs& a, double step) {
+  AdagradScalars<O> s;
+  const double clr = a.lr / (1 + (step - 1) * a.lr_decay);
+  s.clr = O(clr);
+  s.eps = O(a.eps);
+  s.gp = make_grad_prep<O>(a.weight_decay, a.maximize);
+  s.pen = make_penalty<O>(a.pen, clr);
+  return s;
+}
+
+template <typename V, typename O>
+C10_HOST_DEVICE inline void adagrad_update(V& p, V g, V& sum, const AdagradScalars<O>& s, bool has_scale, O scale) {
+  g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
+  sum = sum + g * g;
+  const V denom = fr_sqrt(sum) + V(s.eps);
+  p = p - V(s.clr) * (g / denom);
+  p = prox(p, denom, s.pen);
+}
+
+}  // namespace fusedreg
+
+#endif  // FUSEDREG_MATH_H

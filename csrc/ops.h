@@ -1,0 +1,152 @@
+// Host-side declarations and argument checks shared by the CPU and CUDA kernels (no CUDA headers here).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace fusedreg {
+
+#define FUSEDREG_PENALTY_PARAMS                                                                      \
+  double l1, bool l1_subgradient, double l2, double l0, bool nonneg,                                 \
+      const std::optional<at::Tensor>&grad_scale, const std::optional<at::Tensor>&found_inf
+
+#define FUSEDREG_SGD_PARAMS                                                                          \
+  at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr, double momentum, \
+      double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step,           \
+      FUSEDREG_PENALTY_PARAMS
+
+#define FUSEDREG_ADAM_PARAMS                                                                         \
+  at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,   \
+      at::TensorList max_exp_avg_sqs, at::TensorList state_steps, double lr, double beta1, double beta2, \
+      double eps, double weight_decay, bool decoupled, bool amsgrad, bool maximize, FUSEDREG_PENALTY_PARAMS
+
+#define FUSEDREG_ADAGRAD_PARAMS                                                                      \
+  at::TensorList params, at::TensorList grads, at::TensorList state_sums, at::TensorList state_steps,   \
+      double lr, double lr_decay, double weight_decay, double eps, bool maximize, FUSEDREG_PENALTY_PARAMS
+
+void sgd_cpu(FUSEDREG_SGD_PARAMS);
+void adam_cpu(FUSEDREG_ADAM_PARAMS);
+void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS);
+void sgd_cuda(FUSEDREG_SGD_PARAMS);
+void adam_cuda(FUSEDREG_ADAM_PARAMS);
+void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS);
+
+inline at::ScalarType opmath_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// One state list of an op: its name, its tensors, and whether it is in use (an unused list must be empty).
+struct StateList {
+  const char* name;
+  at::TensorList tensors;
+  bool used;
+};
+
+// The tensors of one call, checked and laid out for flat indexing: lists[0] params, lists[1] grads, then the
+// state lists in order (an unused list holds undefined tensors). Where the tensors of one index do not share
+// one dense layout, contiguous temporaries stand in and are copied back by finish().
+struct Staged {
+  std::vector<std::vector<at::Tensor>> lists;
+  std::vector<std::pair<at::Tensor, at::Tensor>> writeback;  // (original, temporary)
+  at::ScalarType dtype = at::kFloat;
+  size_t n = 0;
+
+  void finish() {
+    for (auto& wb : writeback) wb.first.copy_(wb.second);
+  }
+};
+
+inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList params, at::TensorList grads,
+                    std::initializer_list<StateList> states, at::TensorList steps, bool has_steps,
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  Staged st;
+  const size_t n = params.size();
+  st.n = n;
+  TORCH_CHECK(grads.size() == n, "fusedreg::", op, ": got ", n, " params but ", grads.size(), " grads");
+  for (const auto& s : states) {
+    if (s.used) {
+      TORCH_CHECK(s.tensors.size() == n, "fusedreg::", op, ": got ", n, " params but ", s.tensors.size(), " ",
+                  s.name);
+    } else {
+      TORCH_CHECK(s.tensors.empty(), "fusedreg::", op, ": ", s.name,
+                  " must be empty when the option that uses it is off");
+    }
+  }
+  if (has_steps) {
+    TORCH_CHECK(steps.size() == n, "fusedreg::", op, ": got ", n, " params but ", steps.size(), " state_steps");
+  }
+  if (n == 0) return st;
+  const at::Tensor& p0 = params[0];
+  const auto dtype = p0.scalar_type();
+  const auto device = p0.device();
+  st.dtype = dtype;
+  TORCH_CHECK(device.type() == device_type, "fusedreg::", op, ": params must be on ",
+              c10::DeviceTypeName(device_type), ", got ", device);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "fusedreg::", op, ": params must be float32, float64, bfloat16 or float16, got ", dtype);
+  const auto odt = opmath_dtype(dtype);
+  for (const auto* opt : {&grad_scale, &found_inf}) {
+    if (opt->has_value()) {
+      const at::Tensor& t = **opt;
+      TORCH_CHECK(t.numel() == 1 && t.is_floating_point(), "fusedreg::", op,
+                  ": grad_scale and found_inf must be one-element floating tensors");
+      if (device_type != c10::DeviceType::CPU) {
+        TORCH_CHECK(t.device() == device, "fusedreg::", op, ": grad_scale/found_inf must be on ", device, ", got ",
+                    t.device());
+      }
+    }
+  }
+
+  st.lists.resize(2 + states.size());
+  for (auto& l : st.lists) l.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(p.defined() && p.layout() == at::kStrided, "fusedreg::", op, ": params[", i,
+                "] must be a defined strided tensor");
+    TORCH_CHECK(p.scalar_type() == dtype && p.device() == device, "fusedreg::", op,
+                ": all params of one call must share dtype and device; params[0] is ", dtype, " on ", device,
+                ", params[", i, "] is ", p.scalar_type(), " on ", p.device());
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK(g.defined() && g.layout() == at::kStrided, "fusedreg::", op, ": grads[", i,
+                "] must be a defined strided tensor");
+    TORCH_CHECK(g.scalar_type() == dtype && g.device() == device && g.sizes() == p.sizes(), "fusedreg::", op,
+                ": grads[", i, "] must match params[", i, "] in dtype, device and shape");
+    bool same_layout = p.is_non_overlapping_and_dense() && g.is_non_overlapping_and_dense() &&
+                       g.strides() == p.strides();
+    for (const auto& s : states) {
+      if (!s.used) continue;
+      const at::Tensor& t = s.tensors[i];
+      TORCH_CHECK(t.defined() && t.layout() == at::kStrided, "fusedreg::", op, ": ", s.name, "[", i,
+                  "] must be a defined strided tensor");
+      TORCH_CHECK(t.scalar_type() == odt && t.device() == device && t.sizes() == p.sizes(), "fusedreg::", op,
+                  ": ", s.name, "[", i, "] must be ", odt, " on ", device, " with the shape of params[", i,
+                  "], got ", t.scalar_type(), " on ", t.device(), " with shape ", t.sizes());
+      same_layout = same_layout && t.is_non_overlapping_and_dense() && t.strides() == p.strides();
+    }
+    if (has_steps) {
+      const at::Tensor& s = steps[i];
+      TORCH_CHECK(s.defined() && s.numel() == 1 && s.scalar_type() == at::kFloat && s.device() == device,
+                  "fusedreg::", op, ": state_steps[", i, "] must be a one-element float32 tensor on ", device);
+    }
+    auto put = [&](size_t k, const at::Tensor& t, bool mutated) {
+      if (same_layout || !t.defined()) {
+        st.lists[k].push_back(t);
+        return;
+      }
+      at::Tensor c = t.contiguous();
+      if (mutated && !c.is_same(t)) st.writeback.emplace_back(t, c);
+      st.lists[k].push_back(c);
+    };
+    put(0, p, true);
+    put(1, g, false);
+    size_t k = 2;
+    for (const auto& s : states) {
+      put(k++, s.used ? s.tensors[i] : at::Tensor(), true);
+    }
+  }
+  return st;
+}
+
+}  // namespace fusedreg
