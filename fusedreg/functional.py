@@ -2,12 +2,17 @@
 
 Each call checks every input before it touches anything, groups the tensors by device and dtype, and hands each
 group to one backend kernel (see fusedreg.backends). All updates are in place.
+
+Non-finite gradients: without found_inf (no GradScaler) a NaN or inf gradient propagates into its param and
+state exactly as in torch.optim: nothing is skipped or zeroed, and the proximal steps keep NaN as NaN (a NaN is
+never thresholded to an exact 0). With GradScaler (found_inf given and nonzero) the whole step is skipped: no
+param, state or step counter changes.
 """
 import math
 
 import torch
 
-from . import backends
+from . import backends, reference
 
 L1_MODES = ("prox", "subgradient")
 
@@ -18,36 +23,112 @@ def check_nonneg(name, value):
         raise ValueError(f"Invalid {name} value: {value} (must be >= 0)")
 
 
-def check_penalties(l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, weight_decay=0.0):
-    for name, value in (("l1", l1), ("l2", l2), ("l0", l0), ("weight_decay", weight_decay)):
+def check_penalties(l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, weight_decay=0.0, group_l1=0.0, group_dim=0):
+    for name, value in (("l1", l1), ("l2", l2), ("l0", l0), ("weight_decay", weight_decay), ("group_l1", group_l1)):
         check_nonneg(name, value)
     if l1_mode not in L1_MODES:
         raise ValueError(f"Invalid l1_mode {l1_mode!r}; choose one of {L1_MODES}")
+    if isinstance(group_dim, bool) or group_dim not in (0, 1):
+        raise ValueError(f"Invalid group_dim {group_dim!r}; choose 0 (rows: output neurons) or 1 (columns: inputs)")
+
+
+def _group_prox_(params, steps, denoms, group_l1, group_dim, l2, found_inf):
+    """Group lasso after the elementwise op, in place, on params with dim >= 2 (see reference.group_prox).
+
+    steps[i]: the host step of param i (lr, or Adagrad's decayed clr); denoms[i]: None (SGD) or a callable that
+    returns the op's per-element denominator from the just-updated state. Not fused: one extra pass per param.
+    """
+    if group_l1 == 0 or (found_inf is not None and bool(found_inf.item())):
+        return
+    for p, step, denom in zip(params, steps, denoms):
+        if p.dim() < 2 or p.numel() == 0:
+            continue
+        dt = reference.opmath(p.dtype)
+        v = p.to(dt)
+        p.copy_(reference.group_prox(v, step, group_l1, group_dim, None if denom is None else denom(dt), l2))
+
+
+def _overlaps_itself(t):
+    # 1 = YES (a stride-0 / expand()ed view); 2 = TOO_HARD (unusual strides) is let through, like torch does.
+    return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
 
 
 def check_tensors(params, **lists):
-    """Raise before anything changes if the lists cannot be stepped together."""
+    """Raise before anything changes if the lists cannot be stepped together.
+
+    Every backend accepts exactly what passes here: real floating params with dense strided grads of the same
+    shape, dtype and device; state tensors (every list but grads and state_steps) of the param's shape on its
+    device in opmath (fp64 for fp64 params, else fp32: fusedreg.optim creates them so); state_steps one-element
+    float32 tensors on the param's device. Non-contiguous params, grads and state are fine (a native kernel
+    works on contiguous copies and writes them back). Refused: meta tensors (no data to update), tensors whose
+    own elements overlap (expand()ed / stride-0 views: one element would be written several times) and a tensor
+    that is updated in place appearing twice in one call (the same param twice, or state sharing a param's
+    memory), which would be stepped twice.
+    """
     for name, ts in lists.items():
         if len(ts) != len(params):
             raise ValueError(f"{name} has {len(ts)} tensors for {len(params)} params")
+    written = {}
     for i, p in enumerate(params):
+        if not torch.is_tensor(p):
+            raise TypeError(f"param {i} is a {type(p).__name__}, not a tensor")
         if p.is_complex():
             raise RuntimeError(f"param {i} is complex ({p.dtype}); fusedreg supports real floating params only")
         if not p.is_floating_point():
             raise RuntimeError(f"param {i} has dtype {p.dtype}; fusedreg needs floating-point params")
+        if p.is_meta:
+            raise RuntimeError(f"param {i} is on the meta device: it has no data to update (params of one call "
+                               f"may sit on several real devices, each stepped by its own kernel)")
+        if p.layout != torch.strided:
+            raise RuntimeError(f"param {i} has layout {p.layout}; fusedreg needs dense strided params")
         g = lists["grads"][i]
+        if g is None:
+            raise RuntimeError(f"param {i} has no gradient (None); pass only params that have one")
         if g.is_sparse or g.layout != torch.strided:
-            raise RuntimeError(f"param {i} has a sparse gradient; fusedreg does not support sparse gradients")
+            raise RuntimeError(f"param {i} has a sparse gradient ({g.layout}); fusedreg does not support sparse "
+                               f"gradients")
         if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
             raise RuntimeError(f"param {i}: grad {tuple(g.shape)} {g.dtype} on {g.device} does not match "
                                f"param {tuple(p.shape)} {p.dtype} on {p.device}")
+        opmath = reference.opmath(p.dtype)
         for name, ts in lists.items():
-            if ts[i].device != p.device:
-                raise RuntimeError(f"param {i}: {name} tensor is on {ts[i].device}, param on {p.device}")
+            t = ts[i]
+            if not torch.is_tensor(t):
+                raise RuntimeError(f"param {i}: {name} entry is {type(t).__name__}, not a tensor")
+            if t.device != p.device:
+                raise RuntimeError(f"param {i}: {name} tensor is on {t.device}, param on {p.device}")
+            if name == "grads":
+                continue
+            if name == "state_steps":
+                if t.numel() != 1 or t.dtype != torch.float32:
+                    raise RuntimeError(f"param {i}: {name} tensor must be a one-element float32 tensor, got "
+                                       f"{t.dtype} with shape {tuple(t.shape)}")
+                continue
+            if t.layout != torch.strided:
+                raise RuntimeError(f"param {i}: {name} tensor has layout {t.layout}; state must be dense")
+            if t.shape != p.shape or t.dtype != opmath:
+                raise RuntimeError(f"param {i}: {name} tensor is {tuple(t.shape)} {t.dtype}, expected the param's "
+                                   f"shape {tuple(p.shape)} in {opmath} (state is kept in opmath)")
+        for name, t in [("param", p)] + [(name, ts[i]) for name, ts in lists.items() if name != "grads"]:
+            if _overlaps_itself(t):
+                raise RuntimeError(f"param {i}: the {name} tensor overlaps itself in memory (strides "
+                                   f"{t.stride()} for shape {tuple(t.shape)}, e.g. an expand()ed view), so an "
+                                   f"in-place step would write one element several times; pass a tensor "
+                                   f"that owns its memory (.clone())")
+            if t.numel():
+                key = (t.device, t.data_ptr())
+                if key in written:
+                    raise RuntimeError(f"param {i}: the {name} tensor shares its memory with the "
+                                       f"{written[key]}; every tensor updated in place must appear once")
+                written[key] = f"{name} tensor of param {i}"
 
 
 def _run(op, backend, params, lists, scalars, grad_scale, found_inf):
     """Group by (device, dtype) and call the chosen kernel once per group."""
+    for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if t is not None and not (torch.is_tensor(t) and t.numel() == 1 and t.is_floating_point()):
+            raise RuntimeError(f"{name} must be None or a one-element floating tensor (GradScaler's), got "
+                               f"{t if not torch.is_tensor(t) else f'{t.dtype} of shape {tuple(t.shape)}'}")
     groups = {}
     for i, p in enumerate(params):
         groups.setdefault((p.device, p.dtype), []).append(i)
@@ -66,13 +147,15 @@ def _resolve_all(backend, params):
 
 
 def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-        maximize=False, first_step=False, l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, nonneg=False,
-        grad_scale=None, found_inf=None, backend="auto"):
-    """One SGD step (torch.optim.SGD's math) with fused penalties. momentum_buffers: [] when momentum == 0."""
+        maximize=False, first_step=False, l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, nonneg=False, group_l1=0.0,
+        group_dim=0, grad_scale=None, found_inf=None, backend="auto"):
+    """One SGD step (torch.optim.SGD's math) with fused penalties. momentum_buffers: [] when momentum == 0.
+
+    group_l1 > 0 then applies the exact group-lasso prox with step lr to every param with dim >= 2."""
     check_nonneg("lr", lr)
     check_nonneg("momentum", momentum)
     check_nonneg("dampening", dampening)
-    check_penalties(l1, l1_mode, l2, l0, weight_decay)
+    check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     lists = dict(grads=grads, momentum_buffers=momentum_buffers) if momentum != 0 else dict(grads=grads)
@@ -82,18 +165,24 @@ def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, wei
          [float(lr), float(momentum), float(dampening), float(weight_decay), bool(nesterov), bool(maximize),
           bool(first_step), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg)],
          grad_scale, found_inf)
+    _group_prox_(params, [float(lr)] * len(params), [None] * len(params), float(group_l1), group_dim, float(l2),
+                 found_inf)
 
 
 def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1=0.9, beta2=0.999,
          eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False, maximize=False, l1=0.0, l1_mode="prox",
-         l2=0.0, l0=0.0, nonneg=False, grad_scale=None, found_inf=None, backend="auto"):
-    """One Adam (decoupled=False) or AdamW (decoupled=True) step with fused penalties; advances state_steps."""
+         l2=0.0, l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
+         backend="auto"):
+    """One Adam (decoupled=False) or AdamW (decoupled=True) step with fused penalties; advances state_steps.
+
+    group_l1 > 0 then applies the group-lasso prox in Adam's metric (per-element step lr/denom, denom =
+    sqrt(v_hat) + eps from the just-updated state; see reference.group_prox) to every param with dim >= 2."""
     check_nonneg("lr", lr)
     check_nonneg("eps", eps)
     for name, b in (("beta1", beta1), ("beta2", beta2)):
         if not 0.0 <= b < 1.0:
             raise ValueError(f"Invalid {name} value: {b} (must be in [0, 1))")
-    check_penalties(l1, l1_mode, l2, l0, weight_decay)
+    check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
     lists = dict(grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, state_steps=state_steps)
     if amsgrad:
         lists["max_exp_avg_sqs"] = max_exp_avg_sqs
@@ -103,19 +192,41 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
          [float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
           bool(maximize), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg)],
          grad_scale, found_inf)
+    if group_l1 != 0:
+        sqs = max_exp_avg_sqs if amsgrad else exp_avg_sqs
+
+        def denom(i):
+            def f(dt):
+                bc2_sqrt = math.sqrt(1 - beta2 ** float(state_steps[i].item()))
+                return (torch.sqrt(sqs[i].to(dt)) / reference._scalar(bc2_sqrt, dt)
+                        + reference._scalar(eps, dt))
+            return f
+
+        _group_prox_(params, [float(lr)] * len(params), [denom(i) for i in range(len(params))], float(group_l1),
+                     group_dim, float(l2), found_inf)
 
 
 def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-            maximize=False, l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, nonneg=False, grad_scale=None,
-            found_inf=None, backend="auto"):
-    """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is TF's proximal l2."""
+            maximize=False, l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, nonneg=False, group_l1=0.0, group_dim=0,
+            grad_scale=None, found_inf=None, backend="auto"):
+    """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is TF's proximal l2.
+
+    group_l1 > 0 then applies the group-lasso prox in Adagrad's metric (per-element step clr/(sqrt(sum) + eps),
+    joint with l2; see reference.group_prox) to every param with dim >= 2."""
     check_nonneg("lr", lr)
     check_nonneg("lr_decay", lr_decay)
     check_nonneg("eps", eps)
-    check_penalties(l1, l1_mode, l2, l0, weight_decay)
+    check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
     check_tensors(params, grads=grads, state_sums=state_sums, state_steps=state_steps)
     _resolve_all(backend, params)
     _run("adagrad_", backend, params, [grads, state_sums, state_steps],
          [float(lr), float(lr_decay), float(weight_decay), float(eps), bool(maximize), float(l1),
           l1_mode == "subgradient", float(l2), float(l0), bool(nonneg)],
          grad_scale, found_inf)
+    if group_l1 != 0:
+        def denom(i):
+            return lambda dt: torch.sqrt(state_sums[i].to(dt)) + reference._scalar(eps, dt)
+
+        clrs = [lr / (1 + (float(st.item()) - 1) * lr_decay) for st in state_steps]
+        _group_prox_(params, clrs, [denom(i) for i in range(len(params))], float(group_l1), group_dim, float(l2),
+                     found_inf)

@@ -6,10 +6,13 @@ delegate every update to fusedreg.functional. Penalty keys (l1, l1_mode, ...) ma
 import torch
 
 from . import functional as F
+from .precision import Work, local, no_compile
 from .reference import opmath
 
 # Penalty group keys every optimizer accepts, with their defaults.
-PENALTIES = dict(l1=0.0, l1_mode="prox", l0=0.0, nonneg=False)
+PENALTIES = dict(l1=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0)
+# Low-precision group keys (fusedreg.precision): an fp32 master copy of bf16/fp16 params, or bf16 stochastic rounding.
+PRECISION = dict(master_weights=False, stochastic_rounding=False)
 
 
 class _Fused(torch.optim.Optimizer):
@@ -19,12 +22,16 @@ class _Fused(torch.optim.Optimizer):
 
     def __init__(self, params, defaults):
         self._check(defaults)
-        super().__init__(params, {**PENALTIES, **defaults})
+        super().__init__(params, {**PENALTIES, **PRECISION, **defaults})
+
+    def __getstate__(self):
+        # torch.optim pickles only defaults, state and param_groups; keep the backend choice too.
+        return {**super().__getstate__(), "backend": self.backend}
 
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in {**PENALTIES, **self._defaults}.items():
+            for key, value in {**PENALTIES, **PRECISION, **self._defaults}.items():
                 group.setdefault(key, value)
 
     def add_param_group(self, param_group):
@@ -43,7 +50,9 @@ class _Fused(torch.optim.Optimizer):
         """Validate one group's hyperparameters (at construction and again before every step)."""
         raise NotImplementedError
 
-    def _step_group(self, group, grad_scale, found_inf):
+    def _step_group(self, group, work, grad_scale, found_inf):
+        """Step work.params (the group's params with grads; state is keyed by them) by running the kernels on
+        work.tensors / work.grads (fusedreg.precision.Work); state tensors go to the kernels through local()."""
         raise NotImplementedError
 
     def _grads(self, group):
@@ -55,15 +64,24 @@ class _Fused(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
+        self._fused_step(getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
+        return loss
+
+    # The kernels are opaque fused ops already, so there is nothing for torch.compile to fuse here: a compiled
+    # training step graph-breaks at opt.step() and runs it eagerly. Host-side hyperparameters (a tensor lr that
+    # a scheduler changes) are then read at run time instead of being specialized into guards and recompiling.
+    @no_compile
+    def _fused_step(self, grad_scale, found_inf):
+        works = []
         for group in self.param_groups:
             self._check(group)
             params = self._grads(group)
-            F.check_tensors(params, grads=[p.grad for p in params])
-        for group in self.param_groups:
-            self._step_group(group, grad_scale, found_inf)
-        return loss
+            F.check_tensors([local(p) for p in params], grads=[local(p.grad) for p in params])
+            # What the kernels update: local shards of DTensors, fp32 masters or temporaries (fusedreg.precision).
+            works.append(Work(params, self.state, group))
+        for group, work in zip(self.param_groups, works):
+            self._step_group(group, work, grad_scale, found_inf)
+            work.finish()
 
     def load_state_dict(self, state_dict):
         # torch casts floating state to the param's dtype, which would round fp32 moments of bf16 params down;
@@ -87,24 +105,30 @@ def _state_value(p, key, value):
 
 def _check_common(group):
     F.check_nonneg("lr", group["lr"])
-    F.check_penalties(group["l1"], group["l1_mode"], group.get("l2", 0.0), group["l0"], group["weight_decay"])
+    F.check_penalties(group["l1"], group["l1_mode"], group.get("l2", 0.0), group["l0"], group["weight_decay"],
+                      group["group_l1"], group["group_dim"])
 
 
 def _penalty_args(group, backend):
-    return dict(l1=group["l1"], l1_mode=group["l1_mode"], l0=group["l0"], nonneg=group["nonneg"], backend=backend)
+    return dict(l1=group["l1"], l1_mode=group["l1_mode"], l0=group["l0"], nonneg=group["nonneg"],
+                group_l1=group["group_l1"], group_dim=group["group_dim"], backend=backend)
 
 
 class SGD(_Fused):
     """torch.optim.SGD plus fused penalties: `l1` (prox soft-threshold by lr*l1, or subgradient), `l0`,
-    `nonneg`. weight_decay is torch's coupled L2 (g += wd*p)."""
+    `nonneg`, and group lasso `group_l1` over the rows (`group_dim=0`) or columns (`group_dim=1`) of every param
+    with dim >= 2 (exact prox, step lr). weight_decay is torch's coupled L2 (g += wd*p), so
+    `SGD(params, lr, **fusedreg.elastic_net(alpha, l1_ratio))` is scikit-learn's elastic net."""
     _defaults = dict(momentum=0.0, dampening=0.0, nesterov=False, maximize=False)
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, l1=0.0,
-                 l1_mode="prox", l0=0.0, nonneg=False, maximize=False, backend="auto"):
+                 l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False, backend="auto",
+                 master_weights=False, stochastic_rounding=False):
         self.backend = backend
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize, l1=l1, l1_mode=l1_mode, l0=l0,
-                                      nonneg=nonneg))
+                                      nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
+                                      master_weights=master_weights, stochastic_rounding=stochastic_rounding))
 
     def _check(self, group):
         _check_common(group)
@@ -113,39 +137,48 @@ class SGD(_Fused):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
-    def _step_group(self, group, grad_scale, found_inf):
-        params = self._grads(group)
+    def _step_group(self, group, work, grad_scale, found_inf):
+        params = work.params
         kw = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
                   weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
                   grad_scale=grad_scale, found_inf=found_inf, **_penalty_args(group, self.backend))
         if group["momentum"] == 0:
-            F.sgd(params, [p.grad for p in params], [], **kw)
+            F.sgd(work.tensors, work.grads, [], **kw)
             return
         # torch's first step copies the gradient into a new buffer: run new and old buffers apart.
-        new = [p for p in params if self.state[p].get("momentum_buffer") is None]
-        old = [p for p in params if self.state[p].get("momentum_buffer") is not None]
-        bufs = [torch.zeros_like(p, dtype=opmath(p.dtype), memory_format=torch.preserve_format) for p in new]
-        for first, ps, bs in ((True, new, bufs), (False, old, [self.state[p]["momentum_buffer"] for p in old])):
-            if ps:
-                F.sgd(ps, [p.grad for p in ps], bs, first_step=first, **kw)
+        new = [i for i, p in enumerate(params) if self.state[p].get("momentum_buffer") is None]
+        old = [i for i, p in enumerate(params) if self.state[p].get("momentum_buffer") is not None]
+        bufs = [torch.zeros_like(params[i], dtype=opmath(params[i].dtype), memory_format=torch.preserve_format)
+                for i in new]
+        olds = [self.state[params[i]]["momentum_buffer"] for i in old]
+        for first, idx, bs in ((True, new, bufs), (False, old, olds)):
+            if idx:
+                F.sgd([work.tensors[i] for i in idx], [work.grads[i] for i in idx], [local(b) for b in bs],
+                      first_step=first, **kw)
         # Only keep new buffers when the step was taken, so a skipped (inf) step leaves state untouched.
         if found_inf is None or not bool(found_inf.item()):
-            for p, b in zip(new, bufs):
-                self.state[p]["momentum_buffer"] = b
+            for i, b in zip(new, bufs):
+                self.state[params[i]]["momentum_buffer"] = b
 
 
 class Adam(_Fused):
     """torch.optim.Adam plus fused penalties. The prox threshold uses Adam's per-element step:
-    t = lr*l1 / (sqrt(v_hat) + eps), which converges to the lasso solution. weight_decay is coupled."""
+    t = lr*l1 / (sqrt(v_hat) + eps), which converges to the lasso solution. weight_decay is coupled.
+    group_l1 (group lasso over rows/columns of params with dim >= 2, see `group_dim`) is the exact prox in the
+    same metric: a group is zeroed when ||(sqrt(v_hat) + eps) * w_g|| <= lr*group_l1*sqrt(|g|), else shrunk
+    elementwise by r/(r + lr*group_l1*sqrt(|g|)/denom_i) (fusedreg.reference.group_prox), so fixed points are
+    group-lasso solutions whatever the spread of denom inside a group."""
     _decoupled = False
     _defaults = dict(amsgrad=False, maximize=False)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *, l1=0.0,
-                 l1_mode="prox", l0=0.0, nonneg=False, maximize=False, backend="auto"):
+                 l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False, backend="auto",
+                 master_weights=False, stochastic_rounding=False):
         self.backend = backend
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize, l1=l1, l1_mode=l1_mode, l0=l0,
-                                      nonneg=nonneg))
+                                      nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
+                                      master_weights=master_weights, stochastic_rounding=stochastic_rounding))
 
     def _check(self, group):
         _check_common(group)
@@ -154,19 +187,20 @@ class Adam(_Fused):
             if not 0.0 <= float(b) < 1.0:
                 raise ValueError(f"Invalid beta parameter at index {i}: {b} (must be in [0, 1))")
 
-    def _step_group(self, group, grad_scale, found_inf):
-        params = self._grads(group)
+    def _step_group(self, group, work, grad_scale, found_inf):
+        params = work.params
         for p in params:
             state = self.state[p]
-            if not state:
+            if "step" not in state:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["exp_avg"] = torch.zeros_like(p, dtype=opmath(p.dtype), memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
         st = [self.state[p] for p in params]
-        F.adam(params, [p.grad for p in params], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
-               [s["max_exp_avg_sq"] for s in st] if group["amsgrad"] else [], [s["step"] for s in st],
+        F.adam(work.tensors, work.grads, [local(s["exp_avg"]) for s in st], [local(s["exp_avg_sq"]) for s in st],
+               [local(s["max_exp_avg_sq"]) for s in st] if group["amsgrad"] else [],
+               [local(s["step"]) for s in st],
                lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
                weight_decay=group["weight_decay"], decoupled=self._decoupled, amsgrad=group["amsgrad"],
                maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
@@ -174,27 +208,34 @@ class Adam(_Fused):
 
 
 class AdamW(Adam):
-    """torch.optim.AdamW plus fused penalties: decoupled decay p *= 1 - lr*wd before the Adam step."""
+    """torch.optim.AdamW plus fused penalties: decoupled decay p *= 1 - lr*wd before the Adam step (so
+    `elastic_net`'s weight_decay is not scikit-learn's L2 term here; use Adam or SGD for that)."""
     _decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 l1=0.0, l1_mode="prox", l0=0.0, nonneg=False, maximize=False, backend="auto"):
+                 l1=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False,
+                 backend="auto", master_weights=False, stochastic_rounding=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, l1=l1, l1_mode=l1_mode, l0=l0,
-                         nonneg=nonneg, maximize=maximize, backend=backend)
+                         nonneg=nonneg, group_l1=group_l1, group_dim=group_dim, maximize=maximize,
+                         backend=backend, master_weights=master_weights, stochastic_rounding=stochastic_rounding)
 
 
 class Adagrad(_Fused):
     """torch.optim.Adagrad plus fused penalties. With l1/l2 (and eps=0) it is TensorFlow's
-    ProximalAdagradOptimizer: threshold eta*l1 and division by 1 + eta*l2, eta = lr/sqrt(acc)."""
+    ProximalAdagradOptimizer: threshold eta*l1 and division by 1 + eta*l2, eta = lr/sqrt(acc); the accumulator
+    starts at initial_accumulator_value. group_l1 is the group-lasso prox in the same metric (see Adam)."""
     _defaults = dict(lr_decay=0.0, initial_accumulator_value=0.0, maximize=False, l2=0.0)
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10, *,
-                 l1=0.0, l2=0.0, l1_mode="prox", l0=0.0, nonneg=False, maximize=False, backend="auto"):
+                 l1=0.0, l2=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False,
+                 backend="auto", master_weights=False, stochastic_rounding=False):
         self.backend = backend
         F.check_nonneg("initial_accumulator_value", initial_accumulator_value)
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
                                       initial_accumulator_value=initial_accumulator_value, maximize=maximize,
-                                      l1=l1, l2=l2, l1_mode=l1_mode, l0=l0, nonneg=nonneg))
+                                      l1=l1, l2=l2, l1_mode=l1_mode, l0=l0, nonneg=nonneg, group_l1=group_l1,
+                                      group_dim=group_dim, master_weights=master_weights,
+                                      stochastic_rounding=stochastic_rounding))
         # torch.optim.Adagrad creates its state eagerly, with the accumulator at its initial value.
         for group in self.param_groups:
             self._init_group(group)
@@ -217,10 +258,9 @@ class Adagrad(_Fused):
         F.check_nonneg("lr_decay", group["lr_decay"])
         F.check_nonneg("eps", group["eps"])
 
-    def _step_group(self, group, grad_scale, found_inf):
-        params = self._grads(group)
-        st = [self.state[p] for p in params]
-        F.adagrad(params, [p.grad for p in params], [s["sum"] for s in st], [s["step"] for s in st],
+    def _step_group(self, group, work, grad_scale, found_inf):
+        st = [self.state[p] for p in work.params]
+        F.adagrad(work.tensors, work.grads, [local(s["sum"]) for s in st], [local(s["step"]) for s in st],
                   lr=group["lr"], lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
                   maximize=group["maximize"], l2=group["l2"], grad_scale=grad_scale, found_inf=found_inf,
                   **_penalty_args(group, self.backend))

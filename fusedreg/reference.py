@@ -117,3 +117,68 @@ def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay,
         denom = torch.sqrt(s) + _scalar(eps, dt)
         p = p - _scalar(clr, dt) * (g / denom)
         param.copy_(prox(p, clr, denom, **pen))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Group lasso. Not one of the fused ops: fusedreg.functional applies it right after the elementwise op, on every
+# backend, with the same per-element step the op used (see group_prox).
+
+def group_dims(ndim, group_dim):
+    """The dims a group norm reduces over: every dim but group_dim (group_dim=0: p[i], 1: p[:, j])."""
+    return tuple(d for d in range(ndim) if d != group_dim)
+
+
+def group_size(shape, group_dim):
+    return math.prod(shape) // shape[group_dim] if shape[group_dim] else 0
+
+
+def group_prox(v, step, group_l1, group_dim, denom=None, l2=0.0, max_iter=100):
+    """Group-lasso prox of v (a tensor with dim >= 2, in opmath) for the penalty group_l1 * sqrt(|g|) * ||w_g||.
+
+    denom is None (SGD): the textbook prox with the scalar step t = step,
+        w_g = v_g * max(0, 1 - t*group_l1*sqrt(|g|) / ||v_g||).
+    denom is a tensor (Adam: sqrt(v_hat) + eps, Adagrad: sqrt(sum) + eps): the exact prox in the optimizer's own
+    diagonal metric D = denom/step, i.e. argmin_w 1/2 (w - v)^T D (w - v) + group_l1*sqrt(|g|)*||w_g||, which is
+    what the elementwise L1 threshold step*l1/denom is for L1. With a_i = step*group_l1*sqrt(|g|)/denom_i:
+        w_g = 0                       if ||v_g / a_g|| <= 1   (one scalar test per group),
+        w_i = v_i * r / (r + a_i)     otherwise, r = ||w_g|| the root of sum_i v_i^2/(r + a_i)^2 = 1,
+    found by Newton on the concave increasing 1/sqrt(sum_i v_i^2/(r + a_i)^2) - 1 from the lower bound
+    max(||v_g|| - max a_g, 0), so it rises monotonically to the root (exact in one step when a is constant in
+    the group, where it equals the scalar-step formula above with t = step/denom).
+    l2 (Adagrad's proximal l2, already applied to v by the op) makes the metric D + l2: denom -> denom + step*l2
+    (and t -> t/(1 + t*l2) when denom is None), so l1 + l2 + group is the exact joint prox.
+    """
+    if group_l1 == 0 or v.numel() == 0:
+        return v
+    dt = v.dtype
+    dims = group_dims(v.dim(), group_dim)
+    c = step * group_l1 * math.sqrt(group_size(v.shape, group_dim))
+    if denom is None:
+        c = c / (1 + step * l2)
+        norm = torch.linalg.vector_norm(v, dim=dims, keepdim=True, dtype=torch.float64)
+        return v * torch.clamp_min(1 - c / norm, 0).to(dt)
+    # Group sums run in fp64 (a group can be a 10^5-long column), the per-element factors are rounded to opmath.
+    scale = denom.to(dt) + _scalar(step * l2, dt) if l2 != 0 else denom.to(dt)
+    a = (_scalar(c, dt) / scale).double()
+    return v * _metric_factor(v.double(), a, dims, max_iter).to(dt)
+
+
+def _metric_factor(v, a, dims, max_iter):
+    """The factor w/v of the metric group prox (0 on zero groups), everything in fp64."""
+    dt = v.dtype
+    q0 = torch.linalg.vector_norm(v / a, dim=dims, keepdim=True)
+    keep = q0 > 1
+    vk = torch.where(keep, v, torch.zeros_like(v))  # zero groups: drop them from the root finding
+    amax = torch.amax(a, dim=dims, keepdim=True)
+    r = torch.clamp_min(torch.linalg.vector_norm(vk, dim=dims, keepdim=True) - amax, 0)
+    tol = 4 * torch.finfo(dt).eps
+    v2 = vk * vk
+    for _ in range(max_iter):
+        inv = 1 / (r + a)
+        s = torch.sum(v2 * inv * inv, dim=dims, keepdim=True)
+        t = torch.sum(v2 * inv * inv * inv, dim=dims, keepdim=True)
+        dr = torch.where(keep, s * (torch.sqrt(s) - 1) / t, torch.zeros_like(r))
+        r = r + torch.clamp_min(dr, 0)  # monotone from the left; a negative dr is rounding at the root
+        if not bool((dr > tol * r).any()):
+            break
+    return torch.where(keep, r / (r + a), torch.zeros_like(v))

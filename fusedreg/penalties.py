@@ -1,0 +1,255 @@
+"""The penalty family around the optimizers: elastic-net keywords, the penalty's value, a sparsity table, and
+param groups that keep biases and normalization weights unpenalized.
+
+The optimizers' convention, which `penalty` evaluates (groups: rows or columns of params with dim >= 2):
+    l1 * sum|w|  +  1/2 * (weight_decay + l2) * sum w^2  +  group_l1 * sum_g sqrt(|g|) * ||w_g||  +  l0 * #{w != 0}
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import functional as F
+from . import reference
+
+__all__ = ["elastic_net", "penalty", "sparsity", "Sparsity", "SparsityRow", "param_groups", "PENALTY_KEYS"]
+
+# Group keys that add to the objective (or constrain it); param_groups zeroes them in the unpenalized group.
+PENALTY_KEYS = ("l1", "l2", "l0", "weight_decay", "group_l1", "nonneg")
+
+
+def elastic_net(alpha, l1_ratio=0.5):
+    """Optimizer keywords for scikit-learn's elastic net alpha*l1_ratio*||w||_1 + alpha*(1 - l1_ratio)/2*||w||^2.
+
+    Returns dict(l1=alpha*l1_ratio, weight_decay=alpha*(1 - l1_ratio)). With SGD, Adam or Adagrad (coupled
+    weight decay, g += wd*w) on the loss 0.5*mean((Xw + c - y)^2) this is `sklearn.linear_model.ElasticNet(alpha,
+    l1_ratio)`. AdamW's weight_decay is decoupled (w *= 1 - lr*wd, not scaled by Adam's denominator), so with AdamW
+    the L2 part is not sklearn's term and the solution differs.
+    """
+    alpha, l1_ratio = float(alpha), float(l1_ratio)
+    if math.isnan(alpha) or alpha < 0 or math.isinf(alpha):
+        raise ValueError(f"Invalid alpha {alpha} (must be finite and >= 0)")
+    if not 0.0 <= l1_ratio <= 1.0:
+        raise ValueError(f"Invalid l1_ratio {l1_ratio} (must be in [0, 1])")
+    return dict(l1=alpha * l1_ratio, weight_decay=alpha * (1.0 - l1_ratio))
+
+
+def _named(obj):
+    """[(name, tensor)] from a module, an optimizer, a tensor, a {name: tensor} dict, or an iterable of tensors,
+    (name, tensor) pairs or param-group dicts. Unnamed tensors are called p0, p1, ... in order."""
+    if isinstance(obj, nn.Module):
+        return list(obj.named_parameters())
+    if isinstance(obj, torch.optim.Optimizer):
+        obj = obj.param_groups
+    if torch.is_tensor(obj):
+        obj = [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.items())
+    out = []
+    for item in obj:
+        if isinstance(item, dict):  # a param group
+            ps = item["params"]
+            out += [(None, p) for p in ([ps] if torch.is_tensor(ps) else ps)]
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            out.append(item)
+        elif torch.is_tensor(item):
+            out.append((None, item))
+        else:
+            raise TypeError(f"expected tensors, (name, tensor) pairs or param groups, got {type(item).__name__}")
+    return [(f"p{i}" if n is None else n, t) for i, (n, t) in enumerate(out)]
+
+
+def _tensor_penalty(w, l1, half_l2, group_l1, group_dim, l0):
+    """Sum of the penalty over one tensor, computed and accumulated in fp64 (a logging value should not carry
+    fp32 rounding): one elementwise pass and one reduction, plus the group norms (one more reduction) when
+    group_l1 != 0 and dim >= 2."""
+    acc = torch.zeros((), dtype=torch.float64, device=w.device)
+    if w.numel() == 0:
+        return acc
+    x = w.detach().to(torch.float64)
+    if l1 != 0 or half_l2 != 0:
+        if l1 != 0 and half_l2 != 0:
+            integrand = x.abs() * l1 + x * x * half_l2
+        else:
+            integrand = x.abs() * l1 if l1 != 0 else x * x * half_l2
+        acc = acc + integrand.sum(dtype=torch.float64)
+    if l0 != 0:
+        acc = acc + l0 * torch.count_nonzero(x).to(torch.float64)
+    if group_l1 != 0 and x.dim() >= 2:
+        norms = torch.linalg.vector_norm(x, dim=reference.group_dims(x.dim(), group_dim))
+        acc = acc + (group_l1 * math.sqrt(reference.group_size(x.shape, group_dim))) * norms.sum()
+    return acc
+
+
+@torch.no_grad()
+def penalty(params_or_model, *, l1=None, weight_decay=None, group_l1=None, group_dim=None, l2=None, l0=None):
+    """The value of the penalty the optimizers apply, as a 0-dim fp64 tensor (not differentiable, for logging):
+
+        l1*sum|w| + 1/2*(weight_decay + l2)*sum w^2 + group_l1*sum_g sqrt(|g|)*||w_g|| + l0*#{w != 0}
+
+    over every tensor of a module, an iterable of tensors or param groups. Groups are the rows (group_dim=0,
+    p[i]) or columns (group_dim=1, p[:, j]) of tensors with dim >= 2; 1-D tensors add no group term.
+    Given an optimizer and no keywords, each param group's own l1, weight_decay, group_l1, group_dim (and
+    Adagrad's l2, l0) are used, so `loss + fusedreg.penalty(opt)` is the objective being minimized (for AdamW
+    the decoupled weight decay is reported as 1/2*wd*||w||^2, which is only what it approximates).
+    Per tensor: one fp64 elementwise pass and one reduction; the result lives on the first tensor's device.
+    """
+    given = dict(l1=l1, weight_decay=weight_decay, group_l1=group_l1, group_dim=group_dim, l2=l2, l0=l0)
+    if isinstance(params_or_model, torch.optim.Optimizer) and all(v is None for v in given.values()):
+        settings = [(g["params"], {k: g.get(k, 0) for k in given}) for g in params_or_model.param_groups]
+    else:
+        settings = [([t for _, t in _named(params_or_model)], {k: (0 if v is None else v) for k, v in given.items()})]
+    total, device = None, None
+    for tensors, s in settings:
+        F.check_penalties(s["l1"], "prox", s["l2"], s["l0"], s["weight_decay"], s["group_l1"], s["group_dim"])
+        for t in tensors:
+            part = _tensor_penalty(t, float(s["l1"]), 0.5 * (float(s["weight_decay"]) + float(s["l2"])),
+                                   float(s["group_l1"]), s["group_dim"], float(s["l0"]))
+            if total is None:
+                total, device = part, t.device
+            else:
+                total = total + part.to(device)
+    return torch.zeros((), dtype=torch.float64) if total is None else total
+
+
+@dataclass(frozen=True)
+class SparsityRow:
+    """One tensor's exact zeros. zero_rows/zero_cols (all-zero p[i] = pruned output neurons, all-zero p[:, j] =
+    pruned input features) and n_rows/n_cols are None for tensors with dim < 2."""
+    name: str
+    shape: tuple
+    numel: int
+    zeros: int
+    fraction: float
+    zero_rows: "int | None"
+    n_rows: "int | None"
+    zero_cols: "int | None"
+    n_cols: "int | None"
+
+
+class Sparsity:
+    """Exact-zero counts per tensor (`rows`) and overall (`overall`, `zeros`, `numel`); prints as a table."""
+
+    def __init__(self, rows):
+        self.rows = list(rows)
+        self.numel = sum(r.numel for r in self.rows)
+        self.zeros = sum(r.zeros for r in self.rows)
+        self.overall = self.zeros / self.numel if self.numel else 0.0
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            for r in self.rows:
+                if r.name == key:
+                    return r
+            raise KeyError(key)
+        return self.rows[key]
+
+    def as_dict(self):
+        return {r.name: r for r in self.rows}
+
+    def __str__(self):
+        def frac(n, d):
+            return "-" if n is None else f"{n}/{d}"
+        head = ("tensor", "shape", "numel", "zeros", "zero %", "zero rows", "zero cols")
+        body = [(r.name, "x".join(map(str, r.shape)) or "()", str(r.numel), str(r.zeros), f"{100 * r.fraction:.2f}",
+                 frac(r.zero_rows, r.n_rows), frac(r.zero_cols, r.n_cols)) for r in self.rows]
+        foot = ("total", "", str(self.numel), str(self.zeros), f"{100 * self.overall:.2f}", "", "")
+        table = [head] + body + [foot]
+        widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+
+        def fmt(row):
+            cells = (c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            return "  ".join(cells).rstrip()
+        rule = "-" * max(len(fmt(r)) for r in table)
+        return "\n".join([fmt(head), rule] + [fmt(r) for r in body] + [rule, fmt(foot)])
+
+    __repr__ = __str__
+
+
+def _all_zero_slices(x, dim):
+    return int((~(x != 0).any(dim=reference.group_dims(x.dim(), dim))).sum()) if x.shape[dim] else 0
+
+
+@torch.no_grad()
+def sparsity(model_or_params):
+    """Exact-zero fraction per tensor and overall, and all-zero rows/columns per matrix (see Sparsity).
+
+    Accepts a module (named_parameters), an optimizer, a {name: tensor} dict, or an iterable of tensors (named
+    p0, p1, ...) or (name, tensor) pairs. For dim > 2 a row is p[i] and a column p[:, j]."""
+    rows = []
+    for name, t in _named(model_or_params):
+        x = t.detach()
+        n = x.numel()
+        zeros = n - int(torch.count_nonzero(x)) if n else 0
+        if x.dim() >= 2:
+            zr, nr = _all_zero_slices(x, 0), x.shape[0]
+            zc, nc = _all_zero_slices(x, 1), x.shape[1]
+        else:
+            zr = nr = zc = nc = None
+        rows.append(SparsityRow(name, tuple(x.shape), n, zeros, zeros / n if n else 0.0, zr, nr, zc, nc))
+    return Sparsity(rows)
+
+
+_NORM_TYPES = tuple(t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                                getattr(nn, "RMSNorm", None), nn.LocalResponseNorm) if t is not None)
+_EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _matches(rule, full_name, leaf, param, module):
+    if isinstance(rule, str):
+        if rule == "norm":
+            return isinstance(module, _NORM_TYPES)
+        if rule == "embedding":
+            return isinstance(module, _EMBEDDING_TYPES)
+        if rule == "1d":
+            return param.dim() < 2
+        return leaf == rule or full_name == rule or full_name.endswith("." + rule)
+    if isinstance(rule, type) and issubclass(rule, nn.Module):
+        return isinstance(module, rule)
+    if callable(rule):
+        return bool(rule(full_name, param))
+    raise TypeError(f"no_penalty rules are str, nn.Module types or callables (name, param) -> bool, got {rule!r}")
+
+
+def param_groups(model, *, no_penalty=("bias", "norm"), **options):
+    """Two param groups for a fusedreg (or torch) optimizer: [penalized, unpenalized], empty ones left out.
+
+    The penalized group gets every keyword given (l1=..., weight_decay=..., group_l1=..., group_dim=..., lr=...).
+    The unpenalized group gets the non-penalty keywords (lr, group_dim, ...) and l1 = weight_decay = group_l1 =
+    l0 = 0, nonneg = False (and l2 = 0 when l2 is given), always, so AdamW's default decay does not reach it.
+
+    A parameter is unpenalized when any rule in `no_penalty` matches it:
+      "bias"       (any other str) its name is that str, or ends with "." + it (`fc.bias`, `0.bias`)
+      "norm"       it belongs to a normalization layer (BatchNorm*, InstanceNorm*, LayerNorm, GroupNorm, RMSNorm)
+      "embedding"  it belongs to nn.Embedding / nn.EmbeddingBag (not in the default: embedding rows are often
+                   worth penalizing, e.g. group lasso over tokens)
+      "1d"         it has dim < 2 (every bias and scale vector)
+      a type       it belongs to a module of that nn.Module subclass
+      a callable   rule(full_name, param) is true
+    The default ("bias", "norm") is the usual "no decay on biases and norm weights" convention. A shared (tied)
+    param is listed once, and is unpenalized when a rule matches it under any of its names.
+    """
+    if isinstance(no_penalty, (str, type)) or callable(no_penalty):
+        no_penalty = (no_penalty,)
+    params, exempt = {}, set()  # id -> param in first-seen order; ids matched by a rule under any of their names
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for leaf, p in module.named_parameters(recurse=False):
+            params.setdefault(id(p), p)
+            full = f"{mod_name}.{leaf}" if mod_name else leaf
+            if id(p) not in exempt and any(_matches(r, full, leaf, p, module) for r in no_penalty):
+                exempt.add(id(p))
+    penalized = [p for i, p in params.items() if i not in exempt]
+    free = [p for i, p in params.items() if i in exempt]
+    zero = dict(l1=0.0, weight_decay=0.0, group_l1=0.0, l0=0.0, nonneg=False)
+    if "l2" in options:
+        zero["l2"] = 0.0
+    rest = {k: v for k, v in options.items() if k not in PENALTY_KEYS}
+    groups = [dict(params=penalized, **options), dict(params=free, **rest, **zero)]
+    return [g for g in groups if g["params"]]
