@@ -1,0 +1,298 @@
+"""`python -m fusedreg demo` / `sweep` end to end in quick mode, fusedreg.select on small problems, and the
+command line's help and errors."""
+import contextlib
+import io
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fusedreg
+from fusedreg import demo, select
+from fusedreg.__main__ import build_parser, main
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The models here are tiny: one thread is fastest and does not stall when the machine is busy.
+    with demo.cpu_threads(1):
+        yield
+
+
+def _run(argv, fn_name):
+    """main(argv) in-process; returns (stdout, stderr, the result object the run function returned)."""
+    seen = {}
+    real = getattr(demo, fn_name)
+
+    def spy(**kw):
+        seen["result"] = real(**kw)
+        return seen["result"]
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setattr(demo, fn_name, spy)
+        assert main(argv) == 0
+    return out.getvalue(), err.getvalue(), seen["result"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    png = tmp_path_factory.mktemp("demo") / "out" / "demo.png"  # a missing folder is created
+    return (png,) + _run(["demo", "--quick", "--out", str(png)], "run_demo")
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    png = tmp_path_factory.mktemp("sweep") / "sweep.png"
+    return (png,) + _run(["sweep", "--quick", "--no-progress", "--out", str(png)], "run_sweep")
+
+
+def _png_ok(path):
+    assert path.exists(), f"{path} was not written"
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 10_000  # a real figure, not an empty canvas
+
+
+# ------------------------------------------------------------------------------------------------------- demo
+
+def test_demo_prints_a_row_per_penalty(demo_run):
+    png, out, _, res = demo_run
+    for label in ("none", "L2", "L1", "elastic net", "group lasso"):
+        assert any(line.startswith(label) for line in out.splitlines()), f"no table row for {label!r}:\n{out}"
+    for column in ("test acc", "zeros", "inputs pruned", "hidden pruned", "torch.optim us"):
+        assert column in out
+    assert [r.kind for r in res.rows] == ["none", "l2", "l1", "elastic_net", "group_l1"]
+    assert f"wrote {os.path.abspath(png)}" in out
+    assert "overhead-bound" in out
+
+
+def test_demo_writes_the_png(demo_run):
+    png, _, _, res = demo_run
+    _png_ok(png)
+    assert res.png == os.path.abspath(png)
+
+
+def test_demo_l1_has_exact_zeros_and_l2_has_none(demo_run):
+    _, _, _, res = demo_run
+    rows = {r.kind: r for r in res.rows}
+    for kind in ("none", "l2"):
+        assert rows[kind].zeros == 0.0
+        assert all(int((p == 0).sum()) == 0 for p in res.models[kind].parameters()), kind
+    for kind in ("l1", "elastic_net"):
+        assert rows[kind].zeros > 0.05, kind
+        assert int((res.models[kind][0].weight == 0).sum()) > 0
+    # The pixels that are constant in the training data get a zero gradient: any L1-type penalty removes them.
+    assert rows["l1"].inputs_pruned >= 1 and rows["group_l1"].inputs_pruned >= 1
+    # Group lasso zeroes whole columns of the first layer and touches nothing else.
+    w1 = res.models["group_l1"][0].weight
+    cols = (w1 == 0).all(0)
+    assert int((w1 == 0).sum()) == int(cols.sum()) * w1.shape[0]
+    assert all(int((p == 0).sum()) == 0 for name, p in res.models["group_l1"].named_parameters()
+               if name != "0.weight")
+    for r in res.rows:
+        assert 0.5 < r.accuracy <= 1.0, (r.kind, r.accuracy)
+
+
+def test_demo_times_every_backend_and_torch_optim(demo_run):
+    _, out, _, res = demo_run
+    available = fusedreg.backends.available()
+    for r in res.rows:
+        for b in demo.TIMED["cpu"]:
+            if b in available:
+                assert isinstance(r.step_us[b], float) and r.step_us[b] > 0, (r.kind, b)
+            else:
+                assert isinstance(r.step_us[b], str) and r.step_us[b]  # the reason, printed under the table
+                assert f"{b}: not timed" in out
+        assert r.torch_us > 0
+
+
+def test_demo_lambda_paths(demo_run):
+    _, _, _, res = demo_run
+    for kind in ("l1", "group_l1"):
+        rec = res.paths[kind]
+        lam = rec["lambdas"]
+        assert lam == sorted(lam, reverse=True) and len(rec["accuracy"]) == len(lam)
+        assert rec["zeros"][0] == 1.0  # the calibrated λ_max zeroes every penalized weight
+        assert rec["zeros"][-1] < 1.0 and rec["accuracy"][-1] > 0.5
+
+
+# ------------------------------------------------------------------------------------------------------ sweep
+
+def test_sweep_chooses_a_lambda_in_the_grid(sweep_run):
+    png, out, _, res = sweep_run
+    path = res.path
+    assert path.lambda_ in path.lambdas
+    assert path.lambdas[-1] <= path.lambda_ <= path.lambdas[0]
+    assert path.lambdas == sorted(path.lambdas, reverse=True)
+    assert len(path.mean) == len(path.std) == len(path.sparsity) == len(path.lambdas)
+    assert all(len(s) == path.folds for s in path.scores)
+    assert path.penalized_sparsity[0] == 1.0
+    assert path.index_1se <= path.best_index
+    assert f"chosen λ = {path.lambda_:.4g}" in out
+    assert "test accuracy" in out
+    rows = [line for line in out.splitlines() if re.match(r"^[* ] +\d\.?\d*(e[-+]\d+)? +\d\.\d{4} ± ", line)]
+    assert len(rows) == len(path.lambdas)
+    assert 0.5 < res.test_accuracy <= 1.0
+    _png_ok(png)
+
+
+def test_sweep_group_lasso_with_explicit_grid(tmp_path):
+    png = tmp_path / "g.png"
+    out, _, res = _run(["sweep", "--quick", "--no-progress", "--penalty", "group-lasso", "--folds", "2",
+                        "--lambdas", "1e-3,1e-2", "--rule", "1se", "--out", str(png)], "run_sweep")
+    assert res.path.lambdas == [1e-2, 1e-3]  # sorted large to small
+    assert res.path.rule == "1se" and res.path.lambda_ == res.path.lambda_1se
+    _png_ok(png)
+
+
+# ---------------------------------------------------------------------------------------------------- select
+
+def _sparse_problem(n=240, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g)
+    w = torch.zeros(d, 3)
+    w[:3] = torch.randn(3, 3, generator=g) * 3
+    y = (X @ w).argmax(1)
+    return X, y
+
+
+def _linear(d=12):
+    return lambda: torch.nn.Linear(d, 3)
+
+
+def test_select_lambda_on_a_sparse_linear_problem():
+    X, y = _sparse_problem()
+    res = select.select_lambda(_linear(), X, y, penalty="l1", n_lambdas=5, lambda_min_ratio=1e-2, folds=3,
+                               epochs=3, batch_size=60, lr=0.05)
+    assert len(res.lambdas) == 5 and res.lambdas[0] == res.lambda_max
+    assert all(math.isclose(a / b, res.lambdas[0] / res.lambdas[1], rel_tol=1e-9)
+               for a, b in zip(res.lambdas, res.lambdas[1:]))
+    assert res.penalized_sparsity[0] == 1.0  # λ_max zeroes every weight
+    assert res.lambda_ == res.best_lambda and res.mean[res.best_index] == max(res.mean)
+    assert res.mean[res.best_index] > 0.8
+    assert res.index_1se <= res.best_index
+    assert res.model is not None and int((res.model.weight == 0).sum()) > 0
+    assert "chosen lambda" in str(res)
+
+
+def test_select_lambda_lambda_max_is_exact_for_a_linear_model():
+    X, y = _sparse_problem()
+    torch.manual_seed(0)
+    model = _linear()()
+    torch.nn.init.zeros_(model.weight)
+    lmax = select.lambda_max(model, X, y, "l1")
+    g = torch.autograd.grad(torch.nn.functional.cross_entropy(model(X), y), model.weight)[0]
+    assert math.isclose(lmax, float(g.abs().max()), rel_tol=1e-6)
+    assert math.isclose(select.lambda_max(model, X, y, "elastic_net", l1_ratio=0.25), 4 * lmax, rel_tol=1e-6)
+    gl = select.lambda_max(model, X, y, "group_l1", group_dim=1)
+    assert math.isclose(gl, float(g.norm(dim=0).max()) / math.sqrt(3), rel_tol=1e-6)
+
+
+def test_kfold_partitions_and_stratifies():
+    y = torch.arange(100) % 4
+    folds = select.kfold(y, 5, seed=1)
+    idx = torch.cat(folds).sort().values
+    assert torch.equal(idx, torch.arange(100))
+    for f in folds:
+        assert torch.bincount(y[f], minlength=4).tolist() == [5, 5, 5, 5]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(rule="median"), "rule"),
+    (dict(lambdas=[1e-3, 1e-2]), "sorted"),
+    (dict(lambdas=[]), "non-empty"),
+    (dict(penalty="l2"), "explicitly"),
+    (dict(penalty="l3"), "penalty"),
+    (dict(folds=1), "folds"),
+    (dict(lambda_min_ratio=2.0), "lambda_min_ratio"),
+])
+def test_select_lambda_rejects_bad_arguments(kwargs, match):
+    X, y = _sparse_problem(n=30)
+    with pytest.raises(ValueError, match=match):
+        select.select_lambda(_linear(), X, y, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+def test_every_option_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            assert action.help and len(action.help) > 10, (name, action.option_strings)
+        text = p.format_help()
+        for action in p._actions:
+            for opt in action.option_strings:
+                assert opt in text
+
+
+def test_help_runs(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--epochs" in out and "--device" in out and "digits" in out
+    assert main([]) == 0
+    assert "demo" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--epochs", "0"], "must be at least 1"),
+    (["demo", "--epochs", "ten"], "expected a whole number"),
+    (["demo", "--l1", "-1"], "must be > 0"),
+    (["demo", "--l1-ratio", "1.5"], "(0, 1]"),
+    (["demo", "--lr", "nan"], "finite"),
+    (["demo", "--out", "figure.jpg"], "must end in .png"),
+    (["demo", "--device", "tpu"], "invalid choice"),
+    (["demo", "--backend", "fortran"], "invalid choice"),
+    (["sweep", "--folds", "1"], "at least 2 folds"),
+    (["sweep", "--lambda-min-ratio", "1"], "strictly between 0 and 1"),
+    (["sweep", "--lambdas", "1e-2,,1e-3"], "empty value"),
+    (["sweep", "--lambdas", "1e-2,-1"], "must be > 0"),
+    (["sweep", "--penalty", "l0"], "invalid choice"),
+    (["sweep", "--rule", "2se"], "invalid choice"),
+])
+def test_bad_option_values_are_clear_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--quick", "--device", "cuda"])
+    assert e.value.code == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_unavailable_backend_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--quick", "--backend", "cuda"])
+    assert e.value.code == 2
+    assert "--backend cuda" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fusedreg.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "fusedreg", "sweep", "--help"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--rule" in done.stdout and "cross-validation" in done.stdout
+
+
+def test_backends_command(capsys):
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    for name in fusedreg.backends.NAMES:
+        assert name in out
