@@ -155,8 +155,9 @@ class SGD(_Fused):
             if idx:
                 F.sgd([work.tensors[i] for i in idx], [work.grads[i] for i in idx], [local(b) for b in bs],
                       first_step=first, **kw)
-        # Only keep new buffers when the step was taken, so a skipped (inf) step leaves state untouched.
-        if found_inf is None or not bool(found_inf.item()):
+        # Only keep new buffers when the step was taken, so a skipped (inf) step leaves state untouched. This
+        # reads found_inf on the host only on a step that creates buffers (the first), never in steady state.
+        if new and (found_inf is None or not bool(found_inf.item())):
             for i, b in zip(new, bufs):
                 self.state[params[i]]["momentum_buffer"] = b
 
