@@ -15,35 +15,42 @@
 
 #include <cmath>
 
+// Every function here runs once per element (or vector): a call that is not inlined costs more than the math.
+#if defined(__CUDACC__)
+#define FR_INLINE __forceinline__
+#else
+#define FR_INLINE C10_ALWAYS_INLINE
+#endif
+
 namespace fusedreg {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Scalar primitives. NaN propagates through max like torch.maximum / clamp_min.
-C10_HOST_DEVICE inline float fr_sqrt(float x) { return ::sqrtf(x); }
-C10_HOST_DEVICE inline double fr_sqrt(double x) { return ::sqrt(x); }
-C10_HOST_DEVICE inline float fr_abs(float x) { return ::fabsf(x); }
-C10_HOST_DEVICE inline double fr_abs(double x) { return ::fabs(x); }
-C10_HOST_DEVICE inline float fr_neg(float x) { return -x; }
-C10_HOST_DEVICE inline double fr_neg(double x) { return -x; }
-C10_HOST_DEVICE inline float fr_fmadd(float a, float b, float c) { return ::fmaf(a, b, c); }
-C10_HOST_DEVICE inline double fr_fmadd(double a, double b, double c) { return ::fma(a, b, c); }
+C10_HOST_DEVICE FR_INLINE float fr_sqrt(float x) { return ::sqrtf(x); }
+C10_HOST_DEVICE FR_INLINE double fr_sqrt(double x) { return ::sqrt(x); }
+C10_HOST_DEVICE FR_INLINE float fr_abs(float x) { return ::fabsf(x); }
+C10_HOST_DEVICE FR_INLINE double fr_abs(double x) { return ::fabs(x); }
+C10_HOST_DEVICE FR_INLINE float fr_neg(float x) { return -x; }
+C10_HOST_DEVICE FR_INLINE double fr_neg(double x) { return -x; }
+C10_HOST_DEVICE FR_INLINE float fr_fmadd(float a, float b, float c) { return ::fmaf(a, b, c); }
+C10_HOST_DEVICE FR_INLINE double fr_fmadd(double a, double b, double c) { return ::fma(a, b, c); }
 template <typename T>
-C10_HOST_DEVICE inline T fr_max_s(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a > b ? a : b)); }
-C10_HOST_DEVICE inline float fr_max(float a, float b) { return fr_max_s(a, b); }
-C10_HOST_DEVICE inline double fr_max(double a, double b) { return fr_max_s(a, b); }
+C10_HOST_DEVICE FR_INLINE T fr_max_s(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a > b ? a : b)); }
+C10_HOST_DEVICE FR_INLINE float fr_max(float a, float b) { return fr_max_s(a, b); }
+C10_HOST_DEVICE FR_INLINE double fr_max(double a, double b) { return fr_max_s(a, b); }
 // torch.sign: -1, 0 or 1 (0 for NaN).
-C10_HOST_DEVICE inline float fr_sign(float x) { return float((0.f < x) - (x < 0.f)); }
-C10_HOST_DEVICE inline double fr_sign(double x) { return double((0.0 < x) - (x < 0.0)); }
+C10_HOST_DEVICE FR_INLINE float fr_sign(float x) { return float((0.f < x) - (x < 0.f)); }
+C10_HOST_DEVICE FR_INLINE double fr_sign(double x) { return double((0.0 < x) - (x < 0.0)); }
 // x <= y ? a : b
-C10_HOST_DEVICE inline float fr_where_le(float x, float y, float a, float b) { return x <= y ? a : b; }
-C10_HOST_DEVICE inline double fr_where_le(double x, double y, double a, double b) { return x <= y ? a : b; }
+C10_HOST_DEVICE FR_INLINE float fr_where_le(float x, float y, float a, float b) { return x <= y ? a : b; }
+C10_HOST_DEVICE FR_INLINE double fr_where_le(double x, double y, double a, double b) { return x <= y ? a : b; }
 
 // The unit denominator of plain SGD: x / One{} is x (IEEE division by 1 is exact), without the division.
 struct One {};
 template <typename V>
-C10_HOST_DEVICE inline V fr_div(V x, One) { return x; }
+C10_HOST_DEVICE FR_INLINE V fr_div(V x, One) { return x; }
 template <typename V>
-C10_HOST_DEVICE inline V fr_div(V x, V d) { return x / d; }
+C10_HOST_DEVICE FR_INLINE V fr_div(V x, V d) { return x / d; }
 
 // ---------------------------------------------------------------------------------------------------------------
 // The op arguments as the schema gives them (double), shared by host and device.
@@ -79,7 +86,7 @@ struct Penalty {
 };
 
 template <typename O>
-C10_HOST_DEVICE inline Penalty<O> make_penalty(const PenaltyArgs& a, double step) {
+C10_HOST_DEVICE FR_INLINE Penalty<O> make_penalty(const PenaltyArgs& a, double step) {
   Penalty<O> r;
   r.l1 = O(a.l1);
   r.thr = O(step * a.l1);
@@ -101,7 +108,7 @@ struct GradPrep {
 };
 
 template <typename O>
-C10_HOST_DEVICE inline GradPrep<O> make_grad_prep(double weight_decay, bool maximize) {
+C10_HOST_DEVICE FR_INLINE GradPrep<O> make_grad_prep(double weight_decay, bool maximize) {
   GradPrep<O> r;
   r.wd = O(weight_decay);
   r.has_wd = weight_decay != 0;
@@ -111,7 +118,7 @@ C10_HOST_DEVICE inline GradPrep<O> make_grad_prep(double weight_decay, bool maxi
 
 // grad_scale == nullptr: no unscaling. `scale` is the grad_scale value already in opmath.
 template <typename V, typename O>
-C10_HOST_DEVICE inline V prep_grad(V g, const V& p, const GradPrep<O>& gp, const Penalty<O>& pen, bool has_scale,
+C10_HOST_DEVICE FR_INLINE V prep_grad(V g, const V& p, const GradPrep<O>& gp, const Penalty<O>& pen, bool has_scale,
                                    O scale) {
   if (has_scale) g = g / V(scale);
   if (gp.maximize) g = fr_neg(g);
@@ -122,7 +129,7 @@ C10_HOST_DEVICE inline V prep_grad(V g, const V& p, const GradPrep<O>& gp, const
 
 // Proximal penalties with per-element step step/denom (the step is folded into pen's numerators).
 template <typename V, typename O, typename D>
-C10_HOST_DEVICE inline V prox(V v, const D& denom, const Penalty<O>& pen) {
+C10_HOST_DEVICE FR_INLINE V prox(V v, const D& denom, const Penalty<O>& pen) {
   if (pen.l1_prox) {
     const V thr = fr_div(V(pen.thr), denom);
     v = fr_sign(v) * fr_max(fr_abs(v) - thr, V(O(0)));
@@ -145,7 +152,7 @@ struct SgdScalars {
 };
 
 template <typename O>
-C10_HOST_DEVICE inline SgdScalars<O> make_sgd(const SgdArgs& a) {
+C10_HOST_DEVICE FR_INLINE SgdScalars<O> make_sgd(const SgdArgs& a) {
   SgdScalars<O> s;
   s.lr = O(a.lr);
   s.momentum = O(a.momentum);
@@ -159,7 +166,7 @@ C10_HOST_DEVICE inline SgdScalars<O> make_sgd(const SgdArgs& a) {
 }
 
 template <typename V, typename O>
-C10_HOST_DEVICE inline void sgd_update(V& p, V g, V& buf, const SgdScalars<O>& s, bool has_scale, O scale) {
+C10_HOST_DEVICE FR_INLINE void sgd_update(V& p, V g, V& buf, const SgdScalars<O>& s, bool has_scale, O scale) {
   g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
   if (s.has_momentum) {
     buf = s.first_step ? g : buf * V(s.momentum) + V(s.one_minus_damp) * g;
@@ -182,7 +189,7 @@ struct AdamScalars {
 };
 
 template <typename O>
-C10_HOST_DEVICE inline AdamScalars<O> make_adam(const AdamArgs& a, double step) {
+C10_HOST_DEVICE FR_INLINE AdamScalars<O> make_adam(const AdamArgs& a, double step) {
   AdamScalars<O> s;
   s.lerp_w = O(1 - a.beta1);
   // torch.lerp: start + w*(end-start) for |w| < 0.5, else end + (w-1)*(end-start), with w in opmath.
@@ -203,7 +210,7 @@ C10_HOST_DEVICE inline AdamScalars<O> make_adam(const AdamArgs& a, double step) 
 }
 
 template <typename V, typename O>
-C10_HOST_DEVICE inline void adam_update(V& p, V g, V& m, V& v, V& vmax, const AdamScalars<O>& s, bool has_scale,
+C10_HOST_DEVICE FR_INLINE void adam_update(V& p, V g, V& m, V& v, V& vmax, const AdamScalars<O>& s, bool has_scale,
                                         O scale) {
   g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
   if (s.decoupled) p = p * V(s.decay);
@@ -230,7 +237,7 @@ struct AdagradScalars {
 };
 
 template <typename O>
-C10_HOST_DEVICE inline AdagradScalars<O> make_adagrad(const AdagradArgs& a, double step) {
+C10_HOST_DEVICE FR_INLINE AdagradScalars<O> make_adagrad(const AdagradArgs& a, double step) {
   AdagradScalars<O> s;
   const double clr = a.lr / (1 + (step - 1) * a.lr_decay);
   s.clr = O(clr);
@@ -241,7 +248,7 @@ C10_HOST_DEVICE inline AdagradScalars<O> make_adagrad(const AdagradArgs& a, doub
 }
 
 template <typename V, typename O>
-C10_HOST_DEVICE inline void adagrad_update(V& p, V g, V& sum, const AdagradScalars<O>& s, bool has_scale, O scale) {
+C10_HOST_DEVICE FR_INLINE void adagrad_update(V& p, V g, V& sum, const AdagradScalars<O>& s, bool has_scale, O scale) {
   g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
   sum = sum + g * g;
   const V denom = fr_sqrt(sum) + V(s.eps);

@@ -115,7 +115,10 @@ void for_each_element(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
       const auto& sl = slots[t];
       const int64_t lb = (std::max(b, off[t]) - off[t]) * kUnit;
       const int64_t le = std::min((std::min(e, off[t + 1]) - off[t]) * kUnit, sl.n);
-      if (lb < le) process_range(sl, lb, le, [&](auto& p, auto g, auto& s) { f(sl.sc, p, g, s); });
+      // A local copy of the scalars: stores through the float pointers cannot alias it, so the compiler keeps
+      // the scalars in registers instead of reloading them after every store.
+      const S sc = sl.sc;
+      if (lb < le) process_range(sl, lb, le, [&](auto& p, auto g, auto& s) { f(sc, p, g, s); });
     }
   });
 }

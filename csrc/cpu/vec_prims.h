@@ -15,25 +15,25 @@ template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
 template <typename T>
-inline Vec<T> fr_sqrt(const Vec<T>& x) { return x.sqrt(); }
+C10_ALWAYS_INLINE Vec<T> fr_sqrt(const Vec<T>& x) { return x.sqrt(); }
 template <typename T>
-inline Vec<T> fr_abs(const Vec<T>& x) { return x.abs(); }
+C10_ALWAYS_INLINE Vec<T> fr_abs(const Vec<T>& x) { return x.abs(); }
 template <typename T>
-inline Vec<T> fr_neg(const Vec<T>& x) { return x.neg(); }
+C10_ALWAYS_INLINE Vec<T> fr_neg(const Vec<T>& x) { return x.neg(); }
 template <typename T>
-inline Vec<T> fr_fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) { return at::vec::fmadd(a, b, c); }
+C10_ALWAYS_INLINE Vec<T> fr_fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) { return at::vec::fmadd(a, b, c); }
 // NaN-propagating, like torch.maximum.
 template <typename T>
-inline Vec<T> fr_max(const Vec<T>& a, const Vec<T>& b) { return at::vec::maximum(a, b); }
+C10_ALWAYS_INLINE Vec<T> fr_max(const Vec<T>& a, const Vec<T>& b) { return at::vec::maximum(a, b); }
 // torch.sign's vectorized form: (0 < x) - (x < 0).
 template <typename T>
-inline Vec<T> fr_sign(const Vec<T>& x) {
+C10_ALWAYS_INLINE Vec<T> fr_sign(const Vec<T>& x) {
   const Vec<T> zero(T(0)), one(T(1));
   return Vec<T>::blendv(zero, one, zero < x) - Vec<T>::blendv(zero, one, x < zero);
 }
 // x <= y ? a : b
 template <typename T>
-inline Vec<T> fr_where_le(const Vec<T>& x, const Vec<T>& y, const Vec<T>& a, const Vec<T>& b) {
+C10_ALWAYS_INLINE Vec<T> fr_where_le(const Vec<T>& x, const Vec<T>& y, const Vec<T>& a, const Vec<T>& b) {
   return Vec<T>::blendv(b, a, x <= y);
 }
 
