@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export FUSEDREG_REQUIRE=${FUSEDREG_REQUIRE:-cpp}
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors, so the suites cover them too.
+if .venv/bin/python -c "import sys, torch; sys.exit(torch.cuda.is_available())"; then
+    export TRITON_INTERPRET=1 FUSEDREG_REQUIRE="$FUSEDREG_REQUIRE,triton"
+fi
 exec .venv/bin/python -m pytest tests "$@"
