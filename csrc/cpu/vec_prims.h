@@ -31,6 +31,11 @@ C10_ALWAYS_INLINE Vec<T> fr_sign(const Vec<T>& x) {
   const Vec<T> zero(T(0)), one(T(1));
   return Vec<T>::blendv(zero, one, zero < x) - Vec<T>::blendv(zero, one, x < zero);
 }
+// x with the sign bit of s (x >= 0 or NaN).
+template <typename T>
+C10_ALWAYS_INLINE Vec<T> fr_signed(const Vec<T>& x, const Vec<T>& s) {
+  return x | (s & Vec<T>(T(-0.0)));
+}
 // x <= y ? a : b
 template <typename T>
 C10_ALWAYS_INLINE Vec<T> fr_where_le(const Vec<T>& x, const Vec<T>& y, const Vec<T>& a, const Vec<T>& b) {
