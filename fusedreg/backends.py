@@ -81,12 +81,17 @@ def explain():
     return {name: _why_not(name) or "available" for name in NAMES}
 
 
+def check_name(backend):
+    """Raise ValueError unless `backend` is 'auto' or one of NAMES (whether it can run here is resolve's job)."""
+    if not isinstance(backend, str) or backend not in NAMES + ("auto",):
+        raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + NAMES}")
+
+
 def resolve(backend, device):
     """The backend name that runs tensors on `device` when the caller asked for `backend`."""
     if backend == "auto":
         backend = os.environ.get("FUSEDREG_BACKEND", "auto") or "auto"
-    if backend not in NAMES + ("auto",):
-        raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + NAMES}")
+    check_name(backend)
     if backend == "auto":
         order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpp", "torch")
         return next(name for name in order if not _why_not(name))

@@ -5,6 +5,7 @@ delegate every update to fusedreg.functional. Penalty keys (l1, l1_mode, ...) ma
 """
 import torch
 
+from . import backends
 from . import functional as F
 from .precision import Work, local, no_compile
 from .reference import opmath
@@ -13,6 +14,28 @@ from .reference import opmath
 PENALTIES = dict(l1=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0)
 # Low-precision group keys (fusedreg.precision): an fp32 master copy of bf16/fp16 params, or bf16 stochastic rounding.
 PRECISION = dict(master_weights=False, stochastic_rounding=False)
+# Per-param state any optimizer may hold next to its own keys (fusedreg.precision's fp32 master copy).
+EXTRA_STATE = ("master_param",)
+
+
+class _Staged:
+    """A copy-on-write view of optimizer.state for one step: Work and _prepare create lazy state here, and it
+    reaches optimizer.state (commit) only once every group has been validated, so a failed step adds nothing."""
+
+    def __init__(self, state):
+        self._state, self._new = state, {}
+
+    def __getitem__(self, p):
+        if p not in self._new:
+            self._new[p] = dict(self._state[p]) if p in self._state else {}
+        return self._new[p]
+
+    def commit(self):
+        for p, st in self._new.items():
+            old = self._state.get(p, {})
+            new = {k: v for k, v in st.items() if k not in old}
+            if new:
+                self._state[p].update(new)
 
 
 class _Fused(torch.optim.Optimizer):
@@ -21,6 +44,7 @@ class _Fused(torch.optim.Optimizer):
     _defaults = {}
 
     def __init__(self, params, defaults):
+        backends.check_name(self.backend)
         self._check(defaults)
         super().__init__(params, {**PENALTIES, **PRECISION, **defaults})
 
@@ -50,6 +74,15 @@ class _Fused(torch.optim.Optimizer):
         """Validate one group's hyperparameters (at construction and again before every step)."""
         raise NotImplementedError
 
+    def _prepare(self, group, work, state):
+        """Validate the group's complete kernel inputs (work tensors, grads and every state tensor the kernels
+        will get) and create missing lazy state in `state` (a _Staged view); raise before anything changes."""
+        raise NotImplementedError
+
+    def _state_keys(self, group):
+        """(keys a stepped param's state must have in this group, optional keys) for load_state_dict."""
+        raise NotImplementedError
+
     def _step_group(self, group, work, grad_scale, found_inf):
         """Step work.params (the group's params with grads; state is keyed by them) by running the kernels on
         work.tensors / work.grads (fusedreg.precision.Work); state tensors go to the kernels through local()."""
@@ -72,13 +105,21 @@ class _Fused(torch.optim.Optimizer):
     # a scheduler changes) are then read at run time instead of being specialized into guards and recompiling.
     @no_compile
     def _fused_step(self, grad_scale, found_inf):
+        # Validate every group completely (hyperparameters, grads, state, backend) before any group is stepped;
+        # lazily created state (moments, master copies) goes into a staged view and is kept only once all passed.
+        staged = _Staged(self.state)
         works = []
         for group in self.param_groups:
             self._check(group)
             params = self._grads(group)
             F.check_tensors([local(p) for p in params], grads=[local(p.grad) for p in params])
             # What the kernels update: local shards of DTensors, fp32 masters or temporaries (fusedreg.precision).
-            works.append(Work(params, self.state, group))
+            work = Work(params, staged, group)
+            self._prepare(group, work, staged)
+            for device in {t.device for t in work.tensors}:
+                backends.resolve(self.backend, device)
+            works.append(work)
+        staged.commit()
         for group, work in zip(self.param_groups, works):
             self._step_group(group, work, grad_scale, found_inf)
             work.finish()
@@ -88,6 +129,7 @@ class _Fused(torch.optim.Optimizer):
         # keep the saved values and put them in opmath on the param's device instead.
         saved = state_dict["state"]
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        self._check_saved_state(state_dict)
         super().load_state_dict(state_dict)
         params = [p for g in self.param_groups for p in g["params"]]
         for i, p in zip(ids, params):
@@ -95,7 +137,53 @@ class _Fused(torch.optim.Optimizer):
                 self.state[p] = {k: _state_value(p, k, v) for k, v in saved[i].items()}
 
 
+    def _check_saved_state(self, state_dict):
+        """Raise ValueError (before anything is replaced) when a saved param's state does not have exactly the
+        keys this optimizer keeps for it, or a state tensor does not fit its param. A param without saved state
+        has not been stepped yet and is fine."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups) or any(
+                len(g["params"]) != len(ours["params"]) for g, ours in zip(groups, self.param_groups)):
+            return  # torch's load_state_dict raises about the group layout, before it changes anything
+        saved = state_dict["state"]
+        name = type(self).__name__
+        for g, ours in zip(groups, self.param_groups):
+            required, optional = self._state_keys({**ours, **{k: v for k, v in g.items() if k != "params"}})
+            for i, p in zip(g["params"], ours["params"]):
+                if i not in saved:
+                    continue
+                st = saved[i]
+                if not isinstance(st, dict):
+                    raise ValueError(f"param {i}: saved state is a {type(st).__name__}, not a dict")
+                unknown = [k for k in st if k not in required + optional + EXTRA_STATE]
+                if unknown:
+                    raise ValueError(f"param {i}: state key(s) {unknown} are not {name}'s (it keeps "
+                                     f"{list(required + optional)}): is this another optimizer's state_dict?")
+                present = [k for k in required if k in st]
+                missing = [k for k in required if k not in st]
+                if missing and (present or isinstance(self, SGD)):
+                    raise ValueError(f"param {i}: state is missing {missing} (has {list(st)}); {name} keeps "
+                                     f"{list(required)} for every param it has stepped")
+                for k, v in st.items():
+                    if v is None and k == "momentum_buffer":
+                        continue  # torch.optim.SGD's 'no buffer yet'
+                    if k == "step":
+                        if not (torch.is_tensor(v) and v.numel() == 1) and not isinstance(v, (int, float)):
+                            raise ValueError(f"param {i}: state 'step' must be a number or a one-element tensor, "
+                                             f"got {v if not torch.is_tensor(v) else tuple(v.shape)}")
+                        continue
+                    if not torch.is_tensor(v):
+                        raise ValueError(f"param {i}: state {k!r} is a {type(v).__name__}, not a tensor")
+                    if v.shape != p.shape:
+                        raise ValueError(f"param {i}: state {k!r} has shape {tuple(v.shape)}, expected the "
+                                         f"param's shape {tuple(p.shape)}")
+                    if v.is_complex() or not v.is_floating_point():
+                        raise ValueError(f"param {i}: state {k!r} has dtype {v.dtype}, expected floating point")
+
+
 def _state_value(p, key, value):
+    if key == "step" and isinstance(value, (int, float)):
+        return torch.tensor(float(value), dtype=torch.float32, device=p.device)
     if not torch.is_tensor(value):
         return value
     if key == "step":
@@ -137,6 +225,19 @@ class SGD(_Fused):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
+    def _state_keys(self, group):
+        # torch.optim.SGD records momentum_buffer (None before the first step) for every param it stepped with
+        # momentum; some torch versions record None with momentum == 0 too.
+        return (("momentum_buffer",), ()) if group["momentum"] != 0 else ((), ("momentum_buffer",))
+
+    def _prepare(self, group, work, state):
+        if group["momentum"] == 0:
+            return  # no state goes to the kernels
+        # Existing buffers are checked here; new ones are created (and kept) by _step_group.
+        old = [i for i, p in enumerate(work.params) if state[p].get("momentum_buffer") is not None]
+        F.check_tensors([work.tensors[i] for i in old], grads=[work.grads[i] for i in old],
+                        momentum_buffers=[local(state[work.params[i]]["momentum_buffer"]) for i in old])
+
     def _step_group(self, group, work, grad_scale, found_inf):
         params = work.params
         kw = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
@@ -146,8 +247,8 @@ class SGD(_Fused):
             F.sgd(work.tensors, work.grads, [], **kw)
             return
         # torch's first step copies the gradient into a new buffer: run new and old buffers apart.
-        new = [i for i, p in enumerate(params) if self.state[p].get("momentum_buffer") is None]
-        old = [i for i, p in enumerate(params) if self.state[p].get("momentum_buffer") is not None]
+        new = [i for i, p in enumerate(params) if self.state.get(p, {}).get("momentum_buffer") is None]
+        old = [i for i, p in enumerate(params) if self.state.get(p, {}).get("momentum_buffer") is not None]
         bufs = [torch.zeros_like(params[i], dtype=opmath(params[i].dtype), memory_format=torch.preserve_format)
                 for i in new]
         olds = [self.state[params[i]]["momentum_buffer"] for i in old]
@@ -157,9 +258,12 @@ class SGD(_Fused):
                       first_step=first, **kw)
         # Only keep new buffers when the step was taken, so a skipped (inf) step leaves state untouched. This
         # reads found_inf on the host only on a step that creates buffers (the first), never in steady state.
-        if new and (found_inf is None or not bool(found_inf.item())):
+        if new:
+            taken = found_inf is None or not bool(found_inf.item())
             for i, b in zip(new, bufs):
-                self.state[params[i]]["momentum_buffer"] = b
+                # A skipped first step records torch's 'no buffer yet' (None), so a stepped param always has
+                # the key (load_state_dict relies on it).
+                self.state[params[i]]["momentum_buffer"] = b if taken else None
 
 
 class Adam(_Fused):
@@ -188,16 +292,34 @@ class Adam(_Fused):
             if not 0.0 <= float(b) < 1.0:
                 raise ValueError(f"Invalid beta parameter at index {i}: {b} (must be in [0, 1))")
 
+    _KEYS = ("step", "exp_avg", "exp_avg_sq")
+
+    def _state_keys(self, group):
+        return (self._KEYS + ("max_exp_avg_sq",), ()) if group["amsgrad"] else (self._KEYS, ("max_exp_avg_sq",))
+
+    def _prepare(self, group, work, state):
+        for i, p in enumerate(work.params):
+            st = state[p]
+            missing = [k for k in self._KEYS if k not in st]
+            if len(missing) == len(self._KEYS):
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                st["exp_avg"] = torch.zeros_like(p, dtype=opmath(p.dtype), memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(st["exp_avg"])
+            elif missing:
+                raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
+            # amsgrad switched on mid-run: the max starts at zero (torch.optim.Adam would raise a KeyError).
+            if group["amsgrad"] and "max_exp_avg_sq" not in st:
+                st["max_exp_avg_sq"] = torch.zeros_like(p, dtype=opmath(p.dtype),
+                                                        memory_format=torch.preserve_format)
+        sts = [state[p] for p in work.params]
+        lists = dict(exp_avgs=[local(s["exp_avg"]) for s in sts], exp_avg_sqs=[local(s["exp_avg_sq"]) for s in sts],
+                     state_steps=[local(s["step"]) for s in sts])
+        if group["amsgrad"]:
+            lists["max_exp_avg_sqs"] = [local(s["max_exp_avg_sq"]) for s in sts]
+        F.check_tensors(work.tensors, grads=work.grads, **lists)
+
     def _step_group(self, group, work, grad_scale, found_inf):
         params = work.params
-        for p in params:
-            state = self.state[p]
-            if "step" not in state:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state["exp_avg"] = torch.zeros_like(p, dtype=opmath(p.dtype), memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
-            if group["amsgrad"] and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
         st = [self.state[p] for p in params]
         F.adam(work.tensors, work.grads, [local(s["exp_avg"]) for s in st], [local(s["exp_avg_sq"]) for s in st],
                [local(s["max_exp_avg_sq"]) for s in st] if group["amsgrad"] else [],
@@ -239,17 +361,17 @@ class Adagrad(_Fused):
                                       stochastic_rounding=stochastic_rounding))
         # torch.optim.Adagrad creates its state eagerly, with the accumulator at its initial value.
         for group in self.param_groups:
-            self._init_group(group)
+            self._init_group(group, self.state)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         if hasattr(self, "backend"):
-            self._init_group(self.param_groups[-1])
+            self._init_group(self.param_groups[-1], self.state)
 
-    def _init_group(self, group):
-        for p in group["params"]:
-            state = self.state[p]
-            if not state:
+    def _init_group(self, group, states, params=None):
+        for p in group["params"] if params is None else params:
+            state = states[p]
+            if not any(k in state for k in self._KEYS):
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                 state["sum"] = torch.full_like(p, group["initial_accumulator_value"], dtype=opmath(p.dtype),
                                                memory_format=torch.preserve_format)
@@ -258,6 +380,22 @@ class Adagrad(_Fused):
         _check_common(group)
         F.check_nonneg("lr_decay", group["lr_decay"])
         F.check_nonneg("eps", group["eps"])
+
+    _KEYS = ("step", "sum")
+
+    def _state_keys(self, group):
+        return self._KEYS, ()
+
+    def _prepare(self, group, work, state):
+        # State is created at construction; a param loaded without state starts from initial_accumulator_value.
+        self._init_group(group, state, work.params)
+        for i, p in enumerate(work.params):
+            missing = [k for k in self._KEYS if k not in state[p]]
+            if missing:
+                raise ValueError(f"param {i}: state is missing {missing} (has {list(state[p])})")
+        sts = [state[p] for p in work.params]
+        F.check_tensors(work.tensors, grads=work.grads, state_sums=[local(s["sum"]) for s in sts],
+                        state_steps=[local(s["step"]) for s in sts])
 
     def _step_group(self, group, work, grad_scale, found_inf):
         st = [self.state[p] for p in work.params]

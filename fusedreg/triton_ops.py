@@ -570,22 +570,19 @@ def _build_plan(device, chunk, cols, steps):
 def _dense(lists):
     """Swap non-contiguous tensors for contiguous copies: (lists, [(original, copy)] to write back)."""
     back = []
-    out = []
+    done = {}  # an unused column is another column's list: reuse its copies, or a stale copy is written back last
     for k, lst in enumerate(lists):
-        if all(map(torch.Tensor.is_contiguous, lst)):
-            out.append(lst)
+        if id(lst) in done or all(map(torch.Tensor.is_contiguous, lst)):
+            done.setdefault(id(lst), lst)
             continue
         new = []
         for t in lst:
-            if t.is_contiguous():
-                new.append(t)
-            else:
-                c = t.contiguous()
-                if k != 1:  # grads are only read
-                    back.append((t, c))
-                new.append(c)
-        out.append(new)
-    return out, back
+            c = t.contiguous()
+            if c is not t and k != 1:  # grads are only read
+                back.append((t, c))
+            new.append(c)
+        done[id(lst)] = new
+    return [done[id(lst)] for lst in lists], back
 
 
 def _scalar_tensor(t, device, name):

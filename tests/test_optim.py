@@ -200,8 +200,10 @@ def test_prox_l1_gives_exact_zeros_that_the_loss_penalty_does_not(backend):
     assert (flat(manual) == 0).sum() == 0
 
 
-@pytest.mark.parametrize("name,cfg", [("SGD", dict(lr=0.05, momentum=0.9)), ("Adam", dict(lr=0.01, amsgrad=True)),
-                                      ("AdamW", dict(lr=0.01)), ("Adagrad", dict(lr=0.05, lr_decay=0.01))])
+@pytest.mark.parametrize("name,cfg", [("SGD", dict(lr=0.05, momentum=0.9)), ("SGD", dict(lr=0.05)),
+                                      ("Adam", dict(lr=0.01, amsgrad=True)), ("Adam", dict(lr=0.01)),
+                                      ("AdamW", dict(lr=0.01)), ("AdamW", dict(lr=0.01, amsgrad=True)),
+                                      ("Adagrad", dict(lr=0.05, lr_decay=0.01))])
 def test_state_dict_interop_with_torch_optim(name, cfg, backend):
     """torch.optim -> fusedreg and fusedreg -> torch.optim mid-run, then identical continuation."""
     dt = torch.float64
@@ -308,9 +310,13 @@ def test_bad_hyperparameters_fail_at_construction(name, kw, match):
         getattr(fusedreg, name)(mlp(torch.float32).parameters(), **kw)
 
 
-def test_unknown_backend_lists_choices():
+def test_unknown_backend_lists_choices(monkeypatch):
     model = mlp(torch.float32)
-    opt = fusedreg.SGD(model.parameters(), lr=0.1, backend="tpu")
+    with pytest.raises(ValueError, match="'tpu'.*auto.*cuda.*triton.*cpp.*torch"):
+        fusedreg.SGD(model.parameters(), lr=0.1, backend="tpu")  # a bad name fails at construction
+    # A name that only turns up at step time (FUSEDREG_BACKEND under backend="auto") fails before anything moves.
+    monkeypatch.setenv("FUSEDREG_BACKEND", "tpu")
+    opt = fusedreg.SGD(model.parameters(), lr=0.1)
     X, y = data(torch.float32)
     ((model(X) - y) ** 2).mean().backward()
     before = flat(model).clone()

@@ -267,19 +267,10 @@ def _views():
     return [base[0].t(), base[1][1::3], base[2].to(memory_format=torch.channels_last), base[3][:, 2]]
 
 
-_TRITON_ALIAS = ("fusedreg/triton_ops.py: an unused column aliases a used list (_sgd_impl: cols.append(params) "
-                 "when momentum == 0; _adam_impl: cols.append(cols[3]) without amsgrad); _dense() then makes a "
-                 "second contiguous copy of each non-contiguous tensor and writes the stale copy back last, so "
-                 "the param (SGD) or exp_avg_sq (Adam) silently keeps its old value")
-
-
 @pytest.mark.parametrize("op,kw", [("sgd", dict(momentum=0.0)), ("sgd", dict(momentum=0.9, nesterov=True)),
                                    ("adam", dict()), ("adam", dict(amsgrad=True)), ("adagrad", dict())],
                          ids=["sgd", "sgd-momentum", "adam", "adam-amsgrad", "adagrad"])
-def test_non_contiguous_params_step_exactly_like_contiguous_ones(op, kw, backend, request):
-    if backend == "triton" and (op, kw.get("momentum"), kw.get("amsgrad")) in (("sgd", 0.0, None),
-                                                                                ("adam", None, None)):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=_TRITON_ALIAS))
+def test_non_contiguous_params_step_exactly_like_contiguous_ones(op, kw, backend):
     views = _views()
     assert not any(v.is_contiguous() for v in views)
     dense = [v.contiguous() for v in views]
@@ -297,9 +288,7 @@ def test_non_contiguous_params_step_exactly_like_contiguous_ones(op, kw, backend
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_non_contiguous_params_in_an_optimizer(name, backend, request):
-    if backend == "triton" and name == "AdamW":  # CONFIGS: SGD has momentum, Adam amsgrad, AdamW neither
-        request.applymarker(pytest.mark.xfail(strict=True, reason=_TRITON_ALIAS))
+def test_non_contiguous_params_in_an_optimizer(name, backend):
     views = [torch.nn.Parameter(v.clone()) for v in _views()[:3]]
     views[0] = torch.nn.Parameter(torch.randn(9, 7).t())
     dense = [torch.nn.Parameter(v.detach().contiguous()) for v in views]
@@ -338,19 +327,25 @@ def test_unknown_backend_fails_before_anything_moves_functional():
         assert torch.equal(ps[0], torch.ones(3))
 
 
-_XFAIL_LAZY_STATE = pytest.mark.xfail(strict=True, reason=(
-    "fusedreg/optim.py: Adam._step_group creates the state (step, exp_avg, ...) before fusedreg.functional "
-    "resolves the backend, so a failed first step leaves zero-filled state behind; the backend name is not "
-    "validated at construction"))
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_XFAIL_LAZY_STATE) if n.startswith("Adam") else n
-                                  for n in NAMES])
-def test_unknown_backend_fails_before_anything_moves(name):
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_backend_fails_before_anything_moves(name, monkeypatch):
     ps = params()
-    opt = make(name, ps, "tpu")
+    with pytest.raises(ValueError, match="'tpu'.*choose one of"):
+        make(name, ps, "tpu")  # a bad name fails at construction
+    # A name that only turns up at step time (FUSEDREG_BACKEND under "auto") fails before any state is created.
+    monkeypatch.setenv("FUSEDREG_BACKEND", "tpu")
+    opt = make(name, ps, "auto")
     set_grads(ps, 0)
     _step_and_expect(ps, opt, ValueError, "'tpu'.*choose one of")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unavailable_backend_fails_before_anything_moves(name):
+    ps = params()
+    opt = make(name, ps, "cuda")  # a known name that cannot run CPU tensors
+    set_grads(ps, 0)
+    _step_and_expect(ps, opt, RuntimeError, "'cuda'")
+    assert len(opt.state) == (len(ps) if name == "Adagrad" else 0)  # Adagrad's state is made at construction
 
 
 # ---- state_dicts that do not fit -----------------------------------------------------------------------------
@@ -382,24 +377,15 @@ def _load_then_step(ps, opt, sd, match):
 STATE_KEYS = {"SGD": ["momentum_buffer"], "Adam": ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
               "AdamW": ["step", "exp_avg", "exp_avg_sq"], "Adagrad": ["step", "sum"]}
 MISSING = [(n, k) for n in STATE_KEYS for k in STATE_KEYS[n]]
-_XFAIL_MISSING = pytest.mark.xfail(strict=True, reason=(
-    "fusedreg/optim.py: load_state_dict does not validate state keys. A missing exp_avg/exp_avg_sq/sum/Adagrad "
-    "step is a bare KeyError at step; a missing Adam 'step' silently re-zeroes step, exp_avg and exp_avg_sq "
-    "(the loaded moments are dropped); a missing max_exp_avg_sq or SGD momentum_buffer is silently re-created"))
 
 
-@pytest.mark.parametrize("name,key", [pytest.param(n, k, marks=_XFAIL_MISSING) for n, k in MISSING],
+@pytest.mark.parametrize("name,key", MISSING,
                          ids=[f"{n}-{k}" for n, k in MISSING])
 def test_state_dict_with_a_missing_key_is_rejected(name, key, backend):
     ps, opt = _trained(name, backend)
     sd = copy.deepcopy(opt.state_dict())
     del sd["state"][1][key]
     _load_then_step(ps, opt, sd, key)
-
-
-_XFAIL_SHAPE = pytest.mark.xfail(strict=True, reason=(
-    "fusedreg/optim.py: state is validated per group inside _step_group, after earlier groups were stepped, "
-    "so a wrong-shaped state tensor of a later group leaves the earlier groups stepped"))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -411,7 +397,7 @@ def test_state_dict_with_a_wrong_shape_is_rejected(name, backend):
     _load_then_step(ps, opt, sd, r"shape|\(3,\)")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_XFAIL_SHAPE) for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_wrong_shape_in_a_later_group_moves_no_earlier_group(name, backend):
     ps = params()
     opt = getattr(fusedreg, name)([dict(params=ps[:2]), dict(params=ps[2:])], **CONFIGS[name], backend=backend)
@@ -422,15 +408,24 @@ def test_wrong_shape_in_a_later_group_moves_no_earlier_group(name, backend):
     _load_then_step(ps, opt, sd, r"shape|\(1,\)")
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_state_tensor_in_a_later_group_moves_no_earlier_group_at_step(name, backend):
+    """State edited in place (no load_state_dict): validated for every group before any group steps."""
+    ps = params()
+    opt = getattr(fusedreg, name)([dict(params=ps[:2]), dict(params=ps[2:])], **CONFIGS[name], backend=backend)
+    train(ps, opt, 2)
+    set_grads(ps, 2)
+    key = STATE_KEYS[name][-1]
+    for bad in (opt.state[ps[3]][key][:1].clone(), opt.state[ps[3]][key].double()):
+        opt.state[ps[3]][key] = bad
+        _step_and_expect(ps, opt, RuntimeError, key)  # check_tensors names the state list
+
+
 OTHER = [("SGD", "Adam"), ("Adam", "SGD"), ("Adagrad", "Adam"), ("Adam", "Adagrad"), ("SGD", "Adagrad"),
          ("Adagrad", "SGD")]
-_XFAIL_OTHER = pytest.mark.xfail(strict=True, reason=(
-    "fusedreg/optim.py: load_state_dict accepts another optimizer's state: SGD<->Adam and Adagrad->SGD step "
-    "without error, creating their own state next to the foreign keys; Adagrad->Adam, Adam->Adagrad and "
-    "SGD->Adagrad fail at step with a bare KeyError"))
 
 
-@pytest.mark.parametrize("src,dst", [pytest.param(s, d, marks=_XFAIL_OTHER) for s, d in OTHER],
+@pytest.mark.parametrize("src,dst", OTHER,
                          ids=[f"{s}-into-{d}" for s, d in OTHER])
 def test_another_optimizers_state_dict_is_rejected(src, dst, backend):
     ps, src_opt = _trained(src, backend)
