@@ -50,7 +50,7 @@ def test_fusedreg_adamw_l1_l2(benchmark):
     steps = [torch.zeros((), dtype=torch.float32) for _ in params]
     benchmark.extra_info["bytes_per_param"] = BYTES["adam"]
     run(benchmark, lambda: ops.adam_(params, grads, m, v, [], steps, LR, 0.9, 0.999, 1e-8, WD, True, False, False,
-                                     L1, False, 0.0, 0.0, False, None, None))
+                                     L1, False, 0.0, 0.0, False, 0.0, 0, None, None))
 
 
 def _torch_adamw(benchmark, rounds=10, **kw):
@@ -122,7 +122,7 @@ def test_fusedreg_sgd_momentum_l1(benchmark):
     params, grads, (bufs,) = tensors(1)
     benchmark.extra_info["bytes_per_param"] = BYTES["sgd_momentum"]
     run(benchmark, lambda: ops.sgd_(params, grads, bufs, LR, 0.9, 0.0, WD, False, False, False,
-                                    L1, False, 0.0, 0.0, False, None, None))
+                                    L1, False, 0.0, 0.0, False, 0.0, 0, None, None))
 
 
 def _torch_sgd(benchmark, momentum=0.9, **kw):
@@ -150,7 +150,7 @@ def test_fusedreg_sgd_l1(benchmark):
     params, grads, _ = tensors()
     benchmark.extra_info["bytes_per_param"] = BYTES["sgd"]
     run(benchmark, lambda: ops.sgd_(params, grads, [], LR, 0.0, 0.0, WD, False, False, False,
-                                    L1, False, 0.0, 0.0, False, None, None))
+                                    L1, False, 0.0, 0.0, False, 0.0, 0, None, None))
 
 
 @pytest.mark.benchmark(group="sgd")
@@ -167,6 +167,62 @@ def test_roofline_a_plus_eq_b(benchmark):
     run(benchmark, lambda: torch._foreach_add_(a, b))
 
 
+# ---- group lasso (rows: group_dim 0, columns: 1) on the same step; the ratio is to the same call without it ----
+
+GROUP_L1 = 1e-4
+
+
+def _group_adamw(group_l1, group_dim, torch_pass=False):
+    """AdamW + L1 with group lasso in the op, or (torch_pass) the op without it followed by the reference's group
+    prox in PyTorch (how fusedreg applied group lasso before it was in the kernels)."""
+    from fusedreg import reference
+    ops = _ops()
+    params, grads, (m, v) = tensors(2)
+    steps = [torch.zeros((), dtype=torch.float32) for _ in params]
+    op_group = 0.0 if torch_pass else group_l1
+
+    def step():
+        ops.adam_(params, grads, m, v, [], steps, LR, 0.9, 0.999, 1e-8, WD, True, False, False, L1, False, 0.0, 0.0,
+                  False, op_group, group_dim, None, None)
+        if torch_pass and group_l1:
+            bc2 = 1 - 0.999 ** steps[0].item()
+            for p, vv in zip(params, v):
+                if p.dim() >= 2:
+                    reference._group(p, LR, (vv / bc2).sqrt() + 1e-8, group_l1, group_dim, 0.0)
+    return step
+
+
+def _group_sgd(group_l1, group_dim):
+    ops = _ops()
+    params, grads, (bufs,) = tensors(1)
+    return lambda: ops.sgd_(params, grads, bufs, LR, 0.9, 0.0, WD, False, False, False, L1, False, 0.0, 0.0, False,
+                            group_l1, group_dim, None, None)
+
+
+GROUPS = {"none": (0.0, 0), "rows": (GROUP_L1, 0), "cols": (GROUP_L1, 1)}
+
+
+@pytest.mark.benchmark(group="group_lasso")
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_group_adamw_l1(benchmark, group):
+    benchmark.extra_info["bytes_per_param"] = BYTES["adam"]
+    run(benchmark, _group_adamw(*GROUPS[group]), rounds=5)
+
+
+@pytest.mark.benchmark(group="group_lasso")
+@pytest.mark.parametrize("group", ["rows", "cols"])
+def test_group_adamw_l1_torch_pass(benchmark, group):
+    benchmark.extra_info["bytes_per_param"] = BYTES["adam"]
+    run(benchmark, _group_adamw(*GROUPS[group], torch_pass=True), rounds=3)
+
+
+@pytest.mark.benchmark(group="group_lasso")
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_group_sgd_momentum_l1(benchmark, group):
+    benchmark.extra_info["bytes_per_param"] = BYTES["sgd_momentum"]
+    run(benchmark, _group_sgd(*GROUPS[group]), rounds=5)
+
+
 # ---- the table of bench/README.md from a --benchmark-json file ----------------------------------------------
 
 def table(path):
@@ -176,15 +232,21 @@ def table(path):
     def med(name):
         return rows[name]["stats"]["median"]
 
-    roof_bw = BYTES["copy"] * NUMEL / med("roofline_a_plus_eq_b")
-    base = {"adamw": "torch_adamw_fused", "sgd": "torch_sgd_momentum_fused", "roofline": None}
+    roof = "roofline_a_plus_eq_b"
+    roof_bw = BYTES["copy"] * NUMEL / med(roof) if roof in rows else float("nan")
+    base = {"adamw": "torch_adamw_fused", "sgd": "torch_sgd_momentum_fused", "roofline": None,
+            "group_lasso": "group_adamw_l1[none]"}
     out = [f"threads: {torch.get_num_threads()}, params: {NUMEL:,} fp32 in {len(SHAPES)} tensors", "",
-           "| benchmark | median (ms) | vs torch fused | bytes/param | effective GB/s | of roofline |",
+           "| benchmark | median (ms) | vs baseline | bytes/param | effective GB/s | of roofline |",
            "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, b in rows.items():
         ref = base[b["group"]]
         if b["group"] == "sgd" and "momentum" not in name:
             ref = "torch_sgd_fused"
+        if b["group"] == "group_lasso" and "sgd" in name:
+            ref = "group_sgd_momentum_l1[none]"
+        if ref not in rows:
+            ref = None
         bpp = b["extra_info"]["bytes_per_param"]
         bw = bpp * NUMEL / med(name)
         ratio = f"{med(name) / med(ref):.2f}x" if ref else ""

@@ -65,7 +65,7 @@ def cases(dtype):
             p, g, (m, v) = setup(dtype, 2)
             steps = [torch.zeros((), device="cuda") for _ in p]
             return lambda: fn(p, g, m, v, [], steps, LR, 0.9, 0.999, 1e-8, WD, True, False, False, L1, False, L2,
-                              0.0, False, None, None)
+                              0.0, False, 0.0, 0, None, None)
         return make
 
     def adamw(**kw):
@@ -95,8 +95,8 @@ def cases(dtype):
 
     def fused_sgd():
         p, g, (b,) = setup(dtype, 1)
-        return lambda: ops.sgd_(p, g, b, LR, 0.9, 0.0, WD, False, False, False, L1, False, 0.0, 0.0, False, None,
-                                None)
+        return lambda: ops.sgd_(p, g, b, LR, 0.9, 0.0, WD, False, False, False, L1, False, 0.0, 0.0, False, 0.0, 0,
+                                None, None)
 
     def sgd(**kw):
         def make():

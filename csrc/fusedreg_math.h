@@ -143,6 +143,13 @@ C10_HOST_DEVICE FR_INLINE V prox(V v, const D& denom, const Penalty<O>& pen) {
   return v;
 }
 
+// The per-element denominators (the step of element i is step/denom_i). Adam: sqrt(v_hat)/sqrt(bc2) + eps;
+// Adagrad: sqrt(sum) + eps, which is Adam's form with sqrt(bc2) = 1 (IEEE division by 1 is exact).
+template <typename V>
+C10_HOST_DEVICE FR_INLINE V adam_denom(V vh, V bc2_sqrt, V eps) { return fr_sqrt(vh) / bc2_sqrt + eps; }
+template <typename V>
+C10_HOST_DEVICE FR_INLINE V adagrad_denom(V sum, V eps) { return fr_sqrt(sum) + eps; }
+
 // ---------------------------------------------------------------------------------------------------------------
 // SGD: buf = g on the first step, else momentum*buf + (1-dampening)*g; nesterov g += momentum*buf, else g = buf;
 // p -= lr*g; prox with step lr.
@@ -224,7 +231,7 @@ C10_HOST_DEVICE FR_INLINE void adam_update(V& p, V g, V& m, V& v, V& vmax, const
     vmax = fr_max(vmax, v);
     vh = vmax;
   }
-  const V denom = fr_sqrt(vh) / V(s.bc2_sqrt) + V(s.eps);
+  const V denom = adam_denom(vh, V(s.bc2_sqrt), V(s.eps));
   p = p - V(s.lr_bc1) * (m / denom);
   p = prox(p, denom, s.pen);
 }
@@ -254,10 +261,88 @@ template <typename V, typename O>
 C10_HOST_DEVICE FR_INLINE void adagrad_update(V& p, V g, V& sum, const AdagradScalars<O>& s, bool has_scale, O scale) {
   g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
   sum = sum + g * g;
-  const V denom = fr_sqrt(sum) + V(s.eps);
+  const V denom = adagrad_denom(sum, V(s.eps));
   p = p - V(s.clr) * (g / denom);
   p = prox(p, denom, s.pen);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Group lasso: the prox of group_l1*sqrt(|g|)*||w_g|| over the groups of a param with dim >= 2 (rows p[i] for
+// group_dim 0, columns p[:, j] for group_dim 1), applied to the param the op has just written (after the
+// elementwise penalties). Group sums and the group factor are in double (a group may be a 10^5-long column); the
+// factor is rounded to opmath once and multiplies the element. fusedreg/reference.py's group_prox is the oracle.
+//   SGD (no denominator):  w_g = v_g * max(0, 1 - c/||v_g||),  c = step*group_l1*sqrt(|g|)/(1 + step*l2).
+//   Adam/Adagrad: the exact prox in the optimizer's own diagonal metric denom/step (what the per-element L1
+//   threshold step*l1/denom is for L1), with a_i = opmath(c)/(denom_i + opmath(step*l2)), c without the l2 term:
+//     w_g = 0 where ||v_g/a_g|| <= 1; else w_i = v_i*r/(r + a_i), r the root of sum_i v_i^2/(r + a_i)^2 = 1,
+//     found by Newton from max(||v_g|| - max a_g, 0) (monotone from the left, so it cannot overshoot).
+struct GroupArgs {
+  double group_l1;
+  int64_t group_dim;
+};
+
+// The group constant c (before the metric): step*group_l1*sqrt(size), divided by 1 + step*l2 without a metric.
+C10_HOST_DEVICE FR_INLINE double group_c(double step, double group_l1, double size, double l2, bool metric) {
+  const double c = step * group_l1 * ::sqrt(size);
+  return metric ? c : c / (1 + step * l2);
+}
+
+// SGD's group factor from the group's sum of squares: max(1 - c/||v||, 0), NaN kept (a NaN group stays NaN).
+C10_HOST_DEVICE FR_INLINE double group_factor(double sumsq, double c) {
+  const double f = 1 - c / ::sqrt(sumsq);
+  return f > 0 || f != f ? f : 0.0;
+}
+
+// a_i of the metric prox, rounded as the reference rounds it: opmath(c)/(denom_i [+ opmath(step*l2)]).
+template <typename O>
+C10_HOST_DEVICE FR_INLINE double group_a(O c, O denom, O c2, bool has_l2) {
+  return static_cast<double>(c / (has_l2 ? denom + c2 : denom));
+}
+
+// The first pass of the metric prox: per group sum (v/a)^2, sum v^2 and max a.
+struct MetricSums {
+  double q = 0, nn = 0, amax = 0;
+  C10_HOST_DEVICE FR_INLINE void add(double v, double a) {
+    const double x = v / a;
+    q += x * x;
+    nn += v * v;
+    amax = a > amax || a != a ? a : amax;
+  }
+  C10_HOST_DEVICE FR_INLINE void merge(const MetricSums& o) {
+    q += o.q;
+    nn += o.nn;
+    amax = o.amax > amax || o.amax != o.amax ? o.amax : amax;
+  }
+};
+
+// The start of Newton's iteration, or -1 for a group the prox zeroes (||v/a|| <= 1; also a NaN group, whose
+// non-NaN elements become 0 and NaN elements stay NaN, as in the reference).
+C10_HOST_DEVICE FR_INLINE double metric_start(const MetricSums& s) {
+  if (!(::sqrt(s.q) > 1)) return -1;
+  const double r = ::sqrt(s.nn) - s.amax;
+  return r > 0 ? r : 0.0;
+}
+
+constexpr int kMetricMaxIter = 100;
+constexpr double kMetricTol = 4 * 2.220446049250313e-16;  // 4 ulp of 1 in double
+
+// One element's terms of Newton's step on phi(r) = 1/sqrt(sum v^2/(r+a)^2) - 1: sum v^2/(r+a)^2, sum v^2/(r+a)^3.
+C10_HOST_DEVICE FR_INLINE void newton_terms(double v, double a, double r, double& s, double& t) {
+  const double inv = 1 / (r + a);
+  const double w = v * v * inv * inv;
+  s += w;
+  t += w * inv;
+}
+
+// Advances r by one Newton step from the group's terms; false once the step is below the tolerance.
+C10_HOST_DEVICE FR_INLINE bool newton_step(double s, double t, double& r) {
+  const double dr = s * (::sqrt(s) - 1) / t;
+  r = r + (dr > 0 ? dr : 0.0);
+  return dr > kMetricTol * r;
+}
+
+// The factor of element i: r/(r + a_i) in a kept group (r >= 0), 0 in a zeroed one (r < 0).
+C10_HOST_DEVICE FR_INLINE double metric_factor(double r, double a) { return r < 0 ? 0.0 : r / (r + a); }
 
 }  // namespace fusedreg
 

@@ -11,7 +11,7 @@
 namespace fusedreg {
 
 #define FUSEDREG_PENALTY_PARAMS                                                                      \
-  double l1, bool l1_subgradient, double l2, double l0, bool nonneg,                                 \
+  double l1, bool l1_subgradient, double l2, double l0, bool nonneg, double group_l1, int64_t group_dim, \
       const std::optional<at::Tensor>&grad_scale, const std::optional<at::Tensor>&found_inf
 
 #define FUSEDREG_SGD_PARAMS                                                                          \
@@ -46,7 +46,8 @@ struct StateList {
 
 // The tensors of one call, checked and laid out for flat indexing: lists[0] params, lists[1] grads, then the
 // state lists in order (an unused list holds undefined tensors). Where the tensors of one index do not share
-// one dense layout, contiguous temporaries stand in and are copied back by finish().
+// one dense layout, contiguous temporaries stand in and are copied back by finish(). With `rowmajor` (group
+// lasso: rows and columns must be where the indexing expects them) params with dim >= 2 are made contiguous.
 struct Staged {
   std::vector<std::vector<at::Tensor>> lists;
   std::vector<std::pair<at::Tensor, at::Tensor>> writeback;  // (original, temporary)
@@ -60,7 +61,8 @@ struct Staged {
 
 inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList params, at::TensorList grads,
                     std::initializer_list<StateList> states, at::TensorList steps, bool has_steps,
-                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                    bool rowmajor) {
   Staged st;
   const size_t n = params.size();
   st.n = n;
@@ -114,7 +116,7 @@ inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList 
     TORCH_CHECK(g.scalar_type() == dtype && g.device() == device && g.sizes() == p.sizes(), "fusedreg::", op,
                 ": grads[", i, "] must match params[", i, "] in dtype, device and shape");
     bool same_layout = p.is_non_overlapping_and_dense() && g.is_non_overlapping_and_dense() &&
-                       g.strides() == p.strides();
+                       g.strides() == p.strides() && (!rowmajor || p.dim() < 2 || p.is_contiguous());
     for (const auto& s : states) {
       if (!s.used) continue;
       const at::Tensor& t = s.tensors[i];
@@ -147,6 +149,29 @@ inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList 
     }
   }
   return st;
+}
+
+}  // namespace fusedreg
+
+namespace fusedreg {
+
+// A param with dim >= 2 as (A, G, K): element k of group g in outer slice a sits at (a*G + g)*K + k. Rows
+// (group_dim 0) are A = 1, G = size(0), K = the rest; columns (group_dim 1) A = size(0), G = size(1), K = the rest.
+struct GroupShape {
+  int64_t A, G, K;
+};
+
+inline GroupShape group_shape(const at::Tensor& p, int64_t group_dim) {
+  const int64_t d0 = p.size(0), d1 = p.size(1);
+  const int64_t rest = d0 * d1 == 0 ? 0 : p.numel() / (d0 * d1);
+  return group_dim == 0 ? GroupShape{1, d0, d1 * rest} : GroupShape{d0, d1, rest};
+}
+
+// Whether param i of a call gets the group prox (and its group constant c), with the check of group_dim.
+inline bool has_groups(const at::Tensor& p, double step, double group_l1, int64_t group_dim) {
+  TORCH_CHECK(group_dim == 0 || group_dim == 1, "fusedreg: group_dim must be 0 (rows) or 1 (columns), got ",
+              group_dim);
+  return group_l1 != 0 && step * group_l1 != 0 && p.dim() >= 2 && p.numel() > 0;
 }
 
 }  // namespace fusedreg

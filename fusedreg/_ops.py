@@ -9,13 +9,16 @@ Per-element order inside every op (torch.optim's, then ours):
   -> optimizer update (AdamW: p *= 1 - lr*wd first)  ->  proximal penalties with the element's step t:
   soft-threshold by t*l1 (unless subgradient), divide by 1 + t*l2, zero where |p| <= sqrt(2*t*l0), max(p, 0).
   t = lr for SGD, lr/denom for Adam (denom = sqrt(v_hat) + eps), clr/(sqrt(sum) + eps) for Adagrad.
+Then, when group_l1 > 0, the group-lasso prox on every param with dim >= 2 (groups: rows for group_dim 0,
+columns for 1), in the same metric (reference.group_prox), applied to the param as just written.
 When found_inf is given and nonzero, nothing changes and no step counter advances.
 """
 import torch
 
 LIB = "fusedreg"
 
-_PENALTY = "float l1, bool l1_subgradient, float l2, float l0, bool nonneg, Tensor? grad_scale, Tensor? found_inf"
+_PENALTY = ("float l1, bool l1_subgradient, float l2, float l0, bool nonneg, float group_l1, int group_dim, "
+            "Tensor? grad_scale, Tensor? found_inf")
 
 SCHEMAS = {
     "sgd_": "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, float momentum, "

@@ -32,22 +32,6 @@ def check_penalties(l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, weight_decay=0.0, gr
         raise ValueError(f"Invalid group_dim {group_dim!r}; choose 0 (rows: output neurons) or 1 (columns: inputs)")
 
 
-def _group_prox_(params, steps, denoms, group_l1, group_dim, l2, found_inf):
-    """Group lasso after the elementwise op, in place, on params with dim >= 2 (see reference.group_prox).
-
-    steps[i]: the host step of param i (lr, or Adagrad's decayed clr); denoms[i]: None (SGD) or a callable that
-    returns the op's per-element denominator from the just-updated state. Not fused: one extra pass per param.
-    """
-    if group_l1 == 0 or (found_inf is not None and bool(found_inf.item())):
-        return
-    for p, step, denom in zip(params, steps, denoms):
-        if p.dim() < 2 or p.numel() == 0:
-            continue
-        dt = reference.opmath(p.dtype)
-        v = p.to(dt)
-        p.copy_(reference.group_prox(v, step, group_l1, group_dim, None if denom is None else denom(dt), l2))
-
-
 def _overlaps_itself(t):
     # 1 = YES (a stride-0 / expand()ed view); 2 = TOO_HARD (unusual strides) is let through, like torch does.
     return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
@@ -151,7 +135,7 @@ def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, wei
         group_dim=0, grad_scale=None, found_inf=None, backend="auto"):
     """One SGD step (torch.optim.SGD's math) with fused penalties. momentum_buffers: [] when momentum == 0.
 
-    group_l1 > 0 then applies the exact group-lasso prox with step lr to every param with dim >= 2."""
+    group_l1 > 0 also applies the exact group-lasso prox with step lr to every param with dim >= 2."""
     check_nonneg("lr", lr)
     check_nonneg("momentum", momentum)
     check_nonneg("dampening", dampening)
@@ -163,10 +147,9 @@ def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, wei
     _resolve_all(backend, params)
     _run("sgd_", backend, params, [grads, momentum_buffers if momentum != 0 else []],
          [float(lr), float(momentum), float(dampening), float(weight_decay), bool(nesterov), bool(maximize),
-          bool(first_step), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg)],
+          bool(first_step), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg),
+          float(group_l1), int(group_dim)],
          grad_scale, found_inf)
-    _group_prox_(params, [float(lr)] * len(params), [None] * len(params), float(group_l1), group_dim, float(l2),
-                 found_inf)
 
 
 def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1=0.9, beta2=0.999,
@@ -175,7 +158,7 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
          backend="auto"):
     """One Adam (decoupled=False) or AdamW (decoupled=True) step with fused penalties; advances state_steps.
 
-    group_l1 > 0 then applies the group-lasso prox in Adam's metric (per-element step lr/denom, denom =
+    group_l1 > 0 also applies the group-lasso prox in Adam's metric (per-element step lr/denom, denom =
     sqrt(v_hat) + eps from the just-updated state; see reference.group_prox) to every param with dim >= 2."""
     check_nonneg("lr", lr)
     check_nonneg("eps", eps)
@@ -190,20 +173,9 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
     _resolve_all(backend, params)
     _run("adam_", backend, params, [grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps],
          [float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
-          bool(maximize), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg)],
+          bool(maximize), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg),
+          float(group_l1), int(group_dim)],
          grad_scale, found_inf)
-    if group_l1 != 0:
-        sqs = max_exp_avg_sqs if amsgrad else exp_avg_sqs
-
-        def denom(i):
-            def f(dt):
-                bc2_sqrt = math.sqrt(1 - beta2 ** float(state_steps[i].item()))
-                return (torch.sqrt(sqs[i].to(dt)) / reference._scalar(bc2_sqrt, dt)
-                        + reference._scalar(eps, dt))
-            return f
-
-        _group_prox_(params, [float(lr)] * len(params), [denom(i) for i in range(len(params))], float(group_l1),
-                     group_dim, float(l2), found_inf)
 
 
 def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
@@ -211,7 +183,7 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
             grad_scale=None, found_inf=None, backend="auto"):
     """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is TF's proximal l2.
 
-    group_l1 > 0 then applies the group-lasso prox in Adagrad's metric (per-element step clr/(sqrt(sum) + eps),
+    group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step clr/(sqrt(sum) + eps),
     joint with l2; see reference.group_prox) to every param with dim >= 2."""
     check_nonneg("lr", lr)
     check_nonneg("lr_decay", lr_decay)
@@ -221,12 +193,5 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
     _resolve_all(backend, params)
     _run("adagrad_", backend, params, [grads, state_sums, state_steps],
          [float(lr), float(lr_decay), float(weight_decay), float(eps), bool(maximize), float(l1),
-          l1_mode == "subgradient", float(l2), float(l0), bool(nonneg)],
+          l1_mode == "subgradient", float(l2), float(l0), bool(nonneg), float(group_l1), int(group_dim)],
          grad_scale, found_inf)
-    if group_l1 != 0:
-        def denom(i):
-            return lambda dt: torch.sqrt(state_sums[i].to(dt)) + reference._scalar(eps, dt)
-
-        clrs = [lr / (1 + (float(st.item()) - 1) * lr_decay) for st in state_steps]
-        _group_prox_(params, clrs, [denom(i) for i in range(len(params))], float(group_l1), group_dim, float(l2),
-                     found_inf)

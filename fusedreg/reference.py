@@ -55,8 +55,16 @@ def _penalties(l1, l1_subgradient, l2, l0, nonneg):
     return dict(l1=l1, l1_subgradient=l1_subgradient, l2=l2, l0=l0, nonneg=nonneg)
 
 
+def _group(param, step, denom, group_l1, group_dim, l2):
+    """The group prox on a param the op has just written (so bf16/fp16 params are rounded before it, as in the
+    native kernels, which scale the stored value): rows or columns of params with dim >= 2."""
+    if group_l1 != 0 and param.dim() >= 2:
+        dt = opmath(param.dtype)
+        param.copy_(group_prox(param.to(dt), step, group_l1, group_dim, denom, l2))
+
+
 def sgd_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
-         l1, l1_subgradient, l2, l0, nonneg, grad_scale=None, found_inf=None):
+         l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
     if _skip(found_inf):
         return
     pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
@@ -71,11 +79,12 @@ def sgd_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
             g = g + _scalar(momentum, dt) * b if nesterov else b
         p = p - _scalar(lr, dt) * g
         param.copy_(prox(p, lr, 1, **pen))
+        _group(param, lr, None, group_l1, group_dim, l2)
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
-          weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg,
-          grad_scale=None, found_inf=None):
+          weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0,
+          group_dim=0, grad_scale=None, found_inf=None):
     if _skip(found_inf):
         return
     pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
@@ -99,10 +108,11 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr
         denom = torch.sqrt(v) / _scalar(bc2_sqrt, dt) + _scalar(eps, dt)
         p = p - _scalar(lr / bc1, dt) * (m / denom)
         param.copy_(prox(p, lr, denom, **pen))
+        _group(param, lr, denom, group_l1, group_dim, l2)
 
 
 def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-             l1, l1_subgradient, l2, l0, nonneg, grad_scale=None, found_inf=None):
+             l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
     if _skip(found_inf):
         return
     pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
@@ -117,11 +127,11 @@ def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay,
         denom = torch.sqrt(s) + _scalar(eps, dt)
         p = p - _scalar(clr, dt) * (g / denom)
         param.copy_(prox(p, clr, denom, **pen))
+        _group(param, clr, denom, group_l1, group_dim, l2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Group lasso. Not one of the fused ops: fusedreg.functional applies it right after the elementwise op, on every
-# backend, with the same per-element step the op used (see group_prox).
+# Group lasso: every op applies it after its elementwise penalties, with the same per-element step (group_prox).
 
 def group_dims(ndim, group_dim):
     """The dims a group norm reduces over: every dim but group_dim (group_dim=0: p[i], 1: p[:, j])."""
@@ -148,7 +158,7 @@ def group_prox(v, step, group_l1, group_dim, denom=None, l2=0.0, max_iter=100):
     l2 (Adagrad's proximal l2, already applied to v by the op) makes the metric D + l2: denom -> denom + step*l2
     (and t -> t/(1 + t*l2) when denom is None), so l1 + l2 + group is the exact joint prox.
     """
-    if group_l1 == 0 or v.numel() == 0:
+    if step * group_l1 == 0 or v.numel() == 0:  # lr = 0 included: nothing to shrink (and no 0/0 on zero groups)
         return v
     dt = v.dtype
     dims = group_dims(v.dim(), group_dim)

@@ -2,8 +2,8 @@
 
 How a step is launched
 ----------------------
-A call updates a whole list of tensors in at most 1 + G launches, G = the number of distinct
-(param, grad, state, step) dtype combinations in the list (usually 1):
+A call updates a whole list of tensors in at most 1 + G launches (plus one per grouped param with group_l1),
+G = the number of distinct (param, grad, state, step) dtype combinations in the list (usually 1):
 
 * a chunk table: one row of 8 int64 per CHUNK elements of every non-empty param (the param's, grad's, state
   tensors' and step tensor's addresses already advanced to the chunk, and the chunk's element count). It is
@@ -15,6 +15,8 @@ A call updates a whole list of tensors in at most 1 + G launches, G = the number
 * one launch per dtype combination of the optimizer's kernel, grid = number of chunks: program i loads row i,
   turns the addresses into typed pointers and walks its chunk in BLOCK-wide pieces (full pieces unmasked, so
   the compiler can vectorize them when every address is 16-byte aligned; the last piece masked).
+* with group_l1 > 0, one launch of `_group_kernel` per param with dim >= 2 after the update, one program per
+  group (row or column), reading the param as just written (and Adam's v_hat / Adagrad's sum for the metric).
 
 Non-contiguous params/states go through contiguous copies written back afterwards (a slow path that also
 rebuilds the table every step). The first call on a new list copies its table to the device (synchronously),
@@ -422,6 +424,115 @@ def _adagrad_kernel(rows, gs_ptr, fi_ptr, lr, lr_decay, eps, wd, l1, l2, l0,
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Group lasso (after the op's kernel): one program per group, the formulas of csrc/fusedreg_math.h and
+# fusedreg.reference.group_prox. A param with dim >= 2 is (A, G, K): element k of group g in outer slice a at
+# (a*G + g)*K + k (rows: A = 1; columns: A = size(0)). KIND 0 is SGD (scalar step), 1 Adam, 2 Adagrad (the
+# metric prox with the op's per-element denominators, read back from the state the op has just written).
+
+@_jit
+def _group_a(x_ptr, offs, mask, c, c2, bdiv, eps, CDT: tl.constexpr, HAS_L2: tl.constexpr):
+    """a_i = opmath(c) / (denom_i [+ opmath(step*l2)]) in fp64, denom = sqrt(x)/bdiv + eps (bdiv 1: Adagrad)."""
+    x = tl.load(x_ptr + offs, mask=mask, other=1.0).to(CDT)
+    denom = _div(_sqrt(x), bdiv) + eps
+    if HAS_L2:
+        denom = denom + c2
+    return _div(tl.broadcast_to(c, denom.shape), denom).to(tl.float64)
+
+
+@_jit
+def _group_va(p_ptr, x_ptr, offs, mask, c, c2, bdiv, eps, CDT: tl.constexpr, HAS_L2: tl.constexpr):
+    """The param's values (fp64, after rounding to the compute dtype) and their a_i."""
+    v = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT).to(tl.float64)
+    return v, _group_a(x_ptr, offs, mask, c, c2, bdiv, eps, CDT, HAS_L2)
+
+
+@_jit
+def _group_offs(gid, m, G, K):
+    return (m // K * G + gid) * K + m % K
+
+
+@_jit
+def _group_kernel(p_ptr, x_ptr, s_ptr, fi_ptr, A, G, K, lr, group_l1, l2, beta2, lr_decay, eps,
+                  P_DT: tl.constexpr, X_DT: tl.constexpr, S_DT: tl.constexpr, CDT: tl.constexpr,
+                  KIND: tl.constexpr, HAS_L2: tl.constexpr, HAS_FI: tl.constexpr, BLOCK: tl.constexpr):
+    gid = tl.program_id(0).to(tl.int64)
+    p_ptr = p_ptr.to(tl.pointer_type(P_DT))
+    x_ptr = x_ptr.to(tl.pointer_type(X_DT))
+    size = A.to(tl.int64) * K
+    n = size
+    if HAS_FI:
+        n = tl.where(tl.load(fi_ptr) == 0, n, 0)
+    lr = _f64(lr)
+    group_l1 = _f64(group_l1)
+    l2 = _f64(l2)
+    bdiv = tl.full([], 1.0, tl.float64).to(CDT)
+    step = lr
+    if KIND != 0:
+        t = tl.load(s_ptr.to(tl.pointer_type(S_DT))).to(tl.float64)  # already advanced by the op's kernel
+        if KIND == 1:
+            bdiv = tl.sqrt(1.0 - _powi(_f64(beta2), t)).to(CDT)
+        else:
+            step = lr / (1.0 + (t - 1.0) * _f64(lr_decay))
+    c = step * group_l1 * tl.sqrt(size.to(tl.float64))
+    if step * group_l1 == 0:
+        n = 0
+    if KIND == 0:
+        c = c / (1.0 + step * l2)
+        ss = tl.zeros([BLOCK], tl.float64)
+        for start in range(0, n, BLOCK):
+            m = start + tl.arange(0, BLOCK)
+            v = tl.load(p_ptr + _group_offs(gid, m, G, K), mask=m < n, other=0.0).to(CDT).to(tl.float64)
+            ss += v * v
+        f = 1.0 - c / tl.sqrt(tl.sum(ss, 0))
+        f = tl.where((f > 0) | (f != f), f, 0.0).to(CDT)
+        for start in range(0, n, BLOCK):
+            m = start + tl.arange(0, BLOCK)
+            offs = _group_offs(gid, m, G, K)
+            _store(p_ptr + offs, tl.load(p_ptr + offs, mask=m < n).to(CDT) * f, m < n)
+    else:
+        c_o = c.to(CDT)
+        c2 = (step * l2).to(CDT)
+        eps = _f64(eps).to(CDT)
+        q = tl.zeros([BLOCK], tl.float64)
+        nn = tl.zeros([BLOCK], tl.float64)
+        amax = tl.zeros([BLOCK], tl.float64)
+        for start in range(0, n, BLOCK):
+            m = start + tl.arange(0, BLOCK)
+            offs = _group_offs(gid, m, G, K)
+            v, a = _group_va(p_ptr, x_ptr, offs, m < n, c_o, c2, bdiv, eps, CDT, HAS_L2)
+            q += (v / a) * (v / a)
+            nn += v * v
+            amax = tl.maximum(amax, tl.where(m < n, a, 0.0), propagate_nan=tl.PropagateNan.ALL)
+        r = tl.sqrt(tl.sum(nn, 0)) - tl.max(amax, 0)
+        r = tl.where(r > 0, r, 0.0)
+        r = tl.where(tl.sqrt(tl.sum(q, 0)) > 1, r, -1.0)  # -1: the prox zeroes the group
+        go = r >= 0
+        it = 0
+        while go & (it < 100):  # kMetricMaxIter; Newton from the left, as fusedreg_math.h's newton_step
+            s = tl.zeros([BLOCK], tl.float64)
+            t3 = tl.zeros([BLOCK], tl.float64)
+            for start in range(0, n, BLOCK):
+                m = start + tl.arange(0, BLOCK)
+                offs = _group_offs(gid, m, G, K)
+                v, a = _group_va(p_ptr, x_ptr, offs, m < n, c_o, c2, bdiv, eps, CDT, HAS_L2)
+                inv = 1.0 / (r + a)
+                w = v * v * inv * inv
+                s += w
+                t3 += w * inv
+            s_sum = tl.sum(s, 0)
+            dr = s_sum * (tl.sqrt(s_sum) - 1.0) / tl.sum(t3, 0)
+            r = r + tl.where(dr > 0, dr, 0.0)
+            go = dr > 8.881784197001252e-16 * r  # kMetricTol
+            it += 1
+        for start in range(0, n, BLOCK):
+            m = start + tl.arange(0, BLOCK)
+            offs = _group_offs(gid, m, G, K)
+            a = _group_a(x_ptr, offs, m < n, c_o, c2, bdiv, eps, CDT, HAS_L2)
+            f = tl.where(r < 0, 0.0, r / (r + a)).to(CDT)
+            _store(p_ptr + offs, tl.load(p_ptr + offs, mask=m < n).to(CDT) * f, m < n)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Step counters
 
 @_jit
@@ -438,6 +549,7 @@ _FP64_ARGS = {  # runtime scalars typed fp64 (a plain Python float would be pass
     "_sgd_kernel": ("lr", "momentum", "dampening", "wd", "l1", "l2", "l0"),
     "_adam_kernel": ("lr", "beta1", "beta2", "eps", "wd", "l1", "l2", "l0"),
     "_adagrad_kernel": ("lr", "lr_decay", "eps", "wd", "l1", "l2", "l0"),
+    "_group_kernel": ("lr", "group_l1", "l2", "beta2", "lr_decay", "eps"),
 }
 
 
@@ -630,6 +742,38 @@ def _launch(ns, kind, groups, step_table, scalars, flags, gs, fi, interpret, blo
                             ALIGNED=aligned and not interpret, BLOCK=block, CHUNK=chunk, **launch)
 
 
+_GROUP_KIND = {"sgd": 0, "adam": 1, "adagrad": 2}
+
+
+def _groups(kind, params, xs, steps, lr, group_l1, group_dim, l2, beta2, lr_decay, eps, found_inf):
+    """The group prox after the op's kernel: one launch per param with dim >= 2, one program per group.
+    xs: the state the denominators come from (Adam's v_hat, Adagrad's sum), None for SGD."""
+    if group_l1 == 0 or lr * group_l1 == 0:
+        return
+    if group_dim not in (0, 1):
+        raise ValueError(f"fusedreg triton: group_dim must be 0 or 1, got {group_dim}")
+    for i, p in enumerate(params):
+        if p.dim() < 2 or p.numel() == 0:
+            continue
+        interpret, block, _ = _mode(p.device)
+        ns = _kernels(interpret)
+        pc = p.contiguous()
+        x = xs[i].contiguous() if xs is not None else pc
+        s = steps[i] if steps is not None else pc
+        d0, d1 = p.shape[0], p.shape[1]
+        rest = p.numel() // (d0 * d1)
+        A, G, K = (1, d0, d1 * rest) if group_dim == 0 else (d0, d1, rest)
+        fi = _scalar_tensor(found_inf, p.device, "found_inf")
+        launch = {} if interpret else {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+        with _quiet_numpy() if interpret else torch.cuda.device(p.device):
+            ns["_group_kernel"][(G,)](pc, x, s, fi, A, G, K, float(lr), float(group_l1), float(l2), float(beta2),
+                                      float(lr_decay), float(eps), _TL_DTYPES[p.dtype], _TL_DTYPES[x.dtype],
+                                      _TL_DTYPES[s.dtype], tl.float64 if p.dtype == torch.float64 else tl.float32,
+                                      _GROUP_KIND[kind], l2 != 0, fi is not None, BLOCK=block, **launch)
+        if pc is not p:
+            p.copy_(pc)
+
+
 def _check_lists(n, *lists):
     for lst in lists:
         if len(lst) != n:
@@ -637,7 +781,8 @@ def _check_lists(n, *lists):
 
 
 def _sgd_impl(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
-              first_step, l1, l1_subgradient, l2, l0, nonneg, grad_scale=None, found_inf=None):
+              first_step, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None,
+              found_inf=None):
     params, grads = list(params), list(grads)
     _check_lists(len(params), grads)
     use_momentum = momentum != 0
@@ -651,11 +796,12 @@ def _sgd_impl(params, grads, momentum_buffers, lr, momentum, dampening, weight_d
     flags = (bool(maximize), bool(l1_subgradient), bool(nonneg), use_momentum, bool(nesterov),
              bool(first_step) and use_momentum)
     _run("sgd", cols, None, scalars, flags, grad_scale, found_inf)
+    _groups("sgd", params, None, None, lr, group_l1, group_dim, l2, 0.0, 0.0, 0.0, found_inf)
 
 
 def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
-               weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg,
-               grad_scale=None, found_inf=None):
+               weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0,
+               group_dim=0, grad_scale=None, found_inf=None):
     params = list(params)
     n = len(params)
     _check_lists(n, grads, exp_avgs, exp_avg_sqs)
@@ -668,16 +814,20 @@ def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
     scalars = [float(x) for x in (lr, beta1, beta2, eps, weight_decay, l1, l2, l0)]
     flags = (bool(maximize), bool(l1_subgradient), bool(nonneg), bool(decoupled), bool(amsgrad))
     _run("adam", cols, list(state_steps), scalars, flags, grad_scale, found_inf)
+    _groups("adam", params, cols[4] if amsgrad else cols[3], list(state_steps), lr, group_l1, group_dim, l2, beta2,
+            0.0, eps, found_inf)
 
 
 def _adagrad_impl(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-                  l1, l1_subgradient, l2, l0, nonneg, grad_scale=None, found_inf=None):
+                  l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
     params = list(params)
     _check_lists(len(params), grads, state_sums)
     cols = [params, list(grads), list(state_sums)]
     scalars = [float(x) for x in (lr, lr_decay, eps, weight_decay, l1, l2, l0)]
     flags = (bool(maximize), bool(l1_subgradient), bool(nonneg))
     _run("adagrad", cols, list(state_steps), scalars, flags, grad_scale, found_inf)
+    _groups("adagrad", params, cols[2], list(state_steps), lr, group_l1, group_dim, l2, 0.0, lr_decay, eps,
+            found_inf)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -691,28 +841,29 @@ def _compiling():
 
 
 def sgd_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
-         l1, l1_subgradient, l2, l0, nonneg, grad_scale=None, found_inf=None):
+         l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
     args = (params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
-            l1, l1_subgradient, l2, l0, nonneg, grad_scale, found_inf)
+            l1, l1_subgradient, l2, l0, nonneg, group_l1, group_dim, grad_scale, found_inf)
     if _compiling() and _REGISTERED:
         return torch.ops.fusedreg.triton_sgd_(*args)
     _sgd_impl(*args)
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
-          weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg,
-          grad_scale=None, found_inf=None):
+          weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0,
+          group_dim=0, grad_scale=None, found_inf=None):
     args = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
-            weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, grad_scale, found_inf)
+            weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, group_l1, group_dim,
+            grad_scale, found_inf)
     if _compiling() and _REGISTERED:
         return torch.ops.fusedreg.triton_adam_(*args)
     _adam_impl(*args)
 
 
 def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-             l1, l1_subgradient, l2, l0, nonneg, grad_scale=None, found_inf=None):
+             l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
     args = (params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-            l1, l1_subgradient, l2, l0, nonneg, grad_scale, found_inf)
+            l1, l1_subgradient, l2, l0, nonneg, group_l1, group_dim, grad_scale, found_inf)
     if _compiling() and _REGISTERED:
         return torch.ops.fusedreg.triton_adagrad_(*args)
     _adagrad_impl(*args)

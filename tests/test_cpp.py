@@ -35,7 +35,7 @@ SIZES = {
 }
 SIZE_PARAMS = [k for k in SIZES if k != "big"]
 
-NOPEN = dict(l1=0.0, l1_subgradient=False, l2=0.0, l0=0.0, nonneg=False)
+NOPEN = dict(l1=0.0, l1_subgradient=False, l2=0.0, l0=0.0, nonneg=False, group_l1=0.0, group_dim=0)
 SGD_GRID = {
     "plain": dict(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False, first=False),
     "momentum_l1": dict(momentum=0.9, dampening=0.1, weight_decay=1e-2, nesterov=False, maximize=False,
@@ -46,6 +46,10 @@ SGD_GRID = {
                                   first=True, l1=0.5, l1_subgradient=True, nonneg=True, scale=True),
     "elastic_all": dict(momentum=0.0, dampening=0.0, weight_decay=1e-2, nesterov=False, maximize=False,
                         first=False, l1=0.3, l2=0.2, l0=0.02, nonneg=True),
+    "group_rows_l1": dict(momentum=0.9, dampening=0.0, weight_decay=1e-2, nesterov=False, maximize=False,
+                          first=True, l1=0.1, group_l1=0.5, group_dim=0),
+    "group_cols_scaled": dict(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
+                              first=False, l2=0.1, group_l1=0.5, group_dim=1, scale=True),
 }
 ADAM_GRID = {
     "plain": dict(beta1=0.9, beta2=0.999, weight_decay=0.0, decoupled=False, amsgrad=False, maximize=False),
@@ -57,12 +61,20 @@ ADAM_GRID = {
                                        maximize=True, l1=0.1, l1_subgradient=True, scale=True),
     "bigw_l0_nonneg": dict(beta1=0.3, beta2=0.9, weight_decay=0.0, decoupled=False, amsgrad=True, maximize=False,
                            l0=0.5, nonneg=True),
+    "adamw_group_rows_l1": dict(beta1=0.9, beta2=0.999, weight_decay=1e-2, decoupled=True, amsgrad=False,
+                                maximize=False, l1=0.3, group_l1=0.3, group_dim=0),
+    "amsgrad_group_cols_l2_scaled": dict(beta1=0.9, beta2=0.99, weight_decay=0.0, decoupled=False, amsgrad=True,
+                                         maximize=False, l2=0.5, group_l1=0.3, group_dim=1, scale=True),
 }
 ADAGRAD_GRID = {
     "plain": dict(lr_decay=0.0, weight_decay=0.0, maximize=False),
     "decay_l1_l2": dict(lr_decay=0.01, weight_decay=1e-2, maximize=False, l1=0.7, l2=0.5),
     "max_subgrad_l0_nonneg_scaled": dict(lr_decay=0.0, weight_decay=1e-3, maximize=True, l1=0.1,
                                          l1_subgradient=True, l0=0.5, nonneg=True, scale=True),
+    "group_rows_l1_l2": dict(lr_decay=0.01, weight_decay=0.0, maximize=False, l1=0.2, l2=0.5, group_l1=0.3,
+                             group_dim=0),
+    "group_cols_scaled": dict(lr_decay=0.0, weight_decay=1e-2, maximize=False, group_l1=0.3, group_dim=1,
+                              scale=True),
 }
 GRIDS = {"sgd_": SGD_GRID, "adam_": ADAM_GRID, "adagrad_": ADAGRAD_GRID}
 CASES = [(op, name) for op, grid in GRIDS.items() for name in grid]
@@ -121,7 +133,8 @@ class Case:
         fi = found_inf if found_inf is not None else (torch.zeros((), dtype=torch.float32) if self.scale else None)
         grads = [g.to(self.dtype) for g in grads]
         s = self.states
-        pen_args = (pen["l1"], pen["l1_subgradient"], pen["l2"], pen["l0"], pen["nonneg"], gs, fi)
+        pen_args = (pen["l1"], pen["l1_subgradient"], pen["l2"], pen["l0"], pen["nonneg"], pen["group_l1"],
+                    pen["group_dim"], gs, fi)
         if self.op == "sgd_":
             fn(self.params, grads, s["momentum_buffers"], 0.1, hp["momentum"], hp["dampening"], hp["weight_decay"],
                hp["nesterov"], hp["maximize"], first_step, *pen_args)
@@ -261,7 +274,7 @@ def test_exact_zeros_at_threshold(name, dtype, with_grad):
     g = g.to(dtype)
     assert torch.equal(p.double() - lr_sgd * g.double(), v.double()), "the construction must be exact"
     pen = {**NOPEN, **pen_hp}
-    pen_args = (pen["l1"], pen["l1_subgradient"], pen["l2"], pen["l0"], pen["nonneg"], None, None)
+    pen_args = (pen["l1"], pen["l1_subgradient"], pen["l2"], pen["l0"], pen["nonneg"], 0.0, 0, None, None)
     od = opmath(dtype)
     other_p, other_g = torch.randn(100, dtype=dtype), torch.randn(100, dtype=dtype)  # a second tensor in the call
     results = []
@@ -304,7 +317,7 @@ def test_non_contiguous_and_mixed_layouts(dtype):
         v = [torch.zeros(p.shape, dtype=torch.float32) for p in ps]
         steps = [torch.zeros((), dtype=torch.float32) for _ in ps]
         fn(ps, grads, m, v, [], steps, 1e-2, 0.9, 0.999, 1e-8, 1e-2, True, False, False, 0.7, False, 0.1, 0.0,
-           False, None, None)
+           False, 0.0, 0, None, None)
         return m, v, steps
 
     ref_bases = [b.clone() for b in bases]
@@ -335,13 +348,13 @@ def test_argument_errors():
         torch.ops.fusedreg.adam_([torch.zeros(3, dtype=torch.bfloat16)], [torch.zeros(3, dtype=torch.bfloat16)],
                                  [torch.zeros(3, dtype=torch.bfloat16)], [torch.zeros(3)], [],
                                  [torch.zeros(())], 1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False, 0.0, False,
-                                 0.0, 0.0, False, None, None)
+                                 0.0, 0.0, False, 0.0, 0, None, None)
     with pytest.raises(RuntimeError, match="share dtype"):
         torch.ops.fusedreg.adagrad_([torch.zeros(3), torch.zeros(3, dtype=torch.float64)],
                                     [torch.zeros(3), torch.zeros(3, dtype=torch.float64)],
                                     [torch.zeros(3), torch.zeros(3, dtype=torch.float64)],
                                     [torch.zeros(()), torch.zeros(())], 0.1, 0.0, 0.0, 1e-10, False, 0.0, False,
-                                    0.0, 0.0, False, None, None)
+                                    0.0, 0.0, False, 0.0, 0, None, None)
     with pytest.raises(RuntimeError, match="state_steps"):
         torch.ops.fusedreg.adagrad_(p, g, [torch.zeros(3)], [torch.zeros((), dtype=torch.float64)], 0.1, 0.0, 0.0,
-                                    1e-10, False, 0.0, False, 0.0, 0.0, False, None, None)
+                                    1e-10, False, 0.0, False, 0.0, 0.0, False, 0.0, 0, None, None)

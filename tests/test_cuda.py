@@ -50,14 +50,14 @@ def make(op, shapes, dtype, gen, amp=False):
     amp_args = [torch.tensor(1024.0), torch.tensor(0.0)] if amp else [None, None]
     if op == "sgd_":
         lists = [params, grads, pos()]
-        scalars = [0.1, 0.9, 0.1, 1e-2, False, False, False, 0.5, False, 0.1, 0.01, False]
+        scalars = [0.1, 0.9, 0.1, 1e-2, False, False, False, 0.5, False, 0.1, 0.01, False, 0.05, 0]
     elif op == "adam_":
         v = pos()
         lists = [params, grads, pos(), v, [x * 1.5 for x in v], steps]
-        scalars = [1e-2, 0.9, 0.999, 1e-8, 1e-2, True, True, False, 0.7, False, 0.3, 0.1, False]
+        scalars = [1e-2, 0.9, 0.999, 1e-8, 1e-2, True, True, False, 0.7, False, 0.3, 0.1, False, 0.05, 1]
     else:
         lists = [params, grads, pos(), steps]
-        scalars = [0.1, 0.01, 1e-2, 1e-10, True, 0.7, False, 0.3, 0.0, True]
+        scalars = [0.1, 0.01, 1e-2, 1e-10, True, 0.7, False, 0.3, 0.0, True, 0.05, 0]
     return lists, scalars, amp_args
 
 

@@ -289,11 +289,11 @@ def op_samples(dtype=torch.float32, device="cpu"):
     shapes = [(5, 3), (7,), (0,)]
     steps = [torch.tensor(3.0, device=device) for _ in shapes]
     gs, fi = torch.tensor(4.0, device=device), torch.tensor(0.0, device=device)
-    pen = (0.01, False, 0.02, 0.001, False)
+    pen = (0.01, False, 0.02, 0.001, False, 0.03, 1)
     return [
         ("sgd_", (ts(*shapes), ts(*shapes), [], 0.1, 0.0, 0.0, 0.0, False, False, False) + pen + (None, None)),
         ("sgd_", (ts(*shapes), ts(*shapes), ts(*shapes), 0.1, 0.9, 0.0, 0.01, True, False, False, 0.01, True,
-                  0.0, 0.0, True, gs, fi)),
+                  0.0, 0.0, True, 0.0, 0, gs, fi)),
         ("adam_", (ts(*shapes), ts(*shapes), ts(*shapes), [t.abs() for t in ts(*shapes)], [], steps, 0.01, 0.9,
                    0.999, 1e-8, 0.1, True, False, False) + pen + (gs, fi)),
         ("adam_", (ts(*shapes), ts(*shapes), ts(*shapes), [t.abs() for t in ts(*shapes)],

@@ -30,18 +30,18 @@ def _amp(amp):
 def sgd_args(dtype, momentum, amp):
     p, g, states, _ = _tensors(dtype)
     return (p, g, states() if momentum else [], 0.1, momentum, 0.0, 1e-2, False, False, False,
-            0.1, False, 0.01, 0.0, False, *_amp(amp))
+            0.1, False, 0.01, 0.0, False, 0.05, 0, *_amp(amp))
 
 
 def adam_args(dtype, amsgrad, amp):
     p, g, states, steps = _tensors(dtype)
     return (p, g, states(), states(), states() if amsgrad else [], steps(), 1e-3, 0.9, 0.999, 1e-8, 1e-2, True,
-            amsgrad, False, 0.1, False, 0.01, 0.001, True, *_amp(amp))
+            amsgrad, False, 0.1, False, 0.01, 0.001, True, 0.05, 1, *_amp(amp))
 
 
 def adagrad_args(dtype, _, amp):
     p, g, states, steps = _tensors(dtype)
-    return (p, g, states(), steps(), 0.1, 0.01, 1e-2, 1e-10, True, 0.1, True, 0.0, 0.0, False, *_amp(amp))
+    return (p, g, states(), steps(), 0.1, 0.01, 1e-2, 1e-10, True, 0.1, True, 0.0, 0.0, False, 0.05, 0, *_amp(amp))
 
 
 CASES = [("sgd_", sgd_args, 0.0), ("sgd_", sgd_args, 0.9), ("adam_", adam_args, False),

@@ -25,6 +25,7 @@ CUDA = torch.cuda.is_available()
 DEV = torch.device("cuda") if CUDA else torch.device("cpu")
 SHAPES = [(0,), (1,), (7,), (100_003,) if CUDA else (1000,), (257, 129) if CUDA else (13, 17)]
 LOWP = (torch.bfloat16, torch.float16)
+GROUP_SHAPES = SHAPES + [(3, 4, 5), (2, 300), (300, 2)]  # 3-D; rows and columns longer than a block
 
 
 @pytest.fixture(autouse=True)
@@ -69,11 +70,11 @@ def copy_state(L, device=None, dtype=None):
     return out
 
 
-PEN = dict(l1=0.0, sub=False, l2=0.0, l0=0.0, nonneg=False)
+PEN = dict(l1=0.0, sub=False, l2=0.0, l0=0.0, nonneg=False, group_l1=0.0, group_dim=0)
 
 
 def call(fn, op, L, grads, o, first_step=False, grad_scale=None, found_inf=None):
-    pen = (o["l1"], o["sub"], o["l2"], o["l0"], o["nonneg"], grad_scale, found_inf)
+    pen = (o["l1"], o["sub"], o["l2"], o["l0"], o["nonneg"], o["group_l1"], o["group_dim"], grad_scale, found_inf)
     if op == "sgd":
         fn(L["p"], grads, L["buf"], o["lr"], o["momentum"], o["dampening"], o["wd"], o["nesterov"], o["maximize"],
            first_step, *pen)
@@ -160,6 +161,13 @@ CASES = [
     ("adagrad", dict(lr_decay=0.01, wd=0.01, l1=0.01, l2=0.1), {}),
     ("adagrad", dict(maximize=True, l0=1e-3, nonneg=True), dict(grad_scale=8.0)),
     ("adagrad", dict(l1=0.02, sub=True, eps=1e-3), {}),
+    # group lasso: a second kernel after the update, one program per row (group_dim 0) or column (1)
+    ("sgd", dict(momentum=0.9, l1=0.02, group_l1=0.3), dict(shapes=GROUP_SHAPES)),
+    ("sgd", dict(l2=0.1, group_l1=2.0, group_dim=1), dict(shapes=GROUP_SHAPES, grad_scale=1024.0)),
+    ("adam", dict(decoupled=True, wd=0.1, l1=0.01, group_l1=0.05), {}),
+    ("adam", dict(amsgrad=True, l2=0.1, group_l1=0.5, group_dim=1), dict(shapes=GROUP_SHAPES)),
+    ("adagrad", dict(l1=0.01, l2=0.1, group_l1=0.05), {}),
+    ("adagrad", dict(group_l1=0.5, group_dim=1), dict(shapes=GROUP_SHAPES)),
 ]
 
 
@@ -173,7 +181,9 @@ def test_matches_reference(op, kw, extra, dtype):
 
 @pytest.mark.parametrize("op,kw", [("sgd", dict(momentum=0.9, wd=0.01, l1=0.05, l2=0.1)),
                                    ("adam", dict(amsgrad=True, decoupled=True, wd=0.1, l1=0.01, l0=1e-4)),
-                                   ("adagrad", dict(lr_decay=0.01, l1=0.01, l2=0.1, l0=1e-3))])
+                                   ("adagrad", dict(lr_decay=0.01, l1=0.01, l2=0.1, l0=1e-3)),
+                                   ("adam", dict(l1=0.01, l2=0.1, group_l1=0.2, group_dim=1)),
+                                   ("adagrad", dict(l1=0.01, group_l1=0.2))])
 def test_float64_matches_reference(op, kw):
     o = opts(op, **kw)
     tri, ref, _ = run(op, torch.float64, o, steps=2)

@@ -123,6 +123,250 @@ void for_each_element(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
   });
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Group lasso (fusedreg_math.h): the group prox of one param, over groups [g0, g1) of its GroupShape.
+
+// Where the per-element denominator comes from: x (Adam's v_hat, Adagrad's sum) as adam_denom(x, bdiv, eps), with
+// bdiv = sqrt(bc2) for Adam and 1 for Adagrad; x == nullptr is SGD (no metric).
+template <typename O>
+struct GroupJob {
+  size_t slot;
+  GroupShape sh;
+  double c;   // group_c(...)
+  O c_o, c2;  // opmath(c), opmath(step*l2) for the metric
+  bool has_l2;
+  const O* x;
+  O bdiv, eps;
+
+  O denom(int64_t i) const { return adam_denom(x[i], bdiv, eps); }
+  double a(int64_t i) const { return group_a(c_o, denom(i), c2, has_l2); }
+};
+
+// Sums terms(k, s, t) over k in [0, n) in eight interleaved partial sums: a single sum is a chain of dependent adds
+// (4 cycles each); eight (one AVX-512 or two AVX2 vectors of doubles) let the divisions and adds vectorize.
+template <typename F>
+inline void row_sums(int64_t n, double& s, double& t, const F& terms) {
+  constexpr int kLanes = 8;
+  double sl[kLanes] = {}, tl[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) terms(k + l, sl[l], tl[l]);
+  for (; k < n; ++k) terms(k, sl[0], tl[0]);
+  s = t = 0;
+  for (int l = 0; l < kLanes; ++l) {
+    s += sl[l];
+    t += tl[l];
+  }
+}
+
+// a_i of the metric prox for elements [i0, i0 + n) of the param, into a (double or opmath). The branch on l2 is
+// outside the loop so that the loop (a sqrt and two divisions an element) vectorizes.
+template <typename O, typename D>
+inline void metric_a(const GroupJob<O>& job, int64_t i0, int64_t n, D* __restrict a) {
+  const O* __restrict x = job.x + i0;
+  const O c = job.c_o, c2 = job.c2, bdiv = job.bdiv, eps = job.eps;
+  if (job.has_l2)
+    for (int64_t k = 0; k < n; ++k) a[k] = static_cast<D>(group_a(c, adam_denom(x[k], bdiv, eps), c2, true));
+  else
+    for (int64_t k = 0; k < n; ++k) a[k] = static_cast<D>(group_a(c, adam_denom(x[k], bdiv, eps), c2, false));
+}
+
+// The group prox of row g (group_dim 0: K contiguous elements), right after the row's update, while it is in cache.
+// max a is taken without NaN care: a NaN a_i makes q NaN, and metric_start zeroes such a group whatever max a is.
+template <typename T, typename O>
+void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
+  const int64_t n = job.sh.K;
+  p += g * n;
+  // v and a_i once per element, in double: Newton's passes read this copy.
+  thread_local std::vector<double> vbuf, abuf;
+  vbuf.resize(n);
+  double* __restrict v = vbuf.data();
+  for (int64_t k = 0; k < n; ++k) v[k] = static_cast<double>(static_cast<O>(p[k]));
+  double s = 0, t = 0;
+  if (job.x == nullptr) {
+    row_sums(n, s, t, [&](int64_t k, double& sk, double&) { sk += v[k] * v[k]; });
+    const O f = static_cast<O>(group_factor(s, job.c));
+    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * f);
+    return;
+  }
+  abuf.resize(n);
+  double* __restrict a = abuf.data();
+  metric_a(job, g * n, n, a);
+  MetricSums first;
+  row_sums(n, first.q, first.nn, [&](int64_t k, double& q, double& nn) {
+    const double x = v[k] / a[k];
+    q += x * x;
+    nn += v[k] * v[k];
+  });
+  double m8[8] = {};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int l = 0; l < 8; ++l) m8[l] = a[k + l] > m8[l] ? a[k + l] : m8[l];
+  for (; k < n; ++k) m8[0] = a[k] > m8[0] ? a[k] : m8[0];
+  first.amax = *std::max_element(m8, m8 + 8);
+  double r = metric_start(first);
+  for (int it = 0; it < kMetricMaxIter && r >= 0; ++it) {
+    const double rk = r;
+    row_sums(n, s, t, [&](int64_t k, double& sk, double& tk) { newton_terms(v[k], a[k], rk, sk, tk); });
+    if (!newton_step(s, t, r)) break;
+  }
+  if (r < 0) {
+    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * O(0));
+    return;
+  }
+  for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * static_cast<O>(r / (r + a[k])));
+}
+
+// f(g, j) for the elements of one row of a (A, G, K) param: j the offset in the row, g its column (j / K). The
+// K == 1 loop (every 2-D param) is a plain loop over g, so that it vectorizes.
+template <typename F>
+inline void for_row(int64_t G, int64_t K, const F& f) {
+  if (K == 1) {
+    for (int64_t g = 0; g < G; ++g) f(g, g);
+  } else {
+    for (int64_t g = 0, j = 0; g < G; ++g)
+      for (int64_t k = 0; k < K; ++k, ++j) f(g, j);
+  }
+}
+
+// The group prox of every column (group_dim 1) of one param, after its whole update, in row-major sweeps: a
+// column is strided, so each sweep reads whole rows and keeps per-column sums s, t (and max m), per block of rows
+// (fixed blocks, combined in order: the result does not depend on the thread count).
+template <typename T, typename O>
+void group_prox_columns(T* p, const GroupJob<O>& job) {
+  const int64_t A = job.sh.A, G = job.sh.G, K = job.sh.K, row = G * K;
+  const int64_t blocks = std::min<int64_t>(A, 32);
+  std::vector<double> part(blocks * 3 * G), s(G), t(G), m(G);
+  // Per block, f(a, s, t, m) for each of its rows a, with the block's G-long s, t, m; then s, t summed and m maxed.
+  auto sweep = [&](const auto& f) {
+    std::fill(part.begin(), part.end(), 0.0);
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        double* bs = part.data() + b * 3 * G;
+        for (int64_t a = b * A / blocks; a < (b + 1) * A / blocks; ++a) f(a, bs, bs + G, bs + 2 * G);
+      }
+    });
+    std::fill(s.begin(), s.end(), 0.0);
+    std::fill(t.begin(), t.end(), 0.0);
+    std::fill(m.begin(), m.end(), 0.0);
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t g = 0; g < G; ++g) {
+        const double* bs = part.data() + b * 3 * G;
+        s[g] += bs[g];
+        t[g] += bs[G + g];
+        m[g] = bs[2 * G + g] > m[g] ? bs[2 * G + g] : m[g];
+      }
+  };
+  // p[i] = p[i] * factor(g, i) over every row, in parallel.
+  auto scale = [&](const auto& factor) {
+    at::parallel_for(0, A, std::max<int64_t>(1, kGrainUnits * kUnit / row), [&](int64_t a0, int64_t a1) {
+      for (int64_t a = a0; a < a1; ++a) {
+        T* __restrict pr = p + a * row;
+        for_row(G, K, [&](int64_t g, int64_t j) {
+          pr[j] = static_cast<T>(static_cast<O>(pr[j]) * factor(g, a * row + j));
+        });
+      }
+    });
+  };
+  auto val = [&](int64_t i) { return static_cast<double>(static_cast<O>(p[i])); };
+  if (job.x == nullptr) {
+    sweep([&](int64_t a, double* __restrict bs, double*, double*) {
+      for_row(G, K, [&](int64_t g, int64_t j) { bs[g] += val(a * row + j) * val(a * row + j); });
+    });
+    std::vector<O> f(G);
+    for (int64_t g = 0; g < G; ++g) f[g] = static_cast<O>(group_factor(s[g], job.c));
+    scale([&](int64_t g, int64_t) { return f[g]; });
+    return;
+  }
+  // a_i once, kept in opmath (it is rounded there): one transient the size of the param. max a without NaN care,
+  // as in group_prox_row.
+  std::vector<O> abuf(A * row);
+  O* __restrict av = abuf.data();
+  sweep([&](int64_t a, double* __restrict bq, double* __restrict bn, double* __restrict bm) {
+    metric_a(job, a * row, row, av + a * row);
+    for_row(G, K, [&](int64_t g, int64_t j) {
+      const double v = val(a * row + j), ai = static_cast<double>(av[a * row + j]), x = v / ai;
+      bq[g] += x * x;
+      bn[g] += v * v;
+      bm[g] = ai > bm[g] ? ai : bm[g];
+    });
+  });
+  std::vector<double> r(G), rk(G);
+  bool active = false;
+  for (int64_t g = 0; g < G; ++g) {
+    MetricSums first;
+    first.q = s[g];
+    first.nn = t[g];
+    first.amax = m[g];
+    r[g] = metric_start(first);
+    active = active || r[g] >= 0;
+  }
+  // Newton on every kept column until none moves (the reference's loop); r < 0 marks a zeroed column, whose
+  // (unused) terms are computed at r = 0 to keep the loop branch-free.
+  for (int it = 0; it < kMetricMaxIter && active; ++it) {
+    for (int64_t g = 0; g < G; ++g) rk[g] = r[g] < 0 ? 0.0 : r[g];
+    const double* __restrict rp = rk.data();
+    sweep([&](int64_t a, double* __restrict bs, double* __restrict bt, double*) {
+      for_row(G, K, [&](int64_t g, int64_t j) {
+        newton_terms(val(a * row + j), static_cast<double>(av[a * row + j]), rp[g], bs[g], bt[g]);
+      });
+    });
+    active = false;
+    for (int64_t g = 0; g < G; ++g)
+      if (r[g] >= 0) active = newton_step(s[g], t[g], r[g]) || active;
+  }
+  scale([&](int64_t g, int64_t i) { return static_cast<O>(metric_factor(r[g], static_cast<double>(av[i]))); });
+}
+
+// Runs f over every element of every slot, then the group prox of each job: row groups in the same parallel
+// chunk as their row's update (the row is still in cache), column groups in panels of adjacent columns after
+// the whole update (a column needs every row).
+template <typename T, typename O, int NS, typename S, typename F>
+void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<GroupJob<O>>& jobs,
+                              int64_t group_dim, const F& f) {
+  if (jobs.empty()) return for_each_element(slots, f);
+  std::vector<Slot<T, O, NS, S>> flat;
+  std::vector<char> fused(slots.size(), 0);
+  if (group_dim == 0)
+    for (const auto& job : jobs) fused[job.slot] = 1;
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (!fused[i]) flat.push_back(slots[i]);
+  for_each_element(flat, f);
+  for (const auto& job : jobs) {
+    const auto& sl = slots[job.slot];
+    const GroupShape& sh = job.sh;
+    if (group_dim == 0) {
+      at::parallel_for(0, sh.G, std::max<int64_t>(1, kGrainUnits * kUnit / sh.K), [&](int64_t b, int64_t e) {
+        const S sc = sl.sc;
+        for (int64_t g = b; g < e; ++g) {
+          process_range(sl, g * sh.K, (g + 1) * sh.K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
+          group_prox_row<T, O>(sl.p, job, g);
+        }
+      });
+    } else {
+      group_prox_columns<T, O>(sl.p, job);
+    }
+  }
+}
+
+// The group job of slot i, if its param gets the group prox; x == nullptr for SGD.
+template <typename O>
+void add_group_job(std::vector<GroupJob<O>>& jobs, const Staged& st, size_t i, double step, double group_l1, int64_t group_dim, double l2, const O* x, O bdiv, O eps) {
+  const at::Tensor& p = st.lists[0][i];
+  if (!has_groups(p, step, group_l1, group_dim)) return;
+  GroupJob<O> job;
+  job.slot = i;
+  job.sh = group_shape(p, group_dim);
+  job.x = x;
+  job.c = group_c(step, group_l1, static_cast<double>(job.sh.A * job.sh.K), l2, x != nullptr);
+  job.c_o = static_cast<O>(job.c);
+  job.c2 = static_cast<O>(step * l2);
+  job.has_l2 = l2 != 0;
+  job.bdiv = bdiv;
+  job.eps = eps;
+  jobs.push_back(job);
+}
+
 template <typename T, typename O, int NS, typename S>
 Slot<T, O, NS, S> make_slot(const Staged& st, size_t i, const S& sc) {
   Slot<T, O, NS, S> sl;
@@ -163,7 +407,7 @@ PenaltyArgs penalty_args(double l1, bool l1_subgradient, double l2, double l0, b
 void sgd_cpu(FUSEDREG_SGD_PARAMS) {
   const bool has_momentum = momentum != 0;
   Staged st = stage("sgd_", c10::DeviceType::CPU, params, grads, {{"momentum_buffers", momentum_buffers, has_momentum}},
-                    {}, false, grad_scale, found_inf);
+                    {}, false, grad_scale, found_inf, group_l1 != 0);
   if (skip_step(found_inf) || st.n == 0) return;
   const SgdArgs args{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
                      penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
@@ -173,10 +417,15 @@ void sgd_cpu(FUSEDREG_SGD_PARAMS) {
     const S sc = make_sgd<O>(args);
     const auto [has_scale, scale] = scale_of<O>(grad_scale);
     std::vector<Slot<scalar_t, O, 1, S>> slots;
-    for (size_t i = 0; i < st.n; ++i) slots.push_back(make_slot<scalar_t, O, 1>(st, i, sc));
-    for_each_element(slots, [&, has_scale = has_scale, scale = scale](const S& s, auto& p, auto g, auto& st_) {
-      sgd_update(p, g, st_[0], s, has_scale, scale);
-    });
+    std::vector<GroupJob<O>> jobs;
+    for (size_t i = 0; i < st.n; ++i) {
+      slots.push_back(make_slot<scalar_t, O, 1>(st, i, sc));
+      add_group_job<O>(jobs, st, i, lr, group_l1, group_dim, l2, nullptr, O(1), O(0));
+    }
+    for_each_element_grouped(slots, jobs, group_dim,
+                             [&, has_scale = has_scale, scale = scale](const S& s, auto& p, auto g, auto& st_) {
+                               sgd_update(p, g, st_[0], s, has_scale, scale);
+                             });
   });
   st.finish();
 }
@@ -185,7 +434,7 @@ void adam_cpu(FUSEDREG_ADAM_PARAMS) {
   Staged st = stage("adam_", c10::DeviceType::CPU, params, grads,
                     {{"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true},
                      {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
-                    state_steps, true, grad_scale, found_inf);
+                    state_steps, true, grad_scale, found_inf, group_l1 != 0);
   if (skip_step(found_inf)) return;
   const AdamArgs args{lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
                       penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
@@ -197,17 +446,24 @@ void adam_cpu(FUSEDREG_ADAM_PARAMS) {
     using S = AdamScalars<O>;
     const auto [has_scale, scale] = scale_of<O>(grad_scale);
     std::vector<Slot<scalar_t, O, 3, S>> slots;
-    for (size_t i = 0; i < st.n; ++i) slots.push_back(make_slot<scalar_t, O, 3>(st, i, make_adam<O>(args, steps[i])));
-    for_each_element(slots, [&, has_scale = has_scale, scale = scale](const S& s, auto& p, auto g, auto& st_) {
-      adam_update(p, g, st_[0], st_[1], st_[2], s, has_scale, scale);
-    });
+    std::vector<GroupJob<O>> jobs;
+    for (size_t i = 0; i < st.n; ++i) {
+      const S sc = make_adam<O>(args, steps[i]);
+      slots.push_back(make_slot<scalar_t, O, 3>(st, i, sc));
+      const auto& sl = slots.back();
+      add_group_job<O>(jobs, st, i, lr, group_l1, group_dim, l2, amsgrad ? sl.s[2] : sl.s[1], sc.bc2_sqrt, sc.eps);
+    }
+    for_each_element_grouped(slots, jobs, group_dim,
+                             [&, has_scale = has_scale, scale = scale](const S& s, auto& p, auto g, auto& st_) {
+                               adam_update(p, g, st_[0], st_[1], st_[2], s, has_scale, scale);
+                             });
   });
   st.finish();
 }
 
 void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS) {
   Staged st = stage("adagrad_", c10::DeviceType::CPU, params, grads, {{"state_sums", state_sums, true}},
-                    state_steps, true, grad_scale, found_inf);
+                    state_steps, true, grad_scale, found_inf, group_l1 != 0);
   if (skip_step(found_inf)) return;
   const AdagradArgs args{lr, lr_decay, weight_decay, eps, maximize, penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
   std::vector<double> steps(st.n);
@@ -218,11 +474,17 @@ void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS) {
     using S = AdagradScalars<O>;
     const auto [has_scale, scale] = scale_of<O>(grad_scale);
     std::vector<Slot<scalar_t, O, 1, S>> slots;
-    for (size_t i = 0; i < st.n; ++i)
-      slots.push_back(make_slot<scalar_t, O, 1>(st, i, make_adagrad<O>(args, steps[i])));
-    for_each_element(slots, [&, has_scale = has_scale, scale = scale](const S& s, auto& p, auto g, auto& st_) {
-      adagrad_update(p, g, st_[0], s, has_scale, scale);
-    });
+    std::vector<GroupJob<O>> jobs;
+    for (size_t i = 0; i < st.n; ++i) {
+      const S sc = make_adagrad<O>(args, steps[i]);
+      slots.push_back(make_slot<scalar_t, O, 1>(st, i, sc));
+      const double clr = lr / (1 + (steps[i] - 1) * lr_decay);
+      add_group_job<O>(jobs, st, i, clr, group_l1, group_dim, l2, slots.back().s[0], O(1), sc.eps);
+    }
+    for_each_element_grouped(slots, jobs, group_dim,
+                             [&, has_scale = has_scale, scale = scale](const S& s, auto& p, auto g, auto& st_) {
+                               adagrad_update(p, g, st_[0], s, has_scale, scale);
+                             });
   });
   st.finish();
 }

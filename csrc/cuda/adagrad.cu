@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(kThreads)
 
 void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS) {
   Staged st = stage("adagrad_", c10::DeviceType::CUDA, params, grads, {{"state_sums", state_sums, true}},
-                    state_steps, true, grad_scale, found_inf);
+                    state_steps, true, grad_scale, found_inf, group_l1 != 0);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -39,6 +39,8 @@ void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
+  cuda::group_prox(st, 2, state_steps, cuda::GroupOp{2, lr, group_l1, l2, 0.0, lr_decay, eps, group_dim},
+                   amp.inf_ptr(), stream);
   cuda::advance_steps(state_steps, amp.inf_ptr(), stream);
   st.finish();
 }

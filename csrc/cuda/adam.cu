@@ -50,7 +50,7 @@ void adam_cuda(FUSEDREG_ADAM_PARAMS) {
   Staged st = stage("adam_", c10::DeviceType::CUDA, params, grads,
                     {{"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true},
                      {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
-                    state_steps, true, grad_scale, found_inf);
+                    state_steps, true, grad_scale, found_inf, group_l1 != 0);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -65,6 +65,8 @@ void adam_cuda(FUSEDREG_ADAM_PARAMS) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
+  cuda::group_prox(st, amsgrad ? 4 : 3, state_steps, cuda::GroupOp{1, lr, group_l1, l2, beta2, 0.0, eps, group_dim},
+                   amp.inf_ptr(), stream);
   cuda::advance_steps(state_steps, amp.inf_ptr(), stream);
   st.finish();
 }

@@ -184,6 +184,18 @@ inline AmpArgs amp_args(const std::optional<at::Tensor>& grad_scale, const std::
   return a;
 }
 
+// The group-lasso pass of one op (group.cu): kind 0 SGD (scalar step lr), 1 Adam (metric prox, sqrt(bc2) from the
+// step), 2 Adagrad (metric prox, clr from the step). Enqueued after the op's kernel and before advance_steps.
+struct GroupOp {
+  int kind;
+  double lr, group_l1, l2, beta2, lr_decay, eps;
+  int64_t group_dim;
+};
+
+// x_list: the index in st.lists of the state the denominators come from (Adam's v_hat, Adagrad's sum); -1 for SGD.
+void group_prox(const Staged& st, int x_list, at::TensorList steps, const GroupOp& op, const float* found_inf,
+                cudaStream_t stream);
+
 // Adds 1 to every step counter unless found_inf is set (enqueued after the update kernels, which read the old
 // value and use old + 1).
 void advance_steps(at::TensorList steps, const float* found_inf, cudaStream_t stream);

@@ -23,7 +23,7 @@ __global__ void __launch_bounds__(kThreads)
 void sgd_cuda(FUSEDREG_SGD_PARAMS) {
   const bool has_momentum = momentum != 0;
   Staged st = stage("sgd_", c10::DeviceType::CUDA, params, grads,
-                    {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf);
+                    {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf, group_l1 != 0);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -38,6 +38,7 @@ void sgd_cuda(FUSEDREG_SGD_PARAMS) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
+  cuda::group_prox(st, -1, {}, cuda::GroupOp{0, lr, group_l1, l2, 0.0, 0.0, 0.0, group_dim}, amp.inf_ptr(), stream);
   st.finish();
 }
 

@@ -1,0 +1,108 @@
+// Group lasso on CUDA, after the op's multi-tensor kernel and before the step counters advance: one block per
+// group (a row or a column of one param), block reductions in double; formulas from fusedreg_math.h.
+#include <cub/block/block_reduce.cuh>
+
+#include "multi_tensor.cuh"
+
+namespace fusedreg {
+namespace cuda {
+namespace {
+
+using Reduce = cub::BlockReduce<double, kThreads>;
+
+struct NanMax {
+  __device__ double operator()(double a, double b) const { return b > a || b != b ? b : a; }
+};
+
+template <typename T, typename O>
+__global__ void __launch_bounds__(kThreads)
+    group_kernel(T* p, const O* x, const float* step_ptr, const float* found_inf, GroupShape sh, GroupOp op) {
+  if (skipped(found_inf)) return;
+  const int64_t g = blockIdx.x;
+  const int64_t n = sh.A * sh.K;
+  double step = op.lr;
+  O bdiv = O(1);
+  if (op.kind != 0) {
+    const double t = static_cast<double>(*step_ptr + 1.0f);  // the counter advances after this kernel
+    if (op.kind == 1) {
+      bdiv = static_cast<O>(::sqrt(1 - ::pow(op.beta2, t)));
+    } else {
+      step = op.lr / (1 + (t - 1) * op.lr_decay);
+    }
+  }
+  if (step * op.group_l1 == 0) return;
+  const bool metric = op.kind != 0;
+  const double c = group_c(step, op.group_l1, static_cast<double>(n), op.l2, metric);
+  // Element m of group g (m in [0, A*K)); K == 1 (every 2-D param) without the 64-bit division.
+  auto at = [&](int64_t m) { return sh.K == 1 ? m * sh.G + g : (m / sh.K * sh.G + g) * sh.K + m % sh.K; };
+  auto val = [&](int64_t i) { return static_cast<double>(static_cast<O>(p[i])); };
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ double shared[2];
+  if (!metric) {
+    double ss = 0;
+    for (int64_t m = threadIdx.x; m < n; m += blockDim.x) ss += val(at(m)) * val(at(m));
+    const double total = Reduce(tmp).Sum(ss);
+    if (threadIdx.x == 0) shared[0] = total;
+    __syncthreads();
+    const O f = static_cast<O>(group_factor(shared[0], c));
+    for (int64_t m = threadIdx.x; m < n; m += blockDim.x) p[at(m)] = static_cast<T>(static_cast<O>(p[at(m)]) * f);
+    return;
+  }
+  const O c_o = static_cast<O>(c), c2 = static_cast<O>(step * op.l2), eps = static_cast<O>(op.eps);
+  const bool has_l2 = op.l2 != 0;
+  auto a_of = [&](int64_t i) { return group_a(c_o, adam_denom(x[i], bdiv, eps), c2, has_l2); };
+  MetricSums part;
+  for (int64_t m = threadIdx.x; m < n; m += blockDim.x) part.add(val(at(m)), a_of(at(m)));
+  MetricSums sums;
+  sums.q = Reduce(tmp).Sum(part.q);
+  __syncthreads();
+  sums.nn = Reduce(tmp).Sum(part.nn);
+  __syncthreads();
+  sums.amax = Reduce(tmp).Reduce(part.amax, NanMax());
+  if (threadIdx.x == 0) shared[0] = metric_start(sums);
+  __syncthreads();
+  double r = shared[0];
+  for (int it = 0; it < kMetricMaxIter && r >= 0; ++it) {
+    double s = 0, t = 0;
+    for (int64_t m = threadIdx.x; m < n; m += blockDim.x) newton_terms(val(at(m)), a_of(at(m)), r, s, t);
+    const double s_sum = Reduce(tmp).Sum(s);
+    __syncthreads();
+    const double t_sum = Reduce(tmp).Sum(t);
+    if (threadIdx.x == 0) {
+      double rr = r;
+      shared[1] = newton_step(s_sum, t_sum, rr) ? 1.0 : 0.0;
+      shared[0] = rr;
+    }
+    __syncthreads();
+    r = shared[0];
+    if (shared[1] == 0.0) break;
+    __syncthreads();  // every thread has read shared[] before thread 0 writes it again
+  }
+  for (int64_t m = threadIdx.x; m < n; m += blockDim.x) {
+    const int64_t i = at(m);
+    p[i] = static_cast<T>(static_cast<O>(p[i]) * static_cast<O>(metric_factor(r, a_of(i))));
+  }
+}
+
+}  // namespace
+
+void group_prox(const Staged& st, int x_list, at::TensorList steps, const GroupOp& op, const float* found_inf,
+                cudaStream_t stream) {
+  for (size_t i = 0; i < st.n; ++i) {
+    const at::Tensor& p = st.lists[0][i];
+    if (!has_groups(p, op.lr, op.group_l1, op.group_dim)) continue;
+    const GroupShape sh = group_shape(p, op.group_dim);
+    TORCH_CHECK(sh.G <= INT32_MAX, "fusedreg: more than 2^31 - 1 groups in one param");
+    const float* step = steps.empty() ? nullptr : steps[i].const_data_ptr<float>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_group_cuda", [&] {
+      using O = at::opmath_type<scalar_t>;
+      const O* x = x_list < 0 ? nullptr : st.lists[x_list][i].const_data_ptr<O>();
+      group_kernel<scalar_t, O><<<static_cast<unsigned>(sh.G), kThreads, 0, stream>>>(
+          p.data_ptr<scalar_t>(), x, step, found_inf, sh, op);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+}
+
+}  // namespace cuda
+}  // namespace fusedreg
