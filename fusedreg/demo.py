@@ -145,7 +145,7 @@ def _adam_l1_prox(opt, params, lam):
 
 def _adam_group_prox(opt, params, lam, dim):
     """Group lasso after torch.optim.Adam.step(), with torch ops: fusedreg.reference.group_prox in Adam's
-    per-element metric (sqrt(v_hat) + eps), the same math fusedreg applies after its fused step."""
+    per-element metric (sqrt(v_hat) + eps), the same math fusedreg applies inside its fused step."""
     from .reference import group_prox
     group = opt.param_groups[0]
     lr, beta2, eps = group["lr"], group["betas"][1], group["eps"]
