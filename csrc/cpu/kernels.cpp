@@ -349,6 +349,58 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The options most calls leave off (maximize, subgradient L1, L0, nonneg, amsgrad, grad scaling, Adam's
+// large-beta1 lerp form) are fixed off at compile time in a second instantiation of the element loop: testing
+// them per vector cost 5-8% of a single-thread AdamW + L1 step (measured). The math is the same.
+template <typename O>
+FR_INLINE bool is_common(const Penalty<O>& pen) { return !pen.l1_sub && !pen.l0 && !pen.nonneg; }
+template <typename O>
+FR_INLINE Penalty<O> common(Penalty<O> pen) {
+  pen.l1_sub = pen.l0 = pen.nonneg = false;
+  return pen;
+}
+template <typename O>
+FR_INLINE bool is_common(const SgdScalars<O>& s) { return !s.gp.maximize && is_common(s.pen); }
+template <typename O>
+FR_INLINE SgdScalars<O> common(SgdScalars<O> s) {
+  s.gp.maximize = false;
+  s.pen = common(s.pen);
+  return s;
+}
+template <typename O>
+FR_INLINE bool is_common(const AdamScalars<O>& s) { return !s.gp.maximize && !s.amsgrad && s.lerp_small && is_common(s.pen); }
+template <typename O>
+FR_INLINE AdamScalars<O> common(AdamScalars<O> s) {
+  s.gp.maximize = s.amsgrad = false;
+  s.lerp_small = true;
+  s.pen = common(s.pen);
+  return s;
+}
+template <typename O>
+FR_INLINE bool is_common(const AdagradScalars<O>& s) { return !s.gp.maximize && is_common(s.pen); }
+template <typename O>
+FR_INLINE AdagradScalars<O> common(AdagradScalars<O> s) {
+  s.gp.maximize = false;
+  s.pen = common(s.pen);
+  return s;
+}
+
+// Runs update(scalars, has_scale, p, g, states) over every element (for_each_element_grouped), through the
+// common instantiation when the call allows it. The flags are the same in every slot (only step-dependent
+// scalars differ), so slots[0] decides.
+template <typename T, typename O, int NS, typename S, typename F>
+void run_update(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<GroupJob<O>>& jobs, int64_t group_dim,
+                bool has_scale, const F& update) {
+  if (!has_scale && is_common(slots[0].sc)) {
+    for_each_element_grouped(slots, jobs, group_dim,
+                             [&](const S& s, auto& p, auto g, auto& st) { update(common(s), false, p, g, st); });
+  } else {
+    for_each_element_grouped(slots, jobs, group_dim,
+                             [&](const S& s, auto& p, auto g, auto& st) { update(s, has_scale, p, g, st); });
+  }
+}
+
 // The group job of slot i, if its param gets the group prox; x == nullptr for SGD.
 template <typename O>
 void add_group_job(std::vector<GroupJob<O>>& jobs, const Staged& st, size_t i, double step, double group_l1, int64_t group_dim, double l2, const O* x, O bdiv, O eps) {
@@ -422,10 +474,9 @@ void sgd_cpu(FUSEDREG_SGD_PARAMS) {
       slots.push_back(make_slot<scalar_t, O, 1>(st, i, sc));
       add_group_job<O>(jobs, st, i, lr, group_l1, group_dim, l2, nullptr, O(1), O(0));
     }
-    for_each_element_grouped(slots, jobs, group_dim,
-                             [&, has_scale = has_scale, scale = scale](const S& s, auto& p, auto g, auto& st_) {
-                               sgd_update(p, g, st_[0], s, has_scale, scale);
-                             });
+    run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {
+      sgd_update(p, g, st_[0], s, hs, scale);
+    });
   });
   st.finish();
 }
@@ -453,10 +504,9 @@ void adam_cpu(FUSEDREG_ADAM_PARAMS) {
       const auto& sl = slots.back();
       add_group_job<O>(jobs, st, i, lr, group_l1, group_dim, l2, amsgrad ? sl.s[2] : sl.s[1], sc.bc2_sqrt, sc.eps);
     }
-    for_each_element_grouped(slots, jobs, group_dim,
-                             [&, has_scale = has_scale, scale = scale](const S& s, auto& p, auto g, auto& st_) {
-                               adam_update(p, g, st_[0], st_[1], st_[2], s, has_scale, scale);
-                             });
+    run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {
+      adam_update(p, g, st_[0], st_[1], st_[2], s, hs, scale);
+    });
   });
   st.finish();
 }
@@ -481,10 +531,9 @@ void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS) {
       const double clr = lr / (1 + (steps[i] - 1) * lr_decay);
       add_group_job<O>(jobs, st, i, clr, group_l1, group_dim, l2, slots.back().s[0], O(1), sc.eps);
     }
-    for_each_element_grouped(slots, jobs, group_dim,
-                             [&, has_scale = has_scale, scale = scale](const S& s, auto& p, auto g, auto& st_) {
-                               adagrad_update(p, g, st_[0], s, has_scale, scale);
-                             });
+    run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {
+      adagrad_update(p, g, st_[0], s, hs, scale);
+    });
   });
   st.finish();
 }
