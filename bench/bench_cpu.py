@@ -36,7 +36,7 @@ def tensors(n_states=0, requires_grad=False):
     return params, grads, states
 
 
-def run(benchmark, fn, rounds=10):
+def run(benchmark, fn, rounds=30):
     with torch.no_grad():
         fn()  # warm-up (lazily created state)
     benchmark.extra_info["params"] = NUMEL
@@ -55,7 +55,7 @@ def test_fusedreg_adamw_l1_l2(benchmark):
                                      L1, False, 0.0, 0.0, False, 0.0, 0, None, None))
 
 
-def _torch_adamw(benchmark, rounds=10, **kw):
+def _torch_adamw(benchmark, rounds=30, **kw):
     params, grads, _ = tensors(requires_grad=True)
     for p, g in zip(params, grads):
         p.grad = g
@@ -77,7 +77,7 @@ def test_torch_adamw_foreach(benchmark):
 
 @pytest.mark.benchmark(group="adamw")
 def test_torch_adamw_forloop(benchmark):
-    _torch_adamw(benchmark, rounds=5, foreach=False)
+    _torch_adamw(benchmark, rounds=10, foreach=False)
 
 
 @pytest.mark.benchmark(group="adamw")
@@ -208,7 +208,7 @@ GROUPS = {"none": (0.0, 0), "rows": (GROUP_L1, 0), "cols": (GROUP_L1, 1)}
 @pytest.mark.parametrize("group", list(GROUPS))
 def test_group_adamw_l1(benchmark, group):
     benchmark.extra_info["bytes_per_param"] = BYTES["adam"]
-    run(benchmark, _group_adamw(*GROUPS[group]), rounds=5)
+    run(benchmark, _group_adamw(*GROUPS[group]), rounds=15)
 
 
 @pytest.mark.benchmark(group="group_lasso")
@@ -222,7 +222,7 @@ def test_group_adamw_l1_torch_pass(benchmark, group):
 @pytest.mark.parametrize("group", list(GROUPS))
 def test_group_sgd_momentum_l1(benchmark, group):
     benchmark.extra_info["bytes_per_param"] = BYTES["sgd_momentum"]
-    run(benchmark, _group_sgd(*GROUPS[group]), rounds=5)
+    run(benchmark, _group_sgd(*GROUPS[group]), rounds=15)
 
 
 # ---- the table of bench/README.md from a --benchmark-json file ----------------------------------------------
