@@ -327,9 +327,11 @@ constexpr int kMetricMaxIter = 100;
 constexpr double kMetricTol = 4 * 2.220446049250313e-16;  // 4 ulp of 1 in double
 
 // One element's terms of Newton's step on phi(r) = 1/sqrt(sum v^2/(r+a)^2) - 1: sum v^2/(r+a)^2, sum v^2/(r+a)^3.
-C10_HOST_DEVICE FR_INLINE void newton_terms(double v, double a, double r, double& s, double& t) {
-  const double inv = 1 / (r + a);
-  const double w = v * v * inv * inv;
+// V: double, or a vector of doubles on the CPU.
+template <typename V>
+C10_HOST_DEVICE FR_INLINE void newton_terms(V v, V a, V r, V& s, V& t) {
+  const V inv = V(1.0) / (r + a);
+  const V w = v * v * inv * inv;
   s += w;
   t += w * inv;
 }

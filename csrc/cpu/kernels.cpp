@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/util/bit_cast.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -142,21 +143,35 @@ struct GroupJob {
   double a(int64_t i) const { return group_a(c_o, denom(i), c2, has_l2); }
 };
 
-// Sums terms(k, s, t) over k in [0, n) in eight interleaved partial sums: a single sum is a chain of dependent adds
-// (4 cycles each); eight (one AVX-512 or two AVX2 vectors of doubles) let the divisions and adds vectorize.
+// Group sums in vectors of doubles: terms(k, s, t) adds element k.. to s and t, called with Vec<double>
+// accumulators on whole vectors (loading with ld<V>) and with doubles on the tail.
+using VD = Vec<double>;
+
+template <typename V>
+FR_INLINE V ld(const double* x) {
+  if constexpr (std::is_same_v<V, double>) {
+    return *x;
+  } else {
+    return V::loadu(x);
+  }
+}
+
+FR_INLINE double hsum(const VD& x) {
+  double b[VD::size()];
+  x.store(b);
+  double s = 0;
+  for (int l = 0; l < VD::size(); ++l) s += b[l];
+  return s;
+}
+
 template <typename F>
 inline void row_sums(int64_t n, double& s, double& t, const F& terms) {
-  constexpr int kLanes = 8;
-  double sl[kLanes] = {}, tl[kLanes] = {};
+  VD sv(0.0), tv(0.0);
   int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes)
-    for (int l = 0; l < kLanes; ++l) terms(k + l, sl[l], tl[l]);
-  for (; k < n; ++k) terms(k, sl[0], tl[0]);
-  s = t = 0;
-  for (int l = 0; l < kLanes; ++l) {
-    s += sl[l];
-    t += tl[l];
-  }
+  for (; k + VD::size() <= n; k += VD::size()) terms(k, sv, tv);
+  s = hsum(sv);
+  t = hsum(tv);
+  for (; k < n; ++k) terms(k, s, t);
 }
 
 // a_i of the metric prox for elements [i0, i0 + n) of the param, into a (double or opmath). The branch on l2 is
@@ -184,7 +199,11 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
   for (int64_t k = 0; k < n; ++k) v[k] = static_cast<double>(static_cast<O>(p[k]));
   double s = 0, t = 0;
   if (job.x == nullptr) {
-    row_sums(n, s, t, [&](int64_t k, double& sk, double&) { sk += v[k] * v[k]; });
+    row_sums(n, s, t, [&](int64_t k, auto& sk, auto&) {
+      using V = std::decay_t<decltype(sk)>;
+      const V vk = ld<V>(v + k);
+      sk += vk * vk;
+    });
     const O f = static_cast<O>(group_factor(s, job.c));
     for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * f);
     return;
@@ -192,22 +211,31 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
   abuf.resize(n);
   double* __restrict a = abuf.data();
   metric_a(job, g * n, n, a);
+  // q = sum (v/a)^2, ||v||^2 and max a (NaN-propagating; a NaN a makes q NaN and zeroes the group anyway).
   MetricSums first;
-  row_sums(n, first.q, first.nn, [&](int64_t k, double& q, double& nn) {
-    const double x = v[k] / a[k];
-    q += x * x;
-    nn += v[k] * v[k];
-  });
-  double m8[8] = {};
+  VD qv(0.0), nv(0.0), mv(0.0);
   int64_t k = 0;
-  for (; k + 8 <= n; k += 8)
-    for (int l = 0; l < 8; ++l) m8[l] = a[k + l] > m8[l] ? a[k + l] : m8[l];
-  for (; k < n; ++k) m8[0] = a[k] > m8[0] ? a[k] : m8[0];
-  first.amax = *std::max_element(m8, m8 + 8);
+  for (; k + VD::size() <= n; k += VD::size()) {
+    const VD vk = VD::loadu(v + k), ak = VD::loadu(a + k), x = vk / ak;
+    qv += x * x;
+    nv += vk * vk;
+    mv = at::vec::maximum(mv, ak);
+  }
+  for (; k < n; ++k) first.add(v[k], a[k]);
+  double mb[VD::size()];
+  mv.store(mb);
+  MetricSums vec;
+  vec.q = hsum(qv);
+  vec.nn = hsum(nv);
+  for (int l = 0; l < VD::size(); ++l) vec.amax = mb[l] > vec.amax || mb[l] != mb[l] ? mb[l] : vec.amax;
+  first.merge(vec);
   double r = metric_start(first);
   for (int it = 0; it < kMetricMaxIter && r >= 0; ++it) {
     const double rk = r;
-    row_sums(n, s, t, [&](int64_t k, double& sk, double& tk) { newton_terms(v[k], a[k], rk, sk, tk); });
+    row_sums(n, s, t, [&](int64_t k, auto& sk, auto& tk) {
+      using V = std::decay_t<decltype(sk)>;
+      newton_terms(ld<V>(v + k), ld<V>(a + k), V(rk), sk, tk);
+    });
     if (!newton_step(s, t, r)) break;
   }
   if (r < 0) {
@@ -315,7 +343,19 @@ void group_prox_columns(T* p, const GroupJob<O>& job) {
     for (int64_t g = 0; g < G; ++g)
       if (r[g] >= 0) active = newton_step(s[g], t[g], r[g]) || active;
   }
-  scale([&](int64_t g, int64_t i) { return static_cast<O>(metric_factor(r[g], static_cast<double>(av[i]))); });
+  // metric_factor without a branch (a division under one is not vectorized): divide at r = 0 in a zeroed
+  // column, then clear the bits of its factor.
+  std::vector<uint64_t> keep(G);
+  for (int64_t g = 0; g < G; ++g) {
+    rk[g] = r[g] < 0 ? 0.0 : r[g];
+    keep[g] = r[g] < 0 ? 0 : ~uint64_t(0);
+  }
+  const double* __restrict rp = rk.data();
+  const uint64_t* __restrict kp = keep.data();
+  scale([&](int64_t g, int64_t i) {
+    const double f = rp[g] / (rp[g] + static_cast<double>(av[i]));
+    return static_cast<O>(c10::bit_cast<double>(c10::bit_cast<uint64_t>(f) & kp[g]));
+  });
 }
 
 // Runs f over every element of every slot, then the group prox of each job: row groups in the same parallel
