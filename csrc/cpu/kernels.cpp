@@ -393,36 +393,27 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
 // The options most calls leave off (maximize, subgradient L1, L0, nonneg, amsgrad, grad scaling, Adam's
 // large-beta1 lerp form) are fixed off at compile time in a second instantiation of the element loop: testing
 // them per vector cost 5-8% of a single-thread AdamW + L1 step (measured). The math is the same.
+template <typename S>
+constexpr bool kIsAdam = false;
 template <typename O>
-FR_INLINE bool is_common(const Penalty<O>& pen) { return !pen.l1_sub && !pen.l0 && !pen.nonneg; }
-template <typename O>
-FR_INLINE Penalty<O> common(Penalty<O> pen) {
-  pen.l1_sub = pen.l0 = pen.nonneg = false;
-  return pen;
+constexpr bool kIsAdam<AdamScalars<O>> = true;
+
+template <typename S>
+FR_INLINE bool is_common(const S& s) {
+  const bool common = !s.gp.maximize && !s.pen.l1_sub && !s.pen.l0 && !s.pen.nonneg;
+  if constexpr (kIsAdam<S>) {
+    return common && !s.amsgrad && s.lerp_small;
+  } else {
+    return common;
+  }
 }
-template <typename O>
-FR_INLINE bool is_common(const SgdScalars<O>& s) { return !s.gp.maximize && is_common(s.pen); }
-template <typename O>
-FR_INLINE SgdScalars<O> common(SgdScalars<O> s) {
-  s.gp.maximize = false;
-  s.pen = common(s.pen);
-  return s;
-}
-template <typename O>
-FR_INLINE bool is_common(const AdamScalars<O>& s) { return !s.gp.maximize && !s.amsgrad && s.lerp_small && is_common(s.pen); }
-template <typename O>
-FR_INLINE AdamScalars<O> common(AdamScalars<O> s) {
-  s.gp.maximize = s.amsgrad = false;
-  s.lerp_small = true;
-  s.pen = common(s.pen);
-  return s;
-}
-template <typename O>
-FR_INLINE bool is_common(const AdagradScalars<O>& s) { return !s.gp.maximize && is_common(s.pen); }
-template <typename O>
-FR_INLINE AdagradScalars<O> common(AdagradScalars<O> s) {
-  s.gp.maximize = false;
-  s.pen = common(s.pen);
+template <typename S>
+FR_INLINE S common(S s) {
+  s.gp.maximize = s.pen.l1_sub = s.pen.l0 = s.pen.nonneg = false;
+  if constexpr (kIsAdam<S>) {
+    s.amsgrad = false;
+    s.lerp_small = true;
+  }
   return s;
 }
 
