@@ -276,11 +276,6 @@ C10_HOST_DEVICE FR_INLINE void adagrad_update(V& p, V g, V& sum, const AdagradSc
 //   threshold step*l1/denom is for L1), with a_i = opmath(c)/(denom_i + opmath(step*l2)), c without the l2 term:
 //     w_g = 0 where ||v_g/a_g|| <= 1; else w_i = v_i*r/(r + a_i), r the root of sum_i v_i^2/(r + a_i)^2 = 1,
 //     found by Newton from max(||v_g|| - max a_g, 0) (monotone from the left, so it cannot overshoot).
-struct GroupArgs {
-  double group_l1;
-  int64_t group_dim;
-};
-
 // The group constant c (before the metric): step*group_l1*sqrt(size), divided by 1 + step*l2 without a metric.
 C10_HOST_DEVICE FR_INLINE double group_c(double step, double group_l1, double size, double l2, bool metric) {
   const double c = step * group_l1 * ::sqrt(size);

@@ -151,10 +151,6 @@ inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList 
   return st;
 }
 
-}  // namespace fusedreg
-
-namespace fusedreg {
-
 // A param with dim >= 2 as (A, G, K): element k of group g in outer slice a sits at (a*G + g)*K + k. Rows
 // (group_dim 0) are A = 1, G = size(0), K = the rest; columns (group_dim 1) A = size(0), G = size(1), K = the rest.
 struct GroupShape {
@@ -167,7 +163,7 @@ inline GroupShape group_shape(const at::Tensor& p, int64_t group_dim) {
   return group_dim == 0 ? GroupShape{1, d0, d1 * rest} : GroupShape{d0, d1, rest};
 }
 
-// Whether param i of a call gets the group prox (and its group constant c), with the check of group_dim.
+// Whether a param gets the group prox at this step, with the check of group_dim.
 inline bool has_groups(const at::Tensor& p, double step, double group_l1, int64_t group_dim) {
   TORCH_CHECK(group_dim == 0 || group_dim == 1, "fusedreg: group_dim must be 0 (rows) or 1 (columns), got ",
               group_dim);

@@ -125,10 +125,11 @@ void for_each_element(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Group lasso (fusedreg_math.h): the group prox of one param, over groups [g0, g1) of its GroupShape.
+// Group lasso (fusedreg_math.h): the group prox of one param, by rows (group_prox_row) or by columns
+// (group_prox_columns).
 
-// Where the per-element denominator comes from: x (Adam's v_hat, Adagrad's sum) as adam_denom(x, bdiv, eps), with
-// bdiv = sqrt(bc2) for Adam and 1 for Adagrad; x == nullptr is SGD (no metric).
+// The per-element denominators come from x (Adam's v_hat, Adagrad's sum) as adam_denom(x, bdiv, eps), with
+// bdiv = sqrt(bc2) for Adam and 1 for Adagrad (metric_a); x == nullptr is SGD (no metric).
 template <typename O>
 struct GroupJob {
   size_t slot;
@@ -138,9 +139,6 @@ struct GroupJob {
   bool has_l2;
   const O* x;
   O bdiv, eps;
-
-  O denom(int64_t i) const { return adam_denom(x[i], bdiv, eps); }
-  double a(int64_t i) const { return group_a(c_o, denom(i), c2, has_l2); }
 };
 
 // Group sums in vectors of doubles: terms(k, s, t) adds element k.. to s and t, called with Vec<double>
@@ -187,7 +185,6 @@ inline void metric_a(const GroupJob<O>& job, int64_t i0, int64_t n, D* __restric
 }
 
 // The group prox of row g (group_dim 0: K contiguous elements), right after the row's update, while it is in cache.
-// max a is taken without NaN care: a NaN a_i makes q NaN, and metric_start zeroes such a group whatever max a is.
 template <typename T, typename O>
 void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
   const int64_t n = job.sh.K;
@@ -211,7 +208,7 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
   abuf.resize(n);
   double* __restrict a = abuf.data();
   metric_a(job, g * n, n, a);
-  // q = sum (v/a)^2, ||v||^2 and max a (NaN-propagating; a NaN a makes q NaN and zeroes the group anyway).
+  // q = sum (v/a)^2, ||v||^2 and max a (NaN-propagating, as MetricSums).
   MetricSums first;
   VD qv(0.0), nv(0.0), mv(0.0);
   int64_t k = 0;
@@ -306,8 +303,8 @@ void group_prox_columns(T* p, const GroupJob<O>& job) {
     scale([&](int64_t g, int64_t) { return f[g]; });
     return;
   }
-  // a_i once, kept in opmath (it is rounded there): one transient the size of the param. max a without NaN care,
-  // as in group_prox_row.
+  // a_i once, kept in opmath (it is rounded there): one transient the size of the param. max a here does not
+  // propagate NaN: a NaN a_i makes q NaN, and metric_start zeroes such a column whatever max a is.
   std::vector<O> abuf(A * row);
   O* __restrict av = abuf.data();
   sweep([&](int64_t a, double* __restrict bq, double* __restrict bn, double* __restrict bm) {
@@ -359,8 +356,8 @@ void group_prox_columns(T* p, const GroupJob<O>& job) {
 }
 
 // Runs f over every element of every slot, then the group prox of each job: row groups in the same parallel
-// chunk as their row's update (the row is still in cache), column groups in panels of adjacent columns after
-// the whole update (a column needs every row).
+// chunk as their row's update (the row is still in cache), column groups in row-major sweeps after the whole
+// update (a column needs every row).
 template <typename T, typename O, int NS, typename S, typename F>
 void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<GroupJob<O>>& jobs,
                               int64_t group_dim, const F& f) {
