@@ -214,14 +214,15 @@ GROUP_CASES = [(op, name) for op, name in CASES if "group" in name]
 @pytest.mark.parametrize("op,config", GROUP_CASES)
 def test_group_prox_does_not_depend_on_thread_count(op, config):
     # Column groups are summed per fixed block of rows and row groups within one thread: bitwise the same
-    # result on 1 and 2 threads, for matrices big enough to be split (and a 3-D param).
+    # result on 1 and 2 threads, for matrices big enough to be split (and a 3-D param). fp64 params, so that a
+    # different summation order would show (in fp32 it mostly rounds away: blocks per thread passed there).
     results = []
     for threads in (1, 2):
         n = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             gen = torch.Generator().manual_seed(4)
-            case = Case(op, GRIDS[op][config], [(600, 70), (70, 600), (6, 50, 40)], torch.float32, gen)
+            case = Case(op, GRIDS[op][config], [(600, 70), (70, 600), (6, 50, 40)], torch.float64, gen)
             run_steps(case, op, gen, steps=2)
         finally:
             torch.set_num_threads(n)
