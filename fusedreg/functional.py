@@ -37,7 +37,7 @@ def _overlaps_itself(t):
     return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
 
 
-def check_tensors(params, **lists):
+def check_tensors(params, missing_ok=(), **lists):
     """Raise before anything changes if the lists cannot be stepped together.
 
     Every backend accepts exactly what passes here: real floating params with dense strided grads of the same
@@ -47,64 +47,80 @@ def check_tensors(params, **lists):
     works on contiguous copies and writes them back). Refused: meta tensors (no data to update), tensors whose
     own elements overlap (expand()ed / stride-0 views: one element would be written several times) and a tensor
     that is updated in place appearing twice in one call (the same param twice, or state sharing a param's
-    memory), which would be stepped twice.
+    memory), which would be stepped twice. Entries of the lists named in missing_ok may be None (state the
+    step itself will create).
+
+    This runs on every optimizer step over every tensor, so it is written for speed: one pass, attributes read
+    once per tensor.
     """
     for name, ts in lists.items():
         if len(ts) != len(params):
             raise ValueError(f"{name} has {len(ts)} tensors for {len(params)} params")
+    grads = lists["grads"]
+    states = [(name, ts) for name, ts in lists.items() if name != "grads"]
+    tensor, strided = torch.Tensor, torch.strided
     written = {}
+
+    def once(i, name, t, device):
+        # Each tensor updated in place must appear once (its memory, on its device).
+        if not t.is_contiguous() and _overlaps_itself(t):
+            raise RuntimeError(f"param {i}: the {name} tensor overlaps itself in memory (strides {t.stride()} "
+                               f"for shape {tuple(t.shape)}, e.g. an expand()ed view), so an in-place step "
+                               f"would write one element several times; pass a tensor that owns its memory "
+                               f"(.clone())")
+        if t.numel():
+            key = (device, t.data_ptr())
+            if key in written:
+                j, other = written[key]
+                raise RuntimeError(f"param {i}: the {name} tensor shares its memory with the {other} tensor of "
+                                   f"param {j}; every tensor updated in place must appear once")
+            written[key] = (i, name)
+
     for i, p in enumerate(params):
-        if not torch.is_tensor(p):
+        if not isinstance(p, tensor):
             raise TypeError(f"param {i} is a {type(p).__name__}, not a tensor")
-        if p.is_complex():
-            raise RuntimeError(f"param {i} is complex ({p.dtype}); fusedreg supports real floating params only")
-        if not p.is_floating_point():
-            raise RuntimeError(f"param {i} has dtype {p.dtype}; fusedreg needs floating-point params")
-        if p.is_meta:
+        dtype, device, shape = p.dtype, p.device, p.shape
+        if dtype.is_complex:
+            raise RuntimeError(f"param {i} is complex ({dtype}); fusedreg supports real floating params only")
+        if not dtype.is_floating_point:
+            raise RuntimeError(f"param {i} has dtype {dtype}; fusedreg needs floating-point params")
+        if device.type == "meta":
             raise RuntimeError(f"param {i} is on the meta device: it has no data to update (params of one call "
                                f"may sit on several real devices, each stepped by its own kernel)")
-        if p.layout != torch.strided:
+        if p.layout != strided:
             raise RuntimeError(f"param {i} has layout {p.layout}; fusedreg needs dense strided params")
-        g = lists["grads"][i]
+        g = grads[i]
         if g is None:
             raise RuntimeError(f"param {i} has no gradient (None); pass only params that have one")
-        if g.is_sparse or g.layout != torch.strided:
+        if not isinstance(g, tensor):
+            raise RuntimeError(f"param {i}: grads entry is {type(g).__name__}, not a tensor")
+        if g.layout != strided:
             raise RuntimeError(f"param {i} has a sparse gradient ({g.layout}); fusedreg does not support sparse "
                                f"gradients")
-        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+        if g.shape != shape or g.dtype != dtype or g.device != device:
             raise RuntimeError(f"param {i}: grad {tuple(g.shape)} {g.dtype} on {g.device} does not match "
-                               f"param {tuple(p.shape)} {p.dtype} on {p.device}")
-        opmath = reference.opmath(p.dtype)
-        for name, ts in lists.items():
+                               f"param {tuple(shape)} {dtype} on {device}")
+        once(i, "param", p, device)
+        opmath = reference.opmath(dtype)
+        for name, ts in states:
             t = ts[i]
-            if not torch.is_tensor(t):
-                raise RuntimeError(f"param {i}: {name} entry is {type(t).__name__}, not a tensor")
-            if t.device != p.device:
-                raise RuntimeError(f"param {i}: {name} tensor is on {t.device}, param on {p.device}")
-            if name == "grads":
+            if t is None and name in missing_ok:
                 continue
+            if not isinstance(t, tensor):
+                raise RuntimeError(f"param {i}: {name} entry is {type(t).__name__}, not a tensor")
+            if t.device != device:
+                raise RuntimeError(f"param {i}: {name} tensor is on {t.device}, param on {device}")
             if name == "state_steps":
                 if t.numel() != 1 or t.dtype != torch.float32:
                     raise RuntimeError(f"param {i}: {name} tensor must be a one-element float32 tensor, got "
                                        f"{t.dtype} with shape {tuple(t.shape)}")
-                continue
-            if t.layout != torch.strided:
-                raise RuntimeError(f"param {i}: {name} tensor has layout {t.layout}; state must be dense")
-            if t.shape != p.shape or t.dtype != opmath:
-                raise RuntimeError(f"param {i}: {name} tensor is {tuple(t.shape)} {t.dtype}, expected the param's "
-                                   f"shape {tuple(p.shape)} in {opmath} (state is kept in opmath)")
-        for name, t in [("param", p)] + [(name, ts[i]) for name, ts in lists.items() if name != "grads"]:
-            if _overlaps_itself(t):
-                raise RuntimeError(f"param {i}: the {name} tensor overlaps itself in memory (strides "
-                                   f"{t.stride()} for shape {tuple(t.shape)}, e.g. an expand()ed view), so an "
-                                   f"in-place step would write one element several times; pass a tensor "
-                                   f"that owns its memory (.clone())")
-            if t.numel():
-                key = (t.device, t.data_ptr())
-                if key in written:
-                    raise RuntimeError(f"param {i}: the {name} tensor shares its memory with the "
-                                       f"{written[key]}; every tensor updated in place must appear once")
-                written[key] = f"{name} tensor of param {i}"
+            else:
+                if t.layout != strided:
+                    raise RuntimeError(f"param {i}: {name} tensor has layout {t.layout}; state must be dense")
+                if t.shape != shape or t.dtype != opmath:
+                    raise RuntimeError(f"param {i}: {name} tensor is {tuple(t.shape)} {t.dtype}, expected the "
+                                       f"param's shape {tuple(shape)} in {opmath} (state is kept in opmath)")
+            once(i, name, t, device)
 
 
 def _run(op, backend, params, lists, scalars, grad_scale, found_inf):
@@ -124,6 +140,8 @@ def _run(op, backend, params, lists, scalars, grad_scale, found_inf):
         backends.kernel(name, op)(*args, *scalars, gs, fi)
 
 
+# _checked=True (the optimizer classes, whose _prepare has run check_tensors on these very lists and resolved the
+# backend for every device): skip both, which would otherwise cost more than the kernel on small models.
 def _resolve_all(backend, params):
     # Resolve every device first so an unavailable backend fails before any group is stepped.
     for device in {p.device for p in params}:
@@ -132,7 +150,7 @@ def _resolve_all(backend, params):
 
 def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
         maximize=False, first_step=False, l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, nonneg=False, group_l1=0.0,
-        group_dim=0, grad_scale=None, found_inf=None, backend="auto"):
+        group_dim=0, grad_scale=None, found_inf=None, backend="auto", _checked=False):
     """One SGD step (torch.optim.SGD's math) with fused penalties. momentum_buffers: [] when momentum == 0.
 
     group_l1 > 0 also applies the exact group-lasso prox with step lr to every param with dim >= 2."""
@@ -143,8 +161,9 @@ def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, wei
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     lists = dict(grads=grads, momentum_buffers=momentum_buffers) if momentum != 0 else dict(grads=grads)
-    check_tensors(params, **lists)
-    _resolve_all(backend, params)
+    if not _checked:
+        check_tensors(params, **lists)
+        _resolve_all(backend, params)
     _run("sgd_", backend, params, [grads, momentum_buffers if momentum != 0 else []],
          [float(lr), float(momentum), float(dampening), float(weight_decay), bool(nesterov), bool(maximize),
           bool(first_step), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg),
@@ -155,7 +174,7 @@ def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, wei
 def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1=0.9, beta2=0.999,
          eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False, maximize=False, l1=0.0, l1_mode="prox",
          l2=0.0, l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
-         backend="auto"):
+         backend="auto", _checked=False):
     """One Adam (decoupled=False) or AdamW (decoupled=True) step with fused penalties; advances state_steps.
 
     group_l1 > 0 also applies the group-lasso prox in Adam's metric (per-element step lr/denom, denom =
@@ -169,8 +188,9 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
     lists = dict(grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, state_steps=state_steps)
     if amsgrad:
         lists["max_exp_avg_sqs"] = max_exp_avg_sqs
-    check_tensors(params, **lists)
-    _resolve_all(backend, params)
+    if not _checked:
+        check_tensors(params, **lists)
+        _resolve_all(backend, params)
     _run("adam_", backend, params, [grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps],
          [float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
           bool(maximize), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg),
@@ -180,7 +200,7 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
 
 def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
             maximize=False, l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, nonneg=False, group_l1=0.0, group_dim=0,
-            grad_scale=None, found_inf=None, backend="auto"):
+            grad_scale=None, found_inf=None, backend="auto", _checked=False):
     """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is TF's proximal l2.
 
     group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step clr/(sqrt(sum) + eps),
@@ -189,8 +209,9 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
     check_nonneg("lr_decay", lr_decay)
     check_nonneg("eps", eps)
     check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
-    check_tensors(params, grads=grads, state_sums=state_sums, state_steps=state_steps)
-    _resolve_all(backend, params)
+    if not _checked:
+        check_tensors(params, grads=grads, state_sums=state_sums, state_steps=state_steps)
+        _resolve_all(backend, params)
     _run("adagrad_", backend, params, [grads, state_sums, state_steps],
          [float(lr), float(lr_decay), float(weight_decay), float(eps), bool(maximize), float(l1),
           l1_mode == "subgradient", float(l2), float(l0), bool(nonneg), float(group_l1), int(group_dim)],

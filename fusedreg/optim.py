@@ -7,7 +7,7 @@ import torch
 
 from . import backends
 from . import functional as F
-from .precision import Work, local, no_compile
+from .precision import Work, local, locals_, no_compile
 from .reference import opmath
 
 # Penalty group keys every optimizer accepts, with their defaults.
@@ -31,11 +31,11 @@ class _Staged:
         return self._new[p]
 
     def commit(self):
+        # Staged states only gain keys (lazy state), so a state that kept its size is unchanged.
         for p, st in self._new.items():
             old = self._state.get(p, {})
-            new = {k: v for k, v in st.items() if k not in old}
-            if new:
-                self._state[p].update(new)
+            if len(st) != len(old):
+                self._state[p].update({k: v for k, v in st.items() if k not in old})
 
 
 class _Fused(torch.optim.Optimizer):
@@ -76,7 +76,8 @@ class _Fused(torch.optim.Optimizer):
 
     def _prepare(self, group, work, state):
         """Validate the group's complete kernel inputs (work tensors, grads and every state tensor the kernels
-        will get) and create missing lazy state in `state` (a _Staged view); raise before anything changes."""
+        will get) and create missing lazy state in `state` (a _Staged view); raise before anything changes.
+        _step_group then calls fusedreg.functional with _checked=True: one check of every tensor per step."""
         raise NotImplementedError
 
     def _state_keys(self, group):
@@ -112,7 +113,10 @@ class _Fused(torch.optim.Optimizer):
         for group in self.param_groups:
             self._check(group)
             params = self._grads(group)
-            F.check_tensors([local(p) for p in params], grads=[local(p.grad) for p in params])
+            if group["master_weights"] or group["stochastic_rounding"]:
+                # The kernels will get fp32 copies: check the params and grads themselves too (_prepare checks
+                # the copies), so that e.g. an expand()ed param fails here and not in the write-back.
+                F.check_tensors([local(p) for p in params], grads=[local(p.grad) for p in params])
             # What the kernels update: local shards of DTensors, fp32 masters or temporaries (fusedreg.precision).
             work = Work(params, staged, group)
             self._prepare(group, work, staged)
@@ -197,9 +201,10 @@ def _check_common(group):
                       group["group_l1"], group["group_dim"])
 
 
-def _penalty_args(group, backend):
+def _common_args(group, backend):
+    # _checked: _prepare has checked these tensors and _fused_step resolved the backend.
     return dict(l1=group["l1"], l1_mode=group["l1_mode"], l0=group["l0"], nonneg=group["nonneg"],
-                group_l1=group["group_l1"], group_dim=group["group_dim"], backend=backend)
+                group_l1=group["group_l1"], group_dim=group["group_dim"], backend=backend, _checked=True)
 
 
 class SGD(_Fused):
@@ -232,38 +237,39 @@ class SGD(_Fused):
 
     def _prepare(self, group, work, state):
         if group["momentum"] == 0:
-            return  # no state goes to the kernels
-        # Existing buffers are checked here; new ones are created (and kept) by _step_group.
-        old = [i for i, p in enumerate(work.params) if state[p].get("momentum_buffer") is not None]
-        F.check_tensors([work.tensors[i] for i in old], grads=[work.grads[i] for i in old],
-                        momentum_buffers=[local(state[work.params[i]]["momentum_buffer"]) for i in old])
+            F.check_tensors(work.tensors, grads=work.grads)
+            return
+        # Existing buffers are checked here; new ones (None) are created (and kept) by _step_group.
+        work.state = dict(momentum_buffers=locals_([state[p].get("momentum_buffer") for p in work.params]))
+        F.check_tensors(work.tensors, grads=work.grads, missing_ok=("momentum_buffers",), **work.state)
 
     def _step_group(self, group, work, grad_scale, found_inf):
         params = work.params
         kw = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
                   weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
-                  grad_scale=grad_scale, found_inf=found_inf, **_penalty_args(group, self.backend))
+                  grad_scale=grad_scale, found_inf=found_inf, **_common_args(group, self.backend))
         if group["momentum"] == 0:
             F.sgd(work.tensors, work.grads, [], **kw)
             return
         # torch's first step copies the gradient into a new buffer: run new and old buffers apart.
-        new = [i for i, p in enumerate(params) if self.state.get(p, {}).get("momentum_buffer") is None]
-        old = [i for i, p in enumerate(params) if self.state.get(p, {}).get("momentum_buffer") is not None]
+        held = work.state["momentum_buffers"]
+        new = [i for i, b in enumerate(held) if b is None]
+        if not new:
+            F.sgd(work.tensors, work.grads, held, first_step=False, **kw)
+            return
+        old = [i for i, b in enumerate(held) if b is not None]
         bufs = [torch.zeros_like(params[i], dtype=opmath(params[i].dtype), memory_format=torch.preserve_format)
                 for i in new]
-        olds = [self.state[params[i]]["momentum_buffer"] for i in old]
-        for first, idx, bs in ((True, new, bufs), (False, old, olds)):
+        for first, idx, bs in ((True, new, locals_(bufs)), (False, old, [held[i] for i in old])):
             if idx:
-                F.sgd([work.tensors[i] for i in idx], [work.grads[i] for i in idx], [local(b) for b in bs],
-                      first_step=first, **kw)
+                F.sgd([work.tensors[i] for i in idx], [work.grads[i] for i in idx], bs, first_step=first, **kw)
         # Only keep new buffers when the step was taken, so a skipped (inf) step leaves state untouched. This
         # reads found_inf on the host only on a step that creates buffers (the first), never in steady state.
-        if new:
-            taken = found_inf is None or not bool(found_inf.item())
-            for i, b in zip(new, bufs):
-                # A skipped first step records torch's 'no buffer yet' (None), so a stepped param always has
-                # the key (load_state_dict relies on it).
-                self.state[params[i]]["momentum_buffer"] = b if taken else None
+        taken = found_inf is None or not bool(found_inf.item())
+        for i, b in zip(new, bufs):
+            # A skipped first step records torch's 'no buffer yet' (None), so a stepped param always has the key
+            # (load_state_dict relies on it).
+            self.state[params[i]]["momentum_buffer"] = b if taken else None
 
 
 class Adam(_Fused):
@@ -312,22 +318,19 @@ class Adam(_Fused):
                 st["max_exp_avg_sq"] = torch.zeros_like(p, dtype=opmath(p.dtype),
                                                         memory_format=torch.preserve_format)
         sts = [state[p] for p in work.params]
-        lists = dict(exp_avgs=[local(s["exp_avg"]) for s in sts], exp_avg_sqs=[local(s["exp_avg_sq"]) for s in sts],
-                     state_steps=[local(s["step"]) for s in sts])
+        keys = dict(exp_avgs="exp_avg", exp_avg_sqs="exp_avg_sq", state_steps="step")
         if group["amsgrad"]:
-            lists["max_exp_avg_sqs"] = [local(s["max_exp_avg_sq"]) for s in sts]
-        F.check_tensors(work.tensors, grads=work.grads, **lists)
+            keys["max_exp_avg_sqs"] = "max_exp_avg_sq"
+        work.state = {name: locals_([s[key] for s in sts]) for name, key in keys.items()}
+        F.check_tensors(work.tensors, grads=work.grads, **work.state)
 
     def _step_group(self, group, work, grad_scale, found_inf):
-        params = work.params
-        st = [self.state[p] for p in params]
-        F.adam(work.tensors, work.grads, [local(s["exp_avg"]) for s in st], [local(s["exp_avg_sq"]) for s in st],
-               [local(s["max_exp_avg_sq"]) for s in st] if group["amsgrad"] else [],
-               [local(s["step"]) for s in st],
-               lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
+        st = work.state
+        F.adam(work.tensors, work.grads, st["exp_avgs"], st["exp_avg_sqs"], st.get("max_exp_avg_sqs", []),
+               st["state_steps"], lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
                weight_decay=group["weight_decay"], decoupled=self._decoupled, amsgrad=group["amsgrad"],
                maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
-               **_penalty_args(group, self.backend))
+               **_common_args(group, self.backend))
 
 
 class AdamW(Adam):
@@ -394,12 +397,12 @@ class Adagrad(_Fused):
             if missing:
                 raise ValueError(f"param {i}: state is missing {missing} (has {list(state[p])})")
         sts = [state[p] for p in work.params]
-        F.check_tensors(work.tensors, grads=work.grads, state_sums=[local(s["sum"]) for s in sts],
-                        state_steps=[local(s["step"]) for s in sts])
+        work.state = dict(state_sums=locals_([s["sum"] for s in sts]), state_steps=locals_([s["step"] for s in sts]))
+        F.check_tensors(work.tensors, grads=work.grads, **work.state)
 
     def _step_group(self, group, work, grad_scale, found_inf):
-        st = [self.state[p] for p in work.params]
-        F.adagrad(work.tensors, work.grads, [local(s["sum"]) for s in st], [local(s["step"]) for s in st],
+        st = work.state
+        F.adagrad(work.tensors, work.grads, st["state_sums"], st["state_steps"],
                   lr=group["lr"], lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
                   maximize=group["maximize"], l2=group["l2"], grad_scale=grad_scale, found_inf=found_inf,
-                  **_penalty_args(group, self.backend))
+                  **_common_args(group, self.backend))

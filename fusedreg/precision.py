@@ -40,6 +40,14 @@ def local(t):
     return t.to_local() if is_dtensor(t) else t
 
 
+def locals_(ts):
+    """[local(t) for t in ts], for the per-step lists (DTensor is looked up once)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    if mod is None:
+        return list(ts)
+    return [t.to_local() if isinstance(t, mod.DTensor) else t for t in ts]
+
+
 def check_group_layout(p, group_l1, group_dim):
     """Raise when group lasso would need groups that cross the shards of a DTensor param."""
     if group_l1 == 0 or not is_dtensor(p) or p.dim() < 2:
@@ -77,6 +85,7 @@ class Work:
             raise ValueError("choose one of master_weights and stochastic_rounding, not both")
         self.params = params
         self.tensors, self.grads, self._writeback = [], [], []
+        self.state = {}  # the state lists the kernels get, by functional argument name (the optimizer's _prepare)
         for p in params:
             check_group_layout(p, group.get("group_l1", 0.0), group.get("group_dim", 0))
             lp, lg = local(p), local(p.grad)
