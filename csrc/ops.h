@@ -62,7 +62,11 @@ struct Staged {
 inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList params, at::TensorList grads,
                     std::initializer_list<StateList> states, at::TensorList steps, bool has_steps,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                    bool rowmajor) {
+                    double group_l1, int64_t group_dim) {
+  // Checked here, before any kernel runs: a bad group_dim found later would leave a half-done step.
+  TORCH_CHECK(group_dim == 0 || group_dim == 1, "fusedreg::", op,
+              ": group_dim must be 0 (rows) or 1 (columns), got ", group_dim);
+  const bool rowmajor = group_l1 != 0;  // the group prox walks params in row-major order
   Staged st;
   const size_t n = params.size();
   st.n = n;
@@ -163,10 +167,8 @@ inline GroupShape group_shape(const at::Tensor& p, int64_t group_dim) {
   return group_dim == 0 ? GroupShape{1, d0, d1 * rest} : GroupShape{d0, d1, rest};
 }
 
-// Whether a param gets the group prox at this step, with the check of group_dim.
-inline bool has_groups(const at::Tensor& p, double step, double group_l1, int64_t group_dim) {
-  TORCH_CHECK(group_dim == 0 || group_dim == 1, "fusedreg: group_dim must be 0 (rows) or 1 (columns), got ",
-              group_dim);
+// Whether a param gets the group prox at this step (stage() has checked group_dim).
+inline bool has_groups(const at::Tensor& p, double step, double group_l1) {
   return group_l1 != 0 && step * group_l1 != 0 && p.dim() >= 2 && p.numel() > 0;
 }
 

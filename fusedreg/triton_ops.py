@@ -58,7 +58,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _ops
+from . import _ops, reference
 
 # GPU launch shape. Each program handles CHUNK elements (one table row) in BLOCK-wide pieces.
 BLOCK = 1024
@@ -750,8 +750,6 @@ def _groups(kind, params, xs, steps, lr, group_l1, group_dim, l2, beta2, lr_deca
     xs: the state the denominators come from (Adam's v_hat, Adagrad's sum), None for SGD."""
     if group_l1 == 0 or lr * group_l1 == 0:
         return
-    if group_dim not in (0, 1):
-        raise ValueError(f"fusedreg triton: group_dim must be 0 or 1, got {group_dim}")
     for i, p in enumerate(params):
         if p.dim() < 2 or p.numel() == 0:
             continue
@@ -783,6 +781,7 @@ def _check_lists(n, *lists):
 def _sgd_impl(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
               first_step, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None,
               found_inf=None):
+    reference.check_group_dim(group_dim)
     params, grads = list(params), list(grads)
     _check_lists(len(params), grads)
     use_momentum = momentum != 0
@@ -802,6 +801,7 @@ def _sgd_impl(params, grads, momentum_buffers, lr, momentum, dampening, weight_d
 def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
                weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0,
                group_dim=0, grad_scale=None, found_inf=None):
+    reference.check_group_dim(group_dim)
     params = list(params)
     n = len(params)
     _check_lists(n, grads, exp_avgs, exp_avg_sqs)
@@ -820,6 +820,7 @@ def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
 
 def _adagrad_impl(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
                   l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
+    reference.check_group_dim(group_dim)
     params = list(params)
     _check_lists(len(params), grads, state_sums)
     cols = [params, list(grads), list(state_sums)]

@@ -112,6 +112,25 @@ def test_found_inf_skips_on_device(op, dtype):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("op", ["sgd_", "adam_", "adagrad_"])
+def test_float64_grad_scale_and_found_inf_read_like_the_cpu(op):
+    # fp64 params: a scale float32 cannot hold is used in full (as on CPU), and a nonzero found_inf below
+    # float32's range still skips the step.
+    gen = torch.Generator().manual_seed(5)
+    lists, scalars, _ = make(op, SIZES["many"], torch.float64, gen, amp=True)
+    amp = [torch.tensor(1000.1234567, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)]
+    fn = getattr(torch.ops.fusedreg, op)
+    cpu_lists, cpu_amp = to_device(lists, amp, "cpu")
+    cuda_lists, cuda_amp = to_device(lists, amp, "cuda")
+    fn(*cpu_lists, *scalars, *cpu_amp)
+    fn(*cuda_lists, *scalars, *cuda_amp)
+    compare(cuda_lists, cpu_lists, torch.float64)
+    before = [[t.clone() for t in lst] for lst in cuda_lists]
+    fn(*cuda_lists, *scalars, cuda_amp[0], torch.tensor(1e-300, dtype=torch.float64, device="cuda"))
+    for a_list, b_list in zip(cuda_lists, before):
+        assert all(torch.equal(a, b) for a, b in zip(a_list, b_list))
+
+
 def test_steps_advance_on_device_once_per_call():
     lists, scalars, amp = make("adam_", SIZES["over_320_chunks"] + SIZES["many"], torch.float32,
                                torch.Generator().manual_seed(2))

@@ -319,6 +319,25 @@ def test_overlapping_or_aliased_params_are_rejected(op, backend):
     assert torch.equal(p, torch.ones(3))
 
 
+@pytest.mark.parametrize("op", ["sgd_", "adam_", "adagrad_"])
+def test_kernel_rejects_a_bad_group_dim_before_anything_moves(op, backend):
+    # The kernels themselves (below fusedreg.functional's checks): Adam/Adagrad must not advance their step
+    # counters, and nothing may be written, before the group arguments are checked.
+    ps, gs = [torch.randn(6, 5), torch.randn(7)], [torch.randn(6, 5), torch.randn(7)]
+    state = [torch.rand(6, 5), torch.rand(7)]
+    steps = [torch.zeros(()), torch.zeros(())]
+    lists = {"sgd_": [ps, gs, state], "adam_": [ps, gs, [s * 0.1 for s in state], state, [], steps],
+             "adagrad_": [ps, gs, state, steps]}[op]
+    scalars = {"sgd_": [0.1, 0.9, 0.0, 0.0, False, False, False],
+               "adam_": [0.01, 0.9, 0.999, 1e-8, 0.0, True, False, False],
+               "adagrad_": [0.1, 0.0, 0.0, 1e-10, False]}[op]
+    before = [[t.clone() for t in lst] for lst in lists]
+    with pytest.raises(RuntimeError, match="group_dim must be 0"):
+        fusedreg.backends.kernel(backend, op)(*lists, *scalars, 0.01, False, 0.0, 0.0, False, 0.5, 2, None, None)
+    for a_list, b_list in zip(lists, before):
+        assert all(torch.equal(a, b) for a, b in zip(a_list, b_list))
+
+
 def test_unknown_backend_fails_before_anything_moves_functional():
     for op in ("sgd", "adam", "adagrad"):
         ps = [torch.ones(3)]

@@ -433,7 +433,7 @@ void run_update(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<G
 template <typename O>
 void add_group_job(std::vector<GroupJob<O>>& jobs, const Staged& st, size_t i, double step, double group_l1, int64_t group_dim, double l2, const O* x, O bdiv, O eps) {
   const at::Tensor& p = st.lists[0][i];
-  if (!has_groups(p, step, group_l1, group_dim)) return;
+  if (!has_groups(p, step, group_l1)) return;
   GroupJob<O> job;
   job.slot = i;
   job.sh = group_shape(p, group_dim);
@@ -487,7 +487,7 @@ PenaltyArgs penalty_args(double l1, bool l1_subgradient, double l2, double l0, b
 void sgd_cpu(FUSEDREG_SGD_PARAMS) {
   const bool has_momentum = momentum != 0;
   Staged st = stage("sgd_", c10::DeviceType::CPU, params, grads, {{"momentum_buffers", momentum_buffers, has_momentum}},
-                    {}, false, grad_scale, found_inf, group_l1 != 0);
+                    {}, false, grad_scale, found_inf, group_l1, group_dim);
   if (skip_step(found_inf) || st.n == 0) return;
   const SgdArgs args{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
                      penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
@@ -513,7 +513,7 @@ void adam_cpu(FUSEDREG_ADAM_PARAMS) {
   Staged st = stage("adam_", c10::DeviceType::CPU, params, grads,
                     {{"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true},
                      {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
-                    state_steps, true, grad_scale, found_inf, group_l1 != 0);
+                    state_steps, true, grad_scale, found_inf, group_l1, group_dim);
   if (skip_step(found_inf)) return;
   const AdamArgs args{lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
                       penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
@@ -541,7 +541,7 @@ void adam_cpu(FUSEDREG_ADAM_PARAMS) {
 
 void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS) {
   Staged st = stage("adagrad_", c10::DeviceType::CPU, params, grads, {{"state_sums", state_sums, true}},
-                    state_steps, true, grad_scale, found_inf, group_l1 != 0);
+                    state_steps, true, grad_scale, found_inf, group_l1, group_dim);
   if (skip_step(found_inf)) return;
   const AdagradArgs args{lr, lr_decay, weight_decay, eps, maximize, penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
   std::vector<double> steps(st.n);

@@ -7,7 +7,7 @@ namespace {
 
 template <typename T, typename O>
 __global__ void __launch_bounds__(kThreads)
-    adagrad_kernel(TensorListMeta<3> meta, AdagradArgs args, const float* grad_scale, const float* found_inf) {
+    adagrad_kernel(TensorListMeta<3> meta, AdagradArgs args, const O* grad_scale, const float* found_inf) {
   if (skipped(found_inf)) return;
   const Chunk<T, O, 3> c(meta);
   __shared__ AdagradScalars<O> shared;  // clr from the step on the device, once per block
@@ -15,7 +15,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const AdagradScalars<O> sc = shared;
   const bool has_scale = grad_scale != nullptr;
-  const O scale = has_scale ? static_cast<O>(*grad_scale) : O(1);
+  const O scale = has_scale ? *grad_scale : O(1);
   chunk_loop<T, O, 1>(c.p, c.g, c.s, c.len,
                       [&](O& p, O g, O* s) { adagrad_update(p, g, s[0], sc, has_scale, scale); });
 }
@@ -25,16 +25,16 @@ __global__ void __launch_bounds__(kThreads)
 
 void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS) {
   Staged st = stage("adagrad_", c10::DeviceType::CUDA, params, grads, {{"state_sums", state_sums, true}},
-                    state_steps, true, grad_scale, found_inf, group_l1 != 0);
+                    state_steps, true, grad_scale, found_inf, group_l1, group_dim);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto amp = cuda::amp_args(grad_scale, found_inf);
+  const auto amp = cuda::amp_args(grad_scale, found_inf, st.dtype);
   const AdagradArgs args{lr, lr_decay, weight_decay, eps, maximize, PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_adagrad_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<3>(st.lists, state_steps, [&](const cuda::TensorListMeta<3>& meta, int blocks) {
-      cuda::adagrad_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, amp.scale_ptr(),
+      cuda::adagrad_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, amp.scale_ptr<O>(),
                                                                                 amp.inf_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

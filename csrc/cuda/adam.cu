@@ -7,7 +7,7 @@ namespace {
 
 template <typename T, typename O>
 __global__ void __launch_bounds__(kThreads)
-    adam_kernel(TensorListMeta<5> meta, AdamArgs args, const float* grad_scale, const float* found_inf) {
+    adam_kernel(TensorListMeta<5> meta, AdamArgs args, const O* grad_scale, const float* found_inf) {
   if (skipped(found_inf)) return;
   const Chunk<T, O, 5> c(meta);
   // Bias corrections in double from the step on the device, once per block.
@@ -16,7 +16,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const AdamScalars<O> sc = shared;
   const bool has_scale = grad_scale != nullptr;
-  const O scale = has_scale ? static_cast<O>(*grad_scale) : O(1);
+  const O scale = has_scale ? *grad_scale : O(1);
   chunk_loop<T, O, 3>(c.p, c.g, c.s, c.len,
                       [&](O& p, O g, O* s) { adam_update(p, g, s[0], s[1], s[2], sc, has_scale, scale); });
 }
@@ -50,17 +50,17 @@ void adam_cuda(FUSEDREG_ADAM_PARAMS) {
   Staged st = stage("adam_", c10::DeviceType::CUDA, params, grads,
                     {{"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true},
                      {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
-                    state_steps, true, grad_scale, found_inf, group_l1 != 0);
+                    state_steps, true, grad_scale, found_inf, group_l1, group_dim);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto amp = cuda::amp_args(grad_scale, found_inf);
+  const auto amp = cuda::amp_args(grad_scale, found_inf, st.dtype);
   const AdamArgs args{lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
                       PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_adam_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<5>(st.lists, state_steps, [&](const cuda::TensorListMeta<5>& meta, int blocks) {
-      cuda::adam_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, amp.scale_ptr(),
+      cuda::adam_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, amp.scale_ptr<O>(),
                                                                              amp.inf_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -14,11 +14,11 @@ struct NanMax {
   __device__ double operator()(double a, double b) const { return b > a || b != b ? b : a; }
 };
 
+// Blocks stride over the groups, so any number of groups fits one launch.
 template <typename T, typename O>
 __global__ void __launch_bounds__(kThreads)
     group_kernel(T* p, const O* x, const float* step_ptr, const float* found_inf, GroupShape sh, GroupOp op) {
   if (skipped(found_inf)) return;
-  const int64_t g = blockIdx.x;
   const int64_t n = sh.A * sh.K;
   double step = op.lr;
   O bdiv = O(1);
@@ -33,54 +33,58 @@ __global__ void __launch_bounds__(kThreads)
   if (step * op.group_l1 == 0) return;
   const bool metric = op.kind != 0;
   const double c = group_c(step, op.group_l1, static_cast<double>(n), op.l2, metric);
-  // Element m of group g (m in [0, A*K)); K == 1 (every 2-D param) without the 64-bit division.
-  auto at = [&](int64_t m) { return sh.K == 1 ? m * sh.G + g : (m / sh.K * sh.G + g) * sh.K + m % sh.K; };
-  auto val = [&](int64_t i) { return static_cast<double>(static_cast<O>(p[i])); };
-  __shared__ typename Reduce::TempStorage tmp;
-  __shared__ double shared[2];
-  if (!metric) {
-    double ss = 0;
-    for (int64_t m = threadIdx.x; m < n; m += blockDim.x) ss += val(at(m)) * val(at(m));
-    const double total = Reduce(tmp).Sum(ss);
-    if (threadIdx.x == 0) shared[0] = total;
-    __syncthreads();
-    const O f = static_cast<O>(group_factor(shared[0], c));
-    for (int64_t m = threadIdx.x; m < n; m += blockDim.x) p[at(m)] = static_cast<T>(static_cast<O>(p[at(m)]) * f);
-    return;
-  }
   const O c_o = static_cast<O>(c), c2 = static_cast<O>(step * op.l2), eps = static_cast<O>(op.eps);
   const bool has_l2 = op.l2 != 0;
+  auto val = [&](int64_t i) { return static_cast<double>(static_cast<O>(p[i])); };
   auto a_of = [&](int64_t i) { return group_a(c_o, adam_denom(x[i], bdiv, eps), c2, has_l2); };
-  MetricSums part;
-  for (int64_t m = threadIdx.x; m < n; m += blockDim.x) part.add(val(at(m)), a_of(at(m)));
-  MetricSums sums;
-  sums.q = Reduce(tmp).Sum(part.q);
-  __syncthreads();
-  sums.nn = Reduce(tmp).Sum(part.nn);
-  __syncthreads();
-  sums.amax = Reduce(tmp).Reduce(part.amax, NanMax());
-  if (threadIdx.x == 0) shared[0] = metric_start(sums);
-  __syncthreads();
-  double r = shared[0];
-  for (int it = 0; it < kMetricMaxIter && r >= 0; ++it) {
-    double s = 0, t = 0;
-    for (int64_t m = threadIdx.x; m < n; m += blockDim.x) newton_terms(val(at(m)), a_of(at(m)), r, s, t);
-    const double s_sum = Reduce(tmp).Sum(s);
-    __syncthreads();
-    const double t_sum = Reduce(tmp).Sum(t);
-    if (threadIdx.x == 0) {
-      double rr = r;
-      shared[1] = newton_step(s_sum, t_sum, rr) ? 1.0 : 0.0;
-      shared[0] = rr;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ double shared[2];
+  for (int64_t g = blockIdx.x; g < sh.G; g += gridDim.x) {
+    // Element m of group g (m in [0, A*K)); K == 1 (columns of a 2-D param) without the 64-bit division.
+    auto at = [&](int64_t m) { return sh.K == 1 ? m * sh.G + g : (m / sh.K * sh.G + g) * sh.K + m % sh.K; };
+    if (!metric) {
+      double ss = 0;
+      for (int64_t m = threadIdx.x; m < n; m += blockDim.x) ss += val(at(m)) * val(at(m));
+      const double total = Reduce(tmp).Sum(ss);
+      if (threadIdx.x == 0) shared[0] = total;
+      __syncthreads();
+      const O f = static_cast<O>(group_factor(shared[0], c));
+      for (int64_t m = threadIdx.x; m < n; m += blockDim.x) p[at(m)] = static_cast<T>(static_cast<O>(p[at(m)]) * f);
+      __syncthreads();  // shared[] and tmp are reused by the next group
+      continue;
     }
+    MetricSums part;
+    for (int64_t m = threadIdx.x; m < n; m += blockDim.x) part.add(val(at(m)), a_of(at(m)));
+    MetricSums sums;
+    sums.q = Reduce(tmp).Sum(part.q);
     __syncthreads();
-    r = shared[0];
-    if (shared[1] == 0.0) break;
-    __syncthreads();  // every thread has read shared[] before thread 0 writes it again
-  }
-  for (int64_t m = threadIdx.x; m < n; m += blockDim.x) {
-    const int64_t i = at(m);
-    p[i] = static_cast<T>(static_cast<O>(p[i]) * static_cast<O>(metric_factor(r, a_of(i))));
+    sums.nn = Reduce(tmp).Sum(part.nn);
+    __syncthreads();
+    sums.amax = Reduce(tmp).Reduce(part.amax, NanMax());
+    if (threadIdx.x == 0) shared[0] = metric_start(sums);
+    __syncthreads();
+    double r = shared[0];
+    for (int it = 0; it < kMetricMaxIter && r >= 0; ++it) {
+      __syncthreads();  // every thread has read shared[] (and finished with tmp) before they are written again
+      double s = 0, t = 0;
+      for (int64_t m = threadIdx.x; m < n; m += blockDim.x) newton_terms(val(at(m)), a_of(at(m)), r, s, t);
+      const double s_sum = Reduce(tmp).Sum(s);
+      __syncthreads();
+      const double t_sum = Reduce(tmp).Sum(t);
+      if (threadIdx.x == 0) {
+        double rr = r;
+        shared[1] = newton_step(s_sum, t_sum, rr) ? 1.0 : 0.0;
+        shared[0] = rr;
+      }
+      __syncthreads();
+      r = shared[0];
+      if (shared[1] == 0.0) break;
+    }
+    for (int64_t m = threadIdx.x; m < n; m += blockDim.x) {
+      const int64_t i = at(m);
+      p[i] = static_cast<T>(static_cast<O>(p[i]) * static_cast<O>(metric_factor(r, a_of(i))));
+    }
+    __syncthreads();  // shared[] and tmp are reused by the next group
   }
 }
 
@@ -90,14 +94,14 @@ void group_prox(const Staged& st, int x_list, at::TensorList steps, const GroupO
                 cudaStream_t stream) {
   for (size_t i = 0; i < st.n; ++i) {
     const at::Tensor& p = st.lists[0][i];
-    if (!has_groups(p, op.lr, op.group_l1, op.group_dim)) continue;
+    if (!has_groups(p, op.lr, op.group_l1)) continue;
     const GroupShape sh = group_shape(p, op.group_dim);
-    TORCH_CHECK(sh.G <= INT32_MAX, "fusedreg: more than 2^31 - 1 groups in one param");
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>(sh.G, INT32_MAX));
     const float* step = steps.empty() ? nullptr : steps[i].const_data_ptr<float>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_group_cuda", [&] {
       using O = at::opmath_type<scalar_t>;
       const O* x = x_list < 0 ? nullptr : st.lists[x_list][i].const_data_ptr<O>();
-      group_kernel<scalar_t, O><<<static_cast<unsigned>(sh.G), kThreads, 0, stream>>>(
+      group_kernel<scalar_t, O><<<blocks, kThreads, 0, stream>>>(
           p.data_ptr<scalar_t>(), x, step, found_inf, sh, op);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

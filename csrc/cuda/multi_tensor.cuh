@@ -170,17 +170,23 @@ struct Chunk {
 
 __device__ inline bool skipped(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.f; }
 
-// found_inf / grad_scale as float32 device tensors (undefined when absent); their pointers for the kernels.
+// grad_scale in the params' opmath (as the CPU kernels read it: one rounding to O) and found_inf as a float32
+// device tensor, nonzero when the step must be skipped (undefined when absent); their pointers for the kernels.
+// GradScaler's tensors are float32 already, so with fp32/bf16/fp16 params nothing is converted.
 struct AmpArgs {
   at::Tensor scale, inf;
-  const float* scale_ptr() const { return scale.defined() ? scale.const_data_ptr<float>() : nullptr; }
+  template <typename O>
+  const O* scale_ptr() const { return scale.defined() ? scale.const_data_ptr<O>() : nullptr; }
   const float* inf_ptr() const { return inf.defined() ? inf.const_data_ptr<float>() : nullptr; }
 };
 
-inline AmpArgs amp_args(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+inline AmpArgs amp_args(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                        at::ScalarType dtype) {
   AmpArgs a;
-  if (grad_scale.has_value()) a.scale = grad_scale->to(at::kFloat).contiguous();
-  if (found_inf.has_value()) a.inf = found_inf->to(at::kFloat).contiguous();
+  if (grad_scale.has_value()) a.scale = grad_scale->to(at::toOpMathType(dtype)).contiguous();
+  // A float64 flag below float32's range must still skip: compare with 0 in its own dtype first.
+  if (found_inf.has_value())
+    a.inf = (found_inf->scalar_type() == at::kFloat ? *found_inf : found_inf->ne(0).to(at::kFloat)).contiguous();
   return a;
 }
 

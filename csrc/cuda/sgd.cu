@@ -7,12 +7,12 @@ namespace {
 
 template <typename T, typename O>
 __global__ void __launch_bounds__(kThreads)
-    sgd_kernel(TensorListMeta<3> meta, SgdArgs args, const float* grad_scale, const float* found_inf) {
+    sgd_kernel(TensorListMeta<3> meta, SgdArgs args, const O* grad_scale, const float* found_inf) {
   if (skipped(found_inf)) return;
   const Chunk<T, O, 3> c(meta);
   const SgdScalars<O> sc = make_sgd<O>(args);
   const bool has_scale = grad_scale != nullptr;
-  const O scale = has_scale ? static_cast<O>(*grad_scale) : O(1);
+  const O scale = has_scale ? *grad_scale : O(1);
   chunk_loop<T, O, 1>(c.p, c.g, c.s, c.len,
                       [&](O& p, O g, O* s) { sgd_update(p, g, s[0], sc, has_scale, scale); });
 }
@@ -23,17 +23,17 @@ __global__ void __launch_bounds__(kThreads)
 void sgd_cuda(FUSEDREG_SGD_PARAMS) {
   const bool has_momentum = momentum != 0;
   Staged st = stage("sgd_", c10::DeviceType::CUDA, params, grads,
-                    {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf, group_l1 != 0);
+                    {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf, group_l1, group_dim);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto amp = cuda::amp_args(grad_scale, found_inf);
+  const auto amp = cuda::amp_args(grad_scale, found_inf, st.dtype);
   const SgdArgs args{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
                      PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_sgd_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<3>(st.lists, {}, [&](const cuda::TensorListMeta<3>& meta, int blocks) {
-      cuda::sgd_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, amp.scale_ptr(),
+      cuda::sgd_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, amp.scale_ptr<O>(),
                                                                             amp.inf_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
