@@ -34,40 +34,10 @@ cat "$OUT/kernels.txt"
 status pytest $?
 tail -5 "$OUT/pytest.log"
 
-# 3. compute-sanitizer memcheck on a few steps of every op (sizes off the vector width, misaligned views,
-#    a launch split, found_inf).
-cat > "$OUT/memcheck_step.py" <<'PY'
-import torch
-import fusedreg._ops  # noqa: F401
-import fusedreg._C  # noqa: F401
-ops = torch.ops.fusedreg
-dev = "cuda"
-for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-    od = torch.float64 if dtype == torch.float64 else torch.float32
-    sizes = [1, 3, 5, 4097, 65536 + 3] + [7] * 40
-    def fresh(dt, offset=0):
-        out = []
-        for n in sizes:
-            buf = torch.randn(n + offset, device=dev).to(dt)
-            out.append(buf[offset:])
-        return out
-    for offset in (0, 1):
-        p, g = fresh(dtype, offset), fresh(dtype, offset)
-        s1, s2, s3 = (fresh(od, offset) for _ in range(3))
-        s2 = [x.abs() for x in s2]; s3 = [x.abs() for x in s3]
-        steps = [torch.zeros((), device=dev) for _ in sizes]
-        gs, fi = torch.tensor(2.0, device=dev), torch.tensor(0.0, device=dev)
-        for found in (0.0, 1.0):
-            fi.fill_(found)
-            ops.sgd_(p, g, s1, 0.1, 0.9, 0.0, 1e-2, True, False, False, 1e-3, False, 1e-3, 1e-4, False, gs, fi)
-            ops.adam_(p, g, s1, s2, s3, steps, 1e-3, 0.9, 0.999, 1e-8, 1e-2, True, True, False, 1e-3, False,
-                      1e-3, 1e-4, True, gs, fi)
-            ops.adagrad_(p, g, s2, steps, 0.1, 0.01, 1e-2, 1e-10, False, 1e-3, True, 0.0, 0.0, False, gs, fi)
-torch.cuda.synchronize()
-print("memcheck step script done")
-PY
+# 3. compute-sanitizer memcheck on a few steps of every op (bench/memcheck_step.py: sizes off the vector width,
+#    misaligned views, group lasso on rows and columns, found_inf).
 if command -v compute-sanitizer > /dev/null; then
-    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" "$OUT/memcheck_step.py" > "$OUT/memcheck.log" 2>&1
+    compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" bench/memcheck_step.py cuda > "$OUT/memcheck.log" 2>&1
     status memcheck $?
 else
     echo "compute-sanitizer not found" > "$OUT/memcheck.log"; status memcheck 127

@@ -63,3 +63,14 @@ def test_the_op_runs_the_reference_where_no_native_kernel_is_registered():
     # The "default" kernel of every op is the reference; Meta has no native kernel.
     for op in backends.OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedreg::{op}", "CompositeExplicitAutograd")
+
+
+@pytest.mark.skipif("cpp" not in backends.available(), reason="needs the C++ extension")
+def test_the_gpu_memcheck_script_runs_on_the_cpu_kernels():
+    # bench/gpu.sh runs it under compute-sanitizer on a lent GPU, where a call that no longer fits the op
+    # schemas would cost the run; the same calls on CPU keep it in step.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "bench", "memcheck_step.py"), "cpu"], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "memcheck step script done" in out.stdout
