@@ -3,9 +3,10 @@
     python bench/bench_gpu.py --out bench_gpu.json      (bench/gpu.sh runs it on the lent GPU machine)
 
 Times are CUDA-event medians over --iters steps after --warmup steps. Compared, per dtype: fusedreg adam_ (CUDA
-kernels; and Triton if fusedreg.triton_ops has an adam_) with decoupled wd + L1 + L2 vs torch AdamW
+kernels; and Triton if fusedreg.triton_ops has an adam_) with decoupled wd + L1 + L2, and the fusedreg.AdamW /
+SGD classes' step (wd + L1; what users call, Python checks included), vs torch AdamW
 fused/foreach, torch fused + a foreach soft-threshold pass, the seeds' way (loss += l1*sum|p|: abs-sum forward,
-backward, torch fused AdamW); fusedreg sgd_ (momentum, L1, wd) vs torch SGD fused/foreach; device-to-device
+backward, then torch fused AdamW or the AdamW torch builds by default); fusedreg sgd_ (momentum, L1, wd) vs torch SGD fused/foreach; device-to-device
 copy and a += b for the bandwidth roofline.
 """
 import argparse
@@ -14,12 +15,13 @@ import statistics
 
 import torch
 
-import fusedreg._ops  # noqa: F401
+import fusedreg
 import fusedreg._C  # noqa: F401
 
 LAYERS, D, FF, VOCAB = 16, 1024, 4096, 32768
 SHAPES = ([(VOCAB, D)] + [(FF, D), (D, FF), (3 * D, D), (D, D)] * LAYERS + [(FF,), (D,), (D,), (D,)] * LAYERS)
 LR, WD, L1, L2 = 1e-3, 1e-2, 1e-4, 1e-3
+DEVICE = "cuda"  # tests/test_backends.py builds and steps every case once on CPU with small SHAPES
 
 
 def timed(fn, warmup, iters):
@@ -39,10 +41,10 @@ def timed(fn, warmup, iters):
 
 def setup(dtype, n_states, requires_grad=False):
     torch.manual_seed(0)
-    params = [torch.randn(s, device="cuda", dtype=dtype).requires_grad_(requires_grad) for s in SHAPES]
-    grads = [torch.randn(s, device="cuda", dtype=dtype) for s in SHAPES]
+    params = [torch.randn(s, device=DEVICE, dtype=dtype).requires_grad_(requires_grad) for s in SHAPES]
+    grads = [torch.randn(s, device=DEVICE, dtype=dtype) for s in SHAPES]
     od = torch.float64 if dtype == torch.float64 else torch.float32
-    states = [[torch.zeros(s, device="cuda", dtype=od) for s in SHAPES] for _ in range(n_states)]
+    states = [[torch.zeros(s, device=DEVICE, dtype=od) for s in SHAPES] for _ in range(n_states)]
     return params, grads, states
 
 
@@ -63,7 +65,7 @@ def cases(dtype):
     def fused_adam(fn):
         def make():
             p, g, (m, v) = setup(dtype, 2)
-            steps = [torch.zeros((), device="cuda") for _ in p]
+            steps = [torch.zeros((), device=DEVICE) for _ in p]
             return lambda: fn(p, g, m, v, [], steps, LR, 0.9, 0.999, 1e-8, WD, True, False, False, L1, False, L2,
                               0.0, False, 0.0, 0, None, None)
         return make
@@ -84,14 +86,24 @@ def cases(dtype):
                 torch._foreach_sub_(params, torch._foreach_clamp_max(torch._foreach_clamp_min(params, -t), t))
         return step
 
-    def seeds_way():
-        params, opt = torch_opt(torch.optim.AdamW, dtype, lr=LR, weight_decay=WD, fused=True)
+    def seeds_way(**kw):
+        def make():
+            params, opt = torch_opt(torch.optim.AdamW, dtype, lr=LR, weight_decay=WD, **kw)
 
-        def step():
-            penalty = L1 * torch.stack([p.abs().sum() for p in params]).sum()
-            penalty.backward()
-            opt.step()
-        return step
+            def step():
+                penalty = L1 * torch.stack([p.abs().sum() for p in params]).sum()
+                penalty.backward()
+                opt.step()
+            return step
+        return make
+
+    def optimizer(cls, backend, **kw):
+        # As users call it: the class's step (its Python checks included), wd + L1.
+        def make():
+            _, opt = torch_opt(getattr(fusedreg, cls), dtype, lr=LR, weight_decay=WD, l1=L1,
+                               backend=backend if DEVICE == "cuda" else "auto", **kw)
+            return opt.step
+        return make
 
     def fused_sgd():
         p, g, (b,) = setup(dtype, 1)
@@ -112,19 +124,23 @@ def cases(dtype):
         a, b, _ = setup(dtype, 0)
         return lambda: torch._foreach_add_(a, b)
 
-    out = {"fusedreg_cuda_adamw_l1_l2": (fused_adam(ops.adam_), adam_bytes)}
+    out = {"fusedreg_cuda_adamw_l1_l2": (fused_adam(ops.adam_), adam_bytes),
+           "fusedreg_cuda_adamw_class_l1": (optimizer("AdamW", "cuda"), adam_bytes)}
     try:
         import fusedreg.triton_ops as tr
         if hasattr(tr, "adam_"):
             out["fusedreg_triton_adamw_l1_l2"] = (fused_adam(tr.adam_), adam_bytes)
+            out["fusedreg_triton_adamw_class_l1"] = (optimizer("AdamW", "triton"), adam_bytes)
     except Exception as e:  # noqa: BLE001  (Triton is optional)
         print(f"triton: not benchmarked ({type(e).__name__}: {e})")
     out.update({
         "torch_adamw_fused": (adamw(fused=True), adam_bytes),
         "torch_adamw_foreach": (adamw(foreach=True), adam_bytes),
         "torch_adamw_fused_then_foreach_soft_threshold": (fused_then_threshold, adam_bytes),
-        "seeds_way_l1_in_loss_fused_adamw": (seeds_way, adam_bytes),
+        "seeds_way_l1_in_loss_fused_adamw": (seeds_way(fused=True), adam_bytes),
+        "seeds_way_l1_in_loss_default_adamw": (seeds_way(), adam_bytes),
         "fusedreg_cuda_sgd_momentum_l1": (fused_sgd, sgd_bytes),
+        "fusedreg_cuda_sgd_class_momentum_l1": (optimizer("SGD", "cuda", momentum=0.9), sgd_bytes),
         "torch_sgd_momentum_fused": (sgd(fused=True), sgd_bytes),
         "torch_sgd_momentum_foreach": (sgd(foreach=True), sgd_bytes),
         "copy_d2d": (copy, 2 * esz),

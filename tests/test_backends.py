@@ -74,3 +74,24 @@ def test_the_gpu_memcheck_script_runs_on_the_cpu_kernels():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "memcheck step script done" in out.stdout
+
+
+@pytest.mark.skipif("cpp" not in backends.available(), reason="needs the C++ extension")
+def test_every_gpu_benchmark_case_builds_and_steps_on_cpu(monkeypatch):
+    # bench/bench_gpu.py only ever runs on a lent GPU; each of its cases is built and stepped once here, on CPU
+    # tensors with small shapes, so that a broken case does not cost that run.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.syspath_prepend(os.path.join(root, "bench"))
+    import bench_gpu
+    monkeypatch.setattr(bench_gpu, "DEVICE", "cpu")
+    monkeypatch.setattr(bench_gpu, "SHAPES", [(8, 4), (5,), (3, 2)])
+    names = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, (make, bytes_per_param) in bench_gpu.cases(dtype).items():
+            if "triton" in name and "triton" not in backends.available():
+                continue
+            make()()
+            assert bytes_per_param > 0
+            names.append(name)
+    assert {"fusedreg_cuda_adamw_l1_l2", "fusedreg_cuda_adamw_class_l1", "torch_adamw_fused",
+            "seeds_way_l1_in_loss_default_adamw", "copy_d2d"} <= set(names)
