@@ -46,8 +46,14 @@ def _load_triton():
     return _triton
 
 
+_registered = set()  # dispatch keys with a kernel for every op (kernels, once registered, stay)
+
+
 def _has_kernel(key):
-    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"{_ops.LIB}::{op}", key) for op in OPS)
+    if key not in _registered and all(torch._C._dispatch_has_kernel_for_dispatch_key(f"{_ops.LIB}::{op}", key)
+                                      for op in OPS):
+        _registered.add(key)
+    return key in _registered
 
 
 def _why_not(name):

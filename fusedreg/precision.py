@@ -29,10 +29,15 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 no_compile = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
 
 
-def is_dtensor(t):
+def _dtensor_type():
     # No DTensor can exist before torch.distributed.tensor is imported; importing it here would cost seconds.
     mod = sys.modules.get("torch.distributed.tensor")
-    return mod is not None and isinstance(t, mod.DTensor)
+    return None if mod is None else mod.DTensor
+
+
+def is_dtensor(t):
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(t, dtensor)
 
 
 def local(t):
@@ -42,10 +47,10 @@ def local(t):
 
 def locals_(ts):
     """[local(t) for t in ts], for the per-step lists (DTensor is looked up once)."""
-    mod = sys.modules.get("torch.distributed.tensor")
-    if mod is None:
+    dtensor = _dtensor_type()
+    if dtensor is None:
         return list(ts)
-    return [t.to_local() if isinstance(t, mod.DTensor) else t for t in ts]
+    return [t.to_local() if isinstance(t, dtensor) else t for t in ts]
 
 
 def check_group_layout(p, group_l1, group_dim):
@@ -86,6 +91,11 @@ class Work:
         self.params = params
         self.tensors, self.grads, self._writeback = [], [], []
         self.state = {}  # the state lists the kernels get, by functional argument name (the optimizer's _prepare)
+        dtensor = _dtensor_type()
+        if not master and not sr and (dtensor is None or not any(isinstance(p, dtensor) for p in params)):
+            # The common case, on every step: the kernels update the params themselves.
+            self.tensors, self.grads = list(params), [p.grad for p in params]
+            return
         for p in params:
             check_group_layout(p, group.get("group_l1", 0.0), group.get("group_dim", 0))
             lp, lg = local(p), local(p.grad)
