@@ -7,11 +7,17 @@ Workload: 25.2M fp32 params in 34 tensors (16 x 1024x1024, 16 x 1024, 2 x 4096x1
 
 pytest-benchmark times; nothing here asserts a time. The roofline is a streaming `a += b` (torch._foreach_add_)
 over the same tensors; effective bandwidth = bytes/param x params / median (SGD 12, SGD-momentum 20, Adam 28 B).
+fusedreg is timed as its optimizer classes (`fusedreg.AdamW(...).step()`, as users call it) and, in the `_op`
+rows, as the bare op. The paired group alternates fusedreg and torch's fused step in one loop and keeps the
+median of the per-pair time ratios, which drifts far less with this VM's memory bandwidth than a ratio of two
+medians taken minutes apart.
 The group_lasso group times the same ops with group lasso on rows / columns of the 18 matrices, and (torch_pass)
 the way fusedreg applied it before it was in the kernels.
 """
 import json
+import statistics
 import sys
+import time
 
 import pytest
 import torch
@@ -45,8 +51,31 @@ def run(benchmark, fn, rounds=30):
 
 # ---- Adam family: bytes/param 28 -----------------------------------------------------------------------------
 
+def _with_grads():
+    params, grads, _ = tensors(requires_grad=True)
+    for p, g in zip(params, grads):
+        p.grad = g
+    return params
+
+
+def _fusedreg_adamw():
+    import fusedreg
+    return fusedreg.AdamW(_with_grads(), lr=LR, weight_decay=WD, l1=L1, backend="cpp").step
+
+
+def _fusedreg_sgd(momentum):
+    import fusedreg
+    return fusedreg.SGD(_with_grads(), lr=LR, momentum=momentum, weight_decay=WD, l1=L1, backend="cpp").step
+
+
 @pytest.mark.benchmark(group="adamw")
 def test_fusedreg_adamw_l1_l2(benchmark):
+    benchmark.extra_info["bytes_per_param"] = BYTES["adam"]
+    run(benchmark, _fusedreg_adamw())
+
+
+@pytest.mark.benchmark(group="adamw")
+def test_fusedreg_adamw_l1_l2_op(benchmark):
     ops = _ops()
     params, grads, (m, v) = tensors(2)
     steps = [torch.zeros((), dtype=torch.float32) for _ in params]
@@ -56,9 +85,7 @@ def test_fusedreg_adamw_l1_l2(benchmark):
 
 
 def _torch_adamw(benchmark, rounds=30, **kw):
-    params, grads, _ = tensors(requires_grad=True)
-    for p, g in zip(params, grads):
-        p.grad = g
+    params = _with_grads()
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, **kw)
     benchmark.extra_info["bytes_per_param"] = BYTES["adam"]
     run(benchmark, opt.step, rounds)
@@ -97,29 +124,47 @@ def test_torch_adamw_fused_then_soft_threshold(benchmark):
     run(benchmark, step)
 
 
-@pytest.mark.benchmark(group="adamw")
-def test_seeds_way_l1_in_loss(benchmark):
-    """The seeds' way: loss += l1*sum(|p|): the abs-sum forward, its backward into p.grad, then torch's fused
-    AdamW step (the fastest torch step; the penalty's gradient never gives exact zeros)."""
-    params, grads, _ = tensors(requires_grad=True)
-    for p, g in zip(params, grads):
-        p.grad = g
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, fused=True)
+def _seeds_step(**kw):
+    """The seeds' way: loss += l1*sum(|p|): the abs-sum forward, its backward into p.grad, then torch's AdamW
+    step (the penalty's gradient never gives exact zeros)."""
+    params = _with_grads()
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, **kw)
 
     def step():
         with torch.enable_grad():
             penalty = L1 * torch.stack([p.abs().sum() for p in params]).sum()
             penalty.backward()
         opt.step()
+    return step
 
+
+def _seeds_way(benchmark, **kw):
     benchmark.extra_info["bytes_per_param"] = BYTES["adam"]
-    run(benchmark, step)
+    run(benchmark, _seeds_step(**kw), rounds=30 if kw else 10)
+
+
+@pytest.mark.benchmark(group="adamw")
+def test_seeds_way_l1_in_loss(benchmark):
+    """With torch.optim.AdamW as constructed by default (on CPU tensors torch picks its for-loop step)."""
+    _seeds_way(benchmark)
+
+
+@pytest.mark.benchmark(group="adamw")
+def test_seeds_way_l1_in_loss_fused(benchmark):
+    """With torch's fused AdamW, the fastest torch step."""
+    _seeds_way(benchmark, fused=True)
 
 
 # ---- SGD with momentum: bytes/param 20; plain SGD 12 --------------------------------------------------------
 
 @pytest.mark.benchmark(group="sgd")
 def test_fusedreg_sgd_momentum_l1(benchmark):
+    benchmark.extra_info["bytes_per_param"] = BYTES["sgd_momentum"]
+    run(benchmark, _fusedreg_sgd(0.9))
+
+
+@pytest.mark.benchmark(group="sgd")
+def test_fusedreg_sgd_momentum_l1_op(benchmark):
     ops = _ops()
     params, grads, (bufs,) = tensors(1)
     benchmark.extra_info["bytes_per_param"] = BYTES["sgd_momentum"]
@@ -128,10 +173,7 @@ def test_fusedreg_sgd_momentum_l1(benchmark):
 
 
 def _torch_sgd(benchmark, momentum=0.9, **kw):
-    params, grads, _ = tensors(requires_grad=True)
-    for p, g in zip(params, grads):
-        p.grad = g
-    opt = torch.optim.SGD(params, lr=LR, momentum=momentum, weight_decay=WD, **kw)
+    opt = torch.optim.SGD(_with_grads(), lr=LR, momentum=momentum, weight_decay=WD, **kw)
     benchmark.extra_info["bytes_per_param"] = BYTES["sgd_momentum" if momentum else "sgd"]
     run(benchmark, opt.step)
 
@@ -148,6 +190,12 @@ def test_torch_sgd_momentum_foreach(benchmark):
 
 @pytest.mark.benchmark(group="sgd")
 def test_fusedreg_sgd_l1(benchmark):
+    benchmark.extra_info["bytes_per_param"] = BYTES["sgd"]
+    run(benchmark, _fusedreg_sgd(0.0))
+
+
+@pytest.mark.benchmark(group="sgd")
+def test_fusedreg_sgd_l1_op(benchmark):
     ops = _ops()
     params, grads, _ = tensors()
     benchmark.extra_info["bytes_per_param"] = BYTES["sgd"]
@@ -158,6 +206,45 @@ def test_fusedreg_sgd_l1(benchmark):
 @pytest.mark.benchmark(group="sgd")
 def test_torch_sgd_fused(benchmark):
     _torch_sgd(benchmark, momentum=0.0, fused=True)
+
+
+# ---- paired: fusedreg's step / another step, alternated in one loop -----------------------------------------
+
+PAIRS = {
+    "adamw_l1_l2": (_fusedreg_adamw, lambda: torch.optim.AdamW(_with_grads(), lr=LR, weight_decay=WD,
+                                                               fused=True).step),
+    "sgd_momentum_l1": (lambda: _fusedreg_sgd(0.9), lambda: torch.optim.SGD(_with_grads(), lr=LR, momentum=0.9,
+                                                                            weight_decay=WD, fused=True).step),
+    "sgd_l1": (lambda: _fusedreg_sgd(0.0), lambda: torch.optim.SGD(_with_grads(), lr=LR, weight_decay=WD,
+                                                                   fused=True).step),
+    "adamw_l1_l2_vs_seeds_way": (_fusedreg_adamw, _seeds_step),
+    "adamw_l1_l2_vs_seeds_way_fused": (_fusedreg_adamw, lambda: _seeds_step(fused=True)),
+}
+
+
+@pytest.mark.benchmark(group="paired")
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_paired(benchmark, pair):
+    """One round = fusedreg's step and the other one (torch's fused step without L1, or the seeds' way), in
+    alternating order; extra_info keeps the median and quartiles of the per-round ratio fusedreg / other."""
+    ours, theirs = (make() for make in PAIRS[pair])
+    ratios = []
+
+    def both():
+        flip = len(ratios) % 2
+        times = {}
+        for name, fn in ((("torch", theirs), ("ours", ours)) if flip else (("ours", ours), ("torch", theirs))):
+            t0 = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - t0
+        ratios.append(times["ours"] / times["torch"])
+
+    benchmark.extra_info["bytes_per_param"] = 2 * BYTES["adam" if "adam" in pair else
+                                                     "sgd_momentum" if "momentum" in pair else "sgd"]
+    run(benchmark, both, rounds=20 if "seeds" in pair else 40)
+    ratios = ratios[2:]  # the warm-ups
+    q1, med, q3 = statistics.quantiles(ratios, n=4)
+    benchmark.extra_info.update(ratio_median=med, ratio_q1=q1, ratio_q3=q3, pairs=len(ratios))
 
 
 # ---- the roofline ------------------------------------------------------------------------------------------
@@ -237,11 +324,17 @@ def table(path):
     roof = "roofline_a_plus_eq_b"
     roof_bw = BYTES["copy"] * NUMEL / med(roof) if roof in rows else float("nan")
     base = {"adamw": "torch_adamw_fused", "sgd": "torch_sgd_momentum_fused", "roofline": None,
-            "group_lasso": "group_adamw_l1[none]"}
+            "group_lasso": "group_adamw_l1[none]", "paired": None}
     out = [f"threads: {torch.get_num_threads()}, params: {NUMEL:,} fp32 in {len(SHAPES)} tensors", "",
            "| benchmark | median (ms) | vs baseline | bytes/param | effective GB/s | of roofline |",
            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    paired = []
     for name, b in rows.items():
+        if b["group"] == "paired":
+            x = b["extra_info"]
+            paired.append(f"| {name} | {x['ratio_median']:.3f}x | {x['ratio_q1']:.3f}-{x['ratio_q3']:.3f}x "
+                          f"| {x['pairs']} |")
+            continue
         ref = base[b["group"]]
         if b["group"] == "sgd" and "momentum" not in name:
             ref = "torch_sgd_fused"
@@ -253,6 +346,13 @@ def table(path):
         bw = bpp * NUMEL / med(name)
         ratio = f"{med(name) / med(ref):.2f}x" if ref else ""
         out.append(f"| {name} | {med(name) * 1e3:.1f} | {ratio} | {bpp} | {bw / 1e9:.1f} | {bw / roof_bw:.2f} |")
+    if paired:
+        out += ["", "| paired: fusedreg / torch fused (or / the seeds' way), per round | median | quartiles | rounds |",
+                "| --- | ---: | ---: | ---: |"] + paired
+    ours = "fusedreg_adamw_l1_l2"
+    seeds = [n for n in ("seeds_way_l1_in_loss", "seeds_way_l1_in_loss_fused") if n in rows]
+    if ours in rows and seeds:
+        out += [""] + [f"{n} / {ours}: {med(n) / med(ours):.2f}x" for n in seeds]
     return "\n".join(out)
 
 
