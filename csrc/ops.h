@@ -12,7 +12,8 @@ namespace fusedreg {
 
 #define FUSEDREG_PENALTY_PARAMS                                                                      \
   double l1, bool l1_subgradient, double l2, double l0, bool nonneg, double group_l1, int64_t group_dim, \
-      const std::optional<at::Tensor>&grad_scale, const std::optional<at::Tensor>&found_inf
+      const std::optional<at::Tensor>&grad_scale, const std::optional<at::Tensor>&found_inf,             \
+      const std::optional<at::Tensor>&lr_tensor
 
 #define FUSEDREG_SGD_PARAMS                                                                          \
   at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr, double momentum, \
@@ -62,7 +63,7 @@ struct Staged {
 inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList params, at::TensorList grads,
                     std::initializer_list<StateList> states, at::TensorList steps, bool has_steps,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                    double group_l1, int64_t group_dim) {
+                    const std::optional<at::Tensor>& lr_tensor, double group_l1, int64_t group_dim) {
   // Checked here, before any kernel runs: a bad group_dim found later would leave a half-done step.
   TORCH_CHECK(group_dim == 0 || group_dim == 1, "fusedreg::", op,
               ": group_dim must be 0 (rows) or 1 (columns), got ", group_dim);
@@ -93,14 +94,14 @@ inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList 
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
               "fusedreg::", op, ": params must be float32, float64, bfloat16 or float16, got ", dtype);
   const auto odt = opmath_dtype(dtype);
-  for (const auto* opt : {&grad_scale, &found_inf}) {
+  for (const auto* opt : {&grad_scale, &found_inf, &lr_tensor}) {
     if (opt->has_value()) {
       const at::Tensor& t = **opt;
       TORCH_CHECK(t.numel() == 1 && t.is_floating_point(), "fusedreg::", op,
-                  ": grad_scale and found_inf must be one-element floating tensors");
+                  ": grad_scale, found_inf and lr_tensor must be one-element floating tensors");
       if (device_type != c10::DeviceType::CPU) {
-        TORCH_CHECK(t.device() == device, "fusedreg::", op, ": grad_scale/found_inf must be on ", device, ", got ",
-                    t.device());
+        TORCH_CHECK(t.device() == device, "fusedreg::", op, ": grad_scale/found_inf/lr_tensor must be on ", device,
+                    ", got ", t.device());
       }
     }
   }

@@ -12,13 +12,15 @@ Per-element order inside every op (torch.optim's, then ours):
 Then, when group_l1 > 0, the group-lasso prox on every param with dim >= 2 (groups: rows for group_dim 0,
 columns for 1), in the same metric (reference.group_prox), applied to the param as just written.
 When found_inf is given and nonzero, nothing changes and no step counter advances.
+lr_tensor (optional, last): a one-element floating tensor that replaces the float lr. The CUDA kernels read it on
+the device (no host sync, so a step can be captured in a CUDA graph); the other kernels read it on the host.
 """
 import torch
 
 LIB = "fusedreg"
 
 _PENALTY = ("float l1, bool l1_subgradient, float l2, float l0, bool nonneg, float group_l1, int group_dim, "
-            "Tensor? grad_scale, Tensor? found_inf")
+            "Tensor? grad_scale, Tensor? found_inf, Tensor? lr_tensor=None")
 
 SCHEMAS = {
     "sgd_": "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, float momentum, "

@@ -18,6 +18,13 @@ L1_MODES = ("prox", "subgradient")
 
 
 def check_nonneg(name, value):
+    if torch.is_tensor(value) and value.device.type != "cpu":
+        # An lr tensor on an accelerator goes to the kernels as it is, read on the device (no host sync, so a step
+        # can be captured in a CUDA graph); like torch's capturable optimizers, its value is not checked here.
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(f"Invalid {name}: a tensor {name} must be one floating-point element, got "
+                             f"{value.dtype} of shape {tuple(value.shape)}")
+        return
     v = float(value)
     if math.isnan(v) or v < 0:
         raise ValueError(f"Invalid {name} value: {value} (must be >= 0)")
@@ -124,7 +131,8 @@ def check_tensors(params, missing_ok=(), **lists):
 
 
 def _run(op, backend, params, lists, scalars, grad_scale, found_inf):
-    """Group by (device, dtype) and call the chosen kernel once per group."""
+    """Group by (device, dtype) and call the chosen kernel once per group. scalars[0] is lr, a number or a
+    one-element tensor: on the group's (non-CPU) device it goes to the kernel as lr_tensor, else as a float."""
     for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
         if t is not None and not (torch.is_tensor(t) and t.numel() == 1 and t.is_floating_point()):
             raise RuntimeError(f"{name} must be None or a one-element floating tensor (GradScaler's), got "
@@ -137,7 +145,11 @@ def _run(op, backend, params, lists, scalars, grad_scale, found_inf):
         args = [[params[i] for i in idx]] + [[ts[i] for i in idx] if ts else [] for ts in lists]
         gs = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
         fi = None if found_inf is None else found_inf.to(device, non_blocking=True)
-        backends.kernel(name, op)(*args, *scalars, gs, fi)
+        lr = scalars[0]
+        on_device = torch.is_tensor(lr) and lr.device == device and device.type != "cpu"
+        # NaN where the kernel reads lr_tensor instead: a kernel that used the float by mistake would show it.
+        lr_float = float("nan") if on_device else float(lr)
+        backends.kernel(name, op)(*args, lr_float, *scalars[1:], gs, fi, lr if on_device else None)
 
 
 # _checked=True (the optimizer classes, whose _prepare has run check_tensors on these very lists and resolved the
@@ -165,7 +177,7 @@ def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, wei
         check_tensors(params, **lists)
         _resolve_all(backend, params)
     _run("sgd_", backend, params, [grads, momentum_buffers if momentum != 0 else []],
-         [float(lr), float(momentum), float(dampening), float(weight_decay), bool(nesterov), bool(maximize),
+         [lr, float(momentum), float(dampening), float(weight_decay), bool(nesterov), bool(maximize),
           bool(first_step), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg),
           float(group_l1), int(group_dim)],
          grad_scale, found_inf)
@@ -192,7 +204,7 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
         check_tensors(params, **lists)
         _resolve_all(backend, params)
     _run("adam_", backend, params, [grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps],
-         [float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
+         [lr, float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
           bool(maximize), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg),
           float(group_l1), int(group_dim)],
          grad_scale, found_inf)
@@ -213,6 +225,6 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
         check_tensors(params, grads=grads, state_sums=state_sums, state_steps=state_steps)
         _resolve_all(backend, params)
     _run("adagrad_", backend, params, [grads, state_sums, state_steps],
-         [float(lr), float(lr_decay), float(weight_decay), float(eps), bool(maximize), float(l1),
+         [lr, float(lr_decay), float(weight_decay), float(eps), bool(maximize), float(l1),
           l1_mode == "subgradient", float(l2), float(l0), bool(nonneg), float(group_l1), int(group_dim)],
          grad_scale, found_inf)

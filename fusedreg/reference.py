@@ -63,6 +63,11 @@ def _group(param, step, denom, group_l1, group_dim, l2):
         param.copy_(group_prox(param.to(dt), step, group_l1, group_dim, denom, l2))
 
 
+def op_lr(lr, lr_tensor):
+    """The lr an op steps with: lr_tensor's value when given (it replaces the float lr; read on the host here)."""
+    return lr if lr_tensor is None else float(lr_tensor.item())
+
+
 def check_group_dim(group_dim):
     # Every backend checks this before it changes anything (the native kernels in stage()).
     if group_dim not in (0, 1):
@@ -70,8 +75,10 @@ def check_group_dim(group_dim):
 
 
 def sgd_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
-         l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
+         l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
+         lr_tensor=None):
     check_group_dim(group_dim)
+    lr = op_lr(lr, lr_tensor)
     if _skip(found_inf):
         return
     pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
@@ -91,8 +98,9 @@ def sgd_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
           weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0,
-          group_dim=0, grad_scale=None, found_inf=None):
+          group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None):
     check_group_dim(group_dim)
+    lr = op_lr(lr, lr_tensor)
     if _skip(found_inf):
         return
     pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
@@ -120,8 +128,10 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr
 
 
 def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-             l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
+             l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
+             lr_tensor=None):
     check_group_dim(group_dim)
+    lr = op_lr(lr, lr_tensor)
     if _skip(found_inf):
         return
     pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)

@@ -780,8 +780,9 @@ def _check_lists(n, *lists):
 
 def _sgd_impl(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize,
               first_step, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None,
-              found_inf=None):
+              found_inf=None, lr_tensor=None):
     reference.check_group_dim(group_dim)
+    lr = reference.op_lr(lr, lr_tensor)
     params, grads = list(params), list(grads)
     _check_lists(len(params), grads)
     use_momentum = momentum != 0
@@ -800,8 +801,9 @@ def _sgd_impl(params, grads, momentum_buffers, lr, momentum, dampening, weight_d
 
 def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
                weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0,
-               group_dim=0, grad_scale=None, found_inf=None):
+               group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None):
     reference.check_group_dim(group_dim)
+    lr = reference.op_lr(lr, lr_tensor)
     params = list(params)
     n = len(params)
     _check_lists(n, grads, exp_avgs, exp_avg_sqs)
@@ -819,8 +821,10 @@ def _adam_impl(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_step
 
 
 def _adagrad_impl(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-                  l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
+                  l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
+                  lr_tensor=None):
     reference.check_group_dim(group_dim)
+    lr = reference.op_lr(lr, lr_tensor)
     params = list(params)
     _check_lists(len(params), grads, state_sums)
     cols = [params, list(grads), list(state_sums)]
@@ -842,9 +846,10 @@ def _compiling():
 
 
 def sgd_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
-         l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
+         l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
+         lr_tensor=None):
     args = (params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
-            l1, l1_subgradient, l2, l0, nonneg, group_l1, group_dim, grad_scale, found_inf)
+            l1, l1_subgradient, l2, l0, nonneg, group_l1, group_dim, grad_scale, found_inf, lr_tensor)
     if _compiling() and _REGISTERED:
         return torch.ops.fusedreg.triton_sgd_(*args)
     _sgd_impl(*args)
@@ -852,19 +857,20 @@ def sgd_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
           weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0,
-          group_dim=0, grad_scale=None, found_inf=None):
+          group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None):
     args = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
             weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, group_l1, group_dim,
-            grad_scale, found_inf)
+            grad_scale, found_inf, lr_tensor)
     if _compiling() and _REGISTERED:
         return torch.ops.fusedreg.triton_adam_(*args)
     _adam_impl(*args)
 
 
 def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-             l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None):
+             l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
+             lr_tensor=None):
     args = (params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-            l1, l1_subgradient, l2, l0, nonneg, group_l1, group_dim, grad_scale, found_inf)
+            l1, l1_subgradient, l2, l0, nonneg, group_l1, group_dim, grad_scale, found_inf, lr_tensor)
     if _compiling() and _REGISTERED:
         return torch.ops.fusedreg.triton_adagrad_(*args)
     _adagrad_impl(*args)

@@ -131,6 +131,65 @@ def test_float64_grad_scale_and_found_inf_read_like_the_cpu(op):
         assert all(torch.equal(a, b) for a, b in zip(a_list, b_list))
 
 
+@pytest.mark.parametrize("op", ["sgd_", "adam_", "adagrad_"])
+def test_device_lr_tensor_steps_like_the_float_lr(op):
+    gen = torch.Generator().manual_seed(6)
+    lists, scalars, amp = make(op, SIZES["many"] + [(33, 65)], torch.float32, gen, amp=True)
+    fn = getattr(torch.ops.fusedreg, op)
+    cpu_lists, cpu_amp = to_device(lists, amp, "cpu")
+    cuda_lists, cuda_amp = to_device(lists, amp, "cuda")
+    lr = torch.tensor(scalars[0], dtype=torch.float64, device="cuda")
+    for _ in range(3):
+        fn(*cpu_lists, *scalars, *cpu_amp)
+        fn(*cuda_lists, float("nan"), *scalars[1:], *cuda_amp, lr)
+    torch.cuda.synchronize()
+    compare(cuda_lists, cpu_lists, torch.float32)
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(momentum=0.9)), ("AdamW", {}), ("Adagrad", dict(lr_decay=0.01))])
+def test_step_with_a_device_lr_has_no_host_sync_and_replays_in_a_cuda_graph(name, kw):
+    import fusedreg
+    gen = torch.Generator().manual_seed(8)
+    shapes = [(33, 65), (7,), (4097,)]
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen).cuda() for s in shapes]
+    ps = [x.cuda().requires_grad_() for x in init]
+    ref = [x.cuda().requires_grad_() for x in init]
+    kw = dict(kw, l1=1e-3, group_l1=1e-2, backend="cuda")
+    lr = torch.tensor(0.01, device="cuda")
+    opt = getattr(fusedreg, name)(ps, lr=lr, **kw)
+    opt_ref = getattr(fusedreg, name)(ref, lr=0.01, **kw)
+    for p, r, g in zip(ps, ref, grads):
+        p.grad, r.grad = g.clone(), g.clone()
+    opt.step()  # the first step creates the state (SGD reads found_inf on the host only then)
+    opt_ref.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    opt_ref.step()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side):
+        opt.step()  # warm-up on the capture stream, as torch.cuda.graphs asks
+        opt_ref.step()
+        with torch.cuda.graph(graph, stream=side):
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    for new_lr in (0.01, 0.01, 0.005):
+        lr.fill_(new_lr)
+        opt_ref.param_groups[0]["lr"] = new_lr
+        graph.replay()
+        opt_ref.step()
+    torch.cuda.synchronize()
+    for p, r in zip(ps, ref):
+        assert rel_err(p.detach().cpu(), r.detach().cpu()) <= 1e-6
+    assert any(bool((p == 0).any()) for p in ps)  # the prox ran (exact zeros)
+
+
 def test_steps_advance_on_device_once_per_call():
     lists, scalars, amp = make("adam_", SIZES["over_320_chunks"] + SIZES["many"], torch.float32,
                                torch.Generator().manual_seed(2))

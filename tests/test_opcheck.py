@@ -24,7 +24,8 @@ def _tensors(dtype, n=3):
 
 
 def _amp(amp):
-    return (torch.tensor(2.0), torch.tensor(0.0)) if amp else (None, None)
+    # grad_scale, found_inf and (with them) lr_tensor: the tensor arguments that are None in a plain call.
+    return (torch.tensor(2.0), torch.tensor(0.0), torch.tensor(0.02, dtype=torch.float64)) if amp else (None,) * 3
 
 
 def sgd_args(dtype, momentum, amp):

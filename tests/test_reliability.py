@@ -338,6 +338,35 @@ def test_kernel_rejects_a_bad_group_dim_before_anything_moves(op, backend):
         assert all(torch.equal(a, b) for a, b in zip(a_list, b_list))
 
 
+@pytest.mark.parametrize("lr_dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("op", ["sgd_", "adam_", "adagrad_"])
+def test_kernel_lr_tensor_replaces_the_float_lr(op, lr_dtype, backend):
+    # The kernels take lr as a one-element tensor too (read on the device by the CUDA kernels: no host sync, so
+    # a step can be captured in a CUDA graph); it must step exactly like the float it holds, group lasso included.
+    lr = 0.01 if lr_dtype == torch.float64 else float(torch.tensor(0.01, dtype=lr_dtype))
+
+    def call(lr_float, lr_tensor):
+        gen = torch.Generator().manual_seed(7)
+        ps = [torch.randn(6, 5, generator=gen), torch.randn(7, generator=gen)]
+        gs = [torch.randn(6, 5, generator=gen), torch.randn(7, generator=gen)]
+        state = [torch.rand(6, 5, generator=gen), torch.rand(7, generator=gen)]
+        steps = [torch.zeros(()), torch.ones(())]
+        lists = {"sgd_": [ps, gs, state], "adam_": [ps, gs, [s * 0.1 for s in state], state, [], steps],
+                 "adagrad_": [ps, gs, state, steps]}[op]
+        scalars = {"sgd_": [lr_float, 0.9, 0.0, 1e-2, False, False, False],
+                   "adam_": [lr_float, 0.9, 0.999, 1e-8, 1e-2, True, False, False],
+                   "adagrad_": [lr_float, 0.1, 1e-2, 1e-10, False]}[op]
+        fusedreg.backends.kernel(backend, op)(*lists, *scalars, 0.3, False, 0.01, 0.0, False, 2.0, 1, None, None,
+                                              lr_tensor)
+        return lists
+
+    by_float = call(lr, None)
+    by_tensor = call(float("nan"), torch.tensor(lr, dtype=lr_dtype))
+    assert any(not torch.equal(a, b) for a, b in zip(call(2 * lr, None)[0], by_float[0]))  # lr matters here
+    for a_list, b_list in zip(by_tensor, by_float):
+        assert all(torch.equal(a, b) for a, b in zip(a_list, b_list))
+
+
 def test_unknown_backend_fails_before_anything_moves_functional():
     for op in ("sgd", "adam", "adagrad"):
         ps = [torch.ones(3)]

@@ -461,6 +461,11 @@ Slot<T, O, NS, S> make_slot(const Staged& st, size_t i, const S& sc) {
   return sl;
 }
 
+// The op's lr: lr_tensor's value when given (it replaces the float; read on the host here, so any device).
+double lr_of(const std::optional<at::Tensor>& lr_tensor, double lr) {
+  return lr_tensor.has_value() ? lr_tensor->item<double>() : lr;
+}
+
 bool skip_step(const std::optional<at::Tensor>& found_inf) {
   return found_inf.has_value() && found_inf->item<double>() != 0;
 }
@@ -487,8 +492,9 @@ PenaltyArgs penalty_args(double l1, bool l1_subgradient, double l2, double l0, b
 void sgd_cpu(FUSEDREG_SGD_PARAMS) {
   const bool has_momentum = momentum != 0;
   Staged st = stage("sgd_", c10::DeviceType::CPU, params, grads, {{"momentum_buffers", momentum_buffers, has_momentum}},
-                    {}, false, grad_scale, found_inf, group_l1, group_dim);
+                    {}, false, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
   if (skip_step(found_inf) || st.n == 0) return;
+  lr = lr_of(lr_tensor, lr);
   const SgdArgs args{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
                      penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_sgd_cpu", [&] {
@@ -513,8 +519,9 @@ void adam_cpu(FUSEDREG_ADAM_PARAMS) {
   Staged st = stage("adam_", c10::DeviceType::CPU, params, grads,
                     {{"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true},
                      {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
-                    state_steps, true, grad_scale, found_inf, group_l1, group_dim);
+                    state_steps, true, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
   if (skip_step(found_inf)) return;
+  lr = lr_of(lr_tensor, lr);
   const AdamArgs args{lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
                       penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
   std::vector<double> steps(st.n);
@@ -541,8 +548,9 @@ void adam_cpu(FUSEDREG_ADAM_PARAMS) {
 
 void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS) {
   Staged st = stage("adagrad_", c10::DeviceType::CPU, params, grads, {{"state_sums", state_sums, true}},
-                    state_steps, true, grad_scale, found_inf, group_l1, group_dim);
+                    state_steps, true, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
   if (skip_step(found_inf)) return;
+  lr = lr_of(lr_tensor, lr);
   const AdagradArgs args{lr, lr_decay, weight_decay, eps, maximize, penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
   std::vector<double> steps(st.n);
   for (size_t i = 0; i < st.n; ++i) steps[i] = advance(state_steps[i]);

@@ -7,11 +7,12 @@ namespace {
 
 template <typename T, typename O>
 __global__ void __launch_bounds__(kThreads)
-    adagrad_kernel(TensorListMeta<3> meta, AdagradArgs args, const O* grad_scale, const float* found_inf) {
+    adagrad_kernel(TensorListMeta<3> meta, AdagradArgs args, const O* grad_scale, const float* found_inf,
+                   const double* lr) {
   if (skipped(found_inf)) return;
   const Chunk<T, O, 3> c(meta);
   __shared__ AdagradScalars<O> shared;  // clr from the step on the device, once per block
-  if (threadIdx.x == 0) shared = make_adagrad<O>(args, static_cast<double>(*meta.step[c.t] + 1.0f));
+  if (threadIdx.x == 0) shared = make_adagrad<O>(with_lr(args, lr), static_cast<double>(*meta.step[c.t] + 1.0f));
   __syncthreads();
   const AdagradScalars<O> sc = shared;
   const bool has_scale = grad_scale != nullptr;
@@ -25,23 +26,23 @@ __global__ void __launch_bounds__(kThreads)
 
 void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS) {
   Staged st = stage("adagrad_", c10::DeviceType::CUDA, params, grads, {{"state_sums", state_sums, true}},
-                    state_steps, true, grad_scale, found_inf, group_l1, group_dim);
+                    state_steps, true, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto amp = cuda::amp_args(grad_scale, found_inf, st.dtype);
+  const auto dev = cuda::device_args(grad_scale, found_inf, lr_tensor, st.dtype);
   const AdagradArgs args{lr, lr_decay, weight_decay, eps, maximize, PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_adagrad_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<3>(st.lists, state_steps, [&](const cuda::TensorListMeta<3>& meta, int blocks) {
-      cuda::adagrad_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, amp.scale_ptr<O>(),
-                                                                                amp.inf_ptr());
+      cuda::adagrad_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, dev.scale_ptr<O>(),
+                                                                                dev.inf_ptr(), dev.lr_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   cuda::group_prox(st, 2, state_steps, cuda::GroupOp{2, lr, group_l1, l2, 0.0, lr_decay, eps, group_dim},
-                   amp.inf_ptr(), stream);
-  cuda::advance_steps(state_steps, amp.inf_ptr(), stream);
+                   dev.inf_ptr(), dev.lr_ptr(), stream);
+  cuda::advance_steps(state_steps, dev.inf_ptr(), stream);
   st.finish();
 }
 

@@ -7,12 +7,13 @@ namespace {
 
 template <typename T, typename O>
 __global__ void __launch_bounds__(kThreads)
-    adam_kernel(TensorListMeta<5> meta, AdamArgs args, const O* grad_scale, const float* found_inf) {
+    adam_kernel(TensorListMeta<5> meta, AdamArgs args, const O* grad_scale, const float* found_inf,
+                const double* lr) {
   if (skipped(found_inf)) return;
   const Chunk<T, O, 5> c(meta);
   // Bias corrections in double from the step on the device, once per block.
   __shared__ AdamScalars<O> shared;
-  if (threadIdx.x == 0) shared = make_adam<O>(args, static_cast<double>(*meta.step[c.t] + 1.0f));
+  if (threadIdx.x == 0) shared = make_adam<O>(with_lr(args, lr), static_cast<double>(*meta.step[c.t] + 1.0f));
   __syncthreads();
   const AdamScalars<O> sc = shared;
   const bool has_scale = grad_scale != nullptr;
@@ -50,24 +51,24 @@ void adam_cuda(FUSEDREG_ADAM_PARAMS) {
   Staged st = stage("adam_", c10::DeviceType::CUDA, params, grads,
                     {{"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true},
                      {"max_exp_avg_sqs", max_exp_avg_sqs, amsgrad}},
-                    state_steps, true, grad_scale, found_inf, group_l1, group_dim);
+                    state_steps, true, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto amp = cuda::amp_args(grad_scale, found_inf, st.dtype);
+  const auto dev = cuda::device_args(grad_scale, found_inf, lr_tensor, st.dtype);
   const AdamArgs args{lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
                       PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_adam_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<5>(st.lists, state_steps, [&](const cuda::TensorListMeta<5>& meta, int blocks) {
-      cuda::adam_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, amp.scale_ptr<O>(),
-                                                                             amp.inf_ptr());
+      cuda::adam_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, dev.scale_ptr<O>(),
+                                                                             dev.inf_ptr(), dev.lr_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   cuda::group_prox(st, amsgrad ? 4 : 3, state_steps, cuda::GroupOp{1, lr, group_l1, l2, beta2, 0.0, eps, group_dim},
-                   amp.inf_ptr(), stream);
-  cuda::advance_steps(state_steps, amp.inf_ptr(), stream);
+                   dev.inf_ptr(), dev.lr_ptr(), stream);
+  cuda::advance_steps(state_steps, dev.inf_ptr(), stream);
   st.finish();
 }
 

@@ -17,17 +17,19 @@ struct NanMax {
 // Blocks stride over the groups, so any number of groups fits one launch.
 template <typename T, typename O>
 __global__ void __launch_bounds__(kThreads)
-    group_kernel(T* p, const O* x, const float* step_ptr, const float* found_inf, GroupShape sh, GroupOp op) {
+    group_kernel(T* p, const O* x, const float* step_ptr, const float* found_inf, const double* lr_ptr, GroupShape sh,
+                 GroupOp op) {
   if (skipped(found_inf)) return;
   const int64_t n = sh.A * sh.K;
-  double step = op.lr;
+  const double lr = lr_ptr != nullptr ? *lr_ptr : op.lr;
+  double step = lr;
   O bdiv = O(1);
   if (op.kind != 0) {
     const double t = static_cast<double>(*step_ptr + 1.0f);  // the counter advances after this kernel
     if (op.kind == 1) {
       bdiv = static_cast<O>(::sqrt(1 - ::pow(op.beta2, t)));
     } else {
-      step = op.lr / (1 + (t - 1) * op.lr_decay);
+      step = lr / (1 + (t - 1) * op.lr_decay);
     }
   }
   if (step * op.group_l1 == 0) return;
@@ -91,10 +93,11 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void group_prox(const Staged& st, int x_list, at::TensorList steps, const GroupOp& op, const float* found_inf,
-                cudaStream_t stream) {
+                const double* lr, cudaStream_t stream) {
   for (size_t i = 0; i < st.n; ++i) {
     const at::Tensor& p = st.lists[0][i];
-    if (!has_groups(p, op.lr, op.group_l1)) continue;
+    // A device lr is not known here: launch, and the kernel returns at once when lr * group_l1 == 0.
+    if (!has_groups(p, lr != nullptr ? 1.0 : op.lr, op.group_l1)) continue;
     const GroupShape sh = group_shape(p, op.group_dim);
     const auto blocks = static_cast<unsigned>(std::min<int64_t>(sh.G, INT32_MAX));
     const float* step = steps.empty() ? nullptr : steps[i].const_data_ptr<float>();
@@ -102,7 +105,7 @@ void group_prox(const Staged& st, int x_list, at::TensorList steps, const GroupO
       using O = at::opmath_type<scalar_t>;
       const O* x = x_list < 0 ? nullptr : st.lists[x_list][i].const_data_ptr<O>();
       group_kernel<scalar_t, O><<<blocks, kThreads, 0, stream>>>(
-          p.data_ptr<scalar_t>(), x, step, found_inf, sh, op);
+          p.data_ptr<scalar_t>(), x, step, found_inf, lr, sh, op);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

@@ -170,24 +170,35 @@ struct Chunk {
 
 __device__ inline bool skipped(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.f; }
 
-// grad_scale in the params' opmath (as the CPU kernels read it: one rounding to O) and found_inf as a float32
-// device tensor, nonzero when the step must be skipped (undefined when absent); their pointers for the kernels.
-// GradScaler's tensors are float32 already, so with fp32/bf16/fp16 params nothing is converted.
-struct AmpArgs {
-  at::Tensor scale, inf;
+// The scalars the kernels read on the device (undefined when absent), so that a step needs no host sync and can
+// be captured in a CUDA graph: grad_scale in the params' opmath (as the CPU kernels read it: one rounding to O),
+// found_inf as float32, nonzero when the step must be skipped, and lr as float64 (it replaces the float lr; the
+// kernels form every lr-dependent scalar from it in double, as from the float). GradScaler's tensors are float32
+// already, so with fp32/bf16/fp16 params nothing is converted for AMP.
+struct DeviceArgs {
+  at::Tensor scale, inf, lr;
   template <typename O>
   const O* scale_ptr() const { return scale.defined() ? scale.const_data_ptr<O>() : nullptr; }
   const float* inf_ptr() const { return inf.defined() ? inf.const_data_ptr<float>() : nullptr; }
+  const double* lr_ptr() const { return lr.defined() ? lr.const_data_ptr<double>() : nullptr; }
 };
 
-inline AmpArgs amp_args(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                        at::ScalarType dtype) {
-  AmpArgs a;
+inline DeviceArgs device_args(const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                              const std::optional<at::Tensor>& lr_tensor, at::ScalarType dtype) {
+  DeviceArgs a;
   if (grad_scale.has_value()) a.scale = grad_scale->to(at::toOpMathType(dtype)).contiguous();
   // A float64 flag below float32's range must still skip: compare with 0 in its own dtype first.
   if (found_inf.has_value())
     a.inf = (found_inf->scalar_type() == at::kFloat ? *found_inf : found_inf->ne(0).to(at::kFloat)).contiguous();
+  if (lr_tensor.has_value()) a.lr = lr_tensor->to(at::kDouble).contiguous();
   return a;
+}
+
+// args with the device lr in place of the float one, when there is one.
+template <typename Args>
+__device__ inline Args with_lr(Args args, const double* lr) {
+  if (lr != nullptr) args.lr = *lr;
+  return args;
 }
 
 // The group-lasso pass of one op (group.cu): kind 0 SGD (scalar step lr), 1 Adam (metric prox, sqrt(bc2) from the
@@ -200,7 +211,7 @@ struct GroupOp {
 
 // x_list: the index in st.lists of the state the denominators come from (Adam's v_hat, Adagrad's sum); -1 for SGD.
 void group_prox(const Staged& st, int x_list, at::TensorList steps, const GroupOp& op, const float* found_inf,
-                cudaStream_t stream);
+                const double* lr, cudaStream_t stream);
 
 // Adds 1 to every step counter unless found_inf is set (enqueued after the update kernels, which read the old
 // value and use old + 1).

@@ -7,10 +7,11 @@ namespace {
 
 template <typename T, typename O>
 __global__ void __launch_bounds__(kThreads)
-    sgd_kernel(TensorListMeta<3> meta, SgdArgs args, const O* grad_scale, const float* found_inf) {
+    sgd_kernel(TensorListMeta<3> meta, SgdArgs args, const O* grad_scale, const float* found_inf,
+               const double* lr) {
   if (skipped(found_inf)) return;
   const Chunk<T, O, 3> c(meta);
-  const SgdScalars<O> sc = make_sgd<O>(args);
+  const SgdScalars<O> sc = make_sgd<O>(with_lr(args, lr));
   const bool has_scale = grad_scale != nullptr;
   const O scale = has_scale ? *grad_scale : O(1);
   chunk_loop<T, O, 1>(c.p, c.g, c.s, c.len,
@@ -23,22 +24,23 @@ __global__ void __launch_bounds__(kThreads)
 void sgd_cuda(FUSEDREG_SGD_PARAMS) {
   const bool has_momentum = momentum != 0;
   Staged st = stage("sgd_", c10::DeviceType::CUDA, params, grads,
-                    {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf, group_l1, group_dim);
+                    {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto amp = cuda::amp_args(grad_scale, found_inf, st.dtype);
+  const auto dev = cuda::device_args(grad_scale, found_inf, lr_tensor, st.dtype);
   const SgdArgs args{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
                      PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_sgd_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<3>(st.lists, {}, [&](const cuda::TensorListMeta<3>& meta, int blocks) {
-      cuda::sgd_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, amp.scale_ptr<O>(),
-                                                                            amp.inf_ptr());
+      cuda::sgd_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, dev.scale_ptr<O>(),
+                                                                            dev.inf_ptr(), dev.lr_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  cuda::group_prox(st, -1, {}, cuda::GroupOp{0, lr, group_l1, l2, 0.0, 0.0, 0.0, group_dim}, amp.inf_ptr(), stream);
+  cuda::group_prox(st, -1, {}, cuda::GroupOp{0, lr, group_l1, l2, 0.0, 0.0, 0.0, group_dim}, dev.inf_ptr(),
+                   dev.lr_ptr(), stream);
   st.finish();
 }
 
