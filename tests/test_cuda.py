@@ -4,8 +4,8 @@ no host sync, opcheck. Skips without a CUDA device or without the CUDA build."""
 import pytest
 import torch
 
-import fusedreg._ops  # noqa: F401  (the schemas, before the kernels register)
-from tolerances import STEP, rel_err
+import fusedreg  # the schemas, before the kernels register
+from tolerances import STEP, TRAJECTORY, rel_err
 
 try:
     import fusedreg._C  # noqa: F401
@@ -148,7 +148,6 @@ def test_device_lr_tensor_steps_like_the_float_lr(op):
 
 @pytest.mark.parametrize("name,kw", [("SGD", dict(momentum=0.9)), ("AdamW", {}), ("Adagrad", dict(lr_decay=0.01))])
 def test_step_with_a_device_lr_has_no_host_sync_and_replays_in_a_cuda_graph(name, kw):
-    import fusedreg
     gen = torch.Generator().manual_seed(8)
     shapes = [(33, 65), (7,), (4097,)]
     init = [torch.randn(s, generator=gen) for s in shapes]
@@ -205,3 +204,71 @@ def test_opcheck_cuda(op):
     lists, scalars, amp = make(op, [(5, 4), (7,), (0,)], torch.float32, torch.Generator().manual_seed(3), amp=True)
     cuda_lists, cuda_amp = to_device(lists, amp, "cuda")
     torch.library.opcheck(getattr(torch.ops.fusedreg, op), (*cuda_lists, *scalars, *cuda_amp))
+
+
+@pytest.mark.slow
+def test_a_tensor_of_more_than_2_31_elements():
+    # 64-bit indexing: the elements past 2^31 are stepped like the CPU kernel steps them (~17 GB of GPU memory).
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
+        pytest.skip("needs a GPU with 40 GB")
+    n = 2**31 + 5
+    p = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    buf = torch.randn(n, device="cuda") * 0.1
+    scalars = (0.1, 0.9, 0.0, 1e-2, True, False, False, 1e-2, False, 1e-3, 0.0, False, 0.0, 0, None, None)
+    where = [slice(0, 8), slice(2**31 - 4, n)]
+    before = [(p[s].cpu(), g[s].cpu(), buf[s].cpu()) for s in where]
+    torch.ops.fusedreg.sgd_([p], [g], [buf], *scalars)
+    torch.cuda.synchronize()
+    for s, (pc, gc, bc) in zip(where, before):
+        torch.ops.fusedreg.sgd_([pc], [gc], [bc], *scalars)
+        compare([[p[s]], [buf[s]]], [[pc], [bc]], torch.bfloat16)
+
+
+# The optimizer classes with backend="cuda" on CUDA tensors against the reference backend on CPU: fixed grads
+# (not computed from the params), fp64, so only the kernels' arithmetic can differ.
+OPTIMIZERS = [
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2, l1=1.0)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.1, l1=0.5, group_l1=2.0, group_dim=1)),
+    ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=1e-2, l1=2.0, group_l1=2.0)),
+    ("AdamW", dict(lr=0.01, l1=2.0, l0=1e-4, maximize=True)),
+    ("Adagrad", dict(lr=0.05, lr_decay=0.01, l1=1.0, l2=1e-2, group_l1=1.0, group_dim=1)),
+]
+
+
+def _trajectory(name, kw, device, backend, steps=20, torch_optim=False):
+    gen = torch.Generator().manual_seed(9)
+    shapes = [(16, 8), (8,), (4, 16), (3, 5, 2)]
+    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(steps)]
+    ps = [x.to(device).requires_grad_() for x in init]
+    if torch_optim:
+        opt = getattr(torch.optim, name)(ps, **kw, foreach=False)
+    else:
+        opt = getattr(fusedreg, name)(ps, **kw, backend=backend)
+    for k in range(steps):
+        for p, g in zip(ps, grads[k]):
+            p.grad = g.to(device)
+        opt.step()
+    return [p.detach().cpu() for p in ps]
+
+
+@pytest.mark.parametrize("name,kw", OPTIMIZERS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(OPTIMIZERS)])
+def test_optimizer_on_cuda_follows_the_reference(name, kw):
+    cuda = _trajectory(name, kw, "cuda", "cuda")
+    ref = _trajectory(name, kw, "cpu", "torch")
+    for a, b in zip(cuda, ref):
+        assert torch.equal(a == 0, b == 0)
+        assert rel_err(a, b) <= TRAJECTORY[torch.float64]
+    assert any(bool((a == 0).any()) for a in ref) and not all(bool((a == 0).all()) for a in ref)
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=1e-2)),
+                                     ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=1e-2)),
+                                     ("AdamW", dict(lr=0.01, weight_decay=1e-2)),
+                                     ("Adagrad", dict(lr=0.05, lr_decay=0.01))], ids=str)
+def test_optimizer_on_cuda_without_penalties_follows_torch_optim(name, kw):
+    ours = _trajectory(name, kw, "cuda", "cuda")
+    theirs = _trajectory(name, kw, "cuda", None, torch_optim=True)
+    for a, b in zip(ours, theirs):
+        assert rel_err(a, b) <= TRAJECTORY[torch.float64]
