@@ -39,11 +39,6 @@ def check_penalties(l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, weight_decay=0.0, gr
         raise ValueError(f"Invalid group_dim {group_dim!r}; choose 0 (rows: output neurons) or 1 (columns: inputs)")
 
 
-def _overlaps_itself(t):
-    # 1 = YES (a stride-0 / expand()ed view); 2 = TOO_HARD (unusual strides) is let through, like torch does.
-    return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
-
-
 def check_tensors(params, missing_ok=(), **lists):
     """Raise before anything changes if the lists cannot be stepped together.
 
@@ -69,8 +64,9 @@ def check_tensors(params, missing_ok=(), **lists):
     written = {}
 
     def once(i, name, t, device):
-        # Each tensor updated in place must appear once (its memory, on its device).
-        if not t.is_contiguous() and _overlaps_itself(t):
+        # Each tensor updated in place must appear once (its memory, on its device). Overlap 1 = YES (a stride-0 /
+        # expand()ed view); 2 = TOO_HARD (unusual strides) is let through, like torch does.
+        if not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1:
             raise RuntimeError(f"param {i}: the {name} tensor overlaps itself in memory (strides {t.stride()} "
                                f"for shape {tuple(t.shape)}, e.g. an expand()ed view), so an in-place step "
                                f"would write one element several times; pass a tensor that owns its memory "
