@@ -36,6 +36,11 @@ def _load_native():
     return _native
 
 
+def lists_ok():
+    """fusedreg._C.lists_ok (the native fast path of functional.check_tensors), or None without the extension."""
+    return getattr(_load_native()[0], "lists_ok", None)
+
+
 def _load_triton():
     global _triton
     if _triton is None:

@@ -52,14 +52,30 @@ def check_tensors(params, missing_ok=(), **lists):
     memory), which would be stepped twice. Entries of the lists named in missing_ok may be None (state the
     step itself will create).
 
-    This runs on every optimizer step over every tensor, so it is written for speed: one pass, attributes read
-    once per tensor.
+    This runs on every optimizer step over every tensor: with the C++ extension one native pass
+    (fusedreg._C.lists_ok) answers for the common case, and only lists it does not vouch for take the Python
+    walk below, which is the one place the errors are worded.
     """
+    states = [(name, ts) for name, ts in lists.items() if name != "grads"]
+    lists_ok = backends.lists_ok()
+    if lists_ok is not None:
+        names = [name for name, _ in states]
+        try:
+            if lists_ok(params, lists["grads"], [ts for _, ts in states],
+                        names.index("state_steps") if "state_steps" in names else -1,
+                        [name in missing_ok for name in names]):
+                return
+        except TypeError:  # an entry that is not a tensor (or None where allowed): the walk words it
+            pass
+    _walk(params, missing_ok, lists, states)
+
+
+def _walk(params, missing_ok, lists, states):
+    # One pass, attributes read once per tensor.
     for name, ts in lists.items():
         if len(ts) != len(params):
             raise ValueError(f"{name} has {len(ts)} tensors for {len(params)} params")
     grads = lists["grads"]
-    states = [(name, ts) for name, ts in lists.items() if name != "grads"]
     tensor, strided = torch.Tensor, torch.strided
     written = {}
 
@@ -148,8 +164,9 @@ def _run(op, backend, params, lists, scalars, grad_scale, found_inf):
         backends.kernel(name, op)(*args, lr_float, *scalars[1:], gs, fi, lr if on_device else None)
 
 
-# _checked=True (the optimizer classes, whose _prepare has run check_tensors on these very lists and resolved the
-# backend for every device): skip both, which would otherwise cost more than the kernel on small models.
+# _checked=True (the optimizer classes, whose _check has validated these hyperparameters and whose _prepare has run
+# check_tensors on these very lists and resolved the backend for every device): skip all of it, which would
+# otherwise cost more than the kernel on small models.
 def _resolve_all(backend, params):
     # Resolve every device first so an unavailable backend fails before any group is stepped.
     for device in {p.device for p in params}:
@@ -162,14 +179,14 @@ def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, wei
     """One SGD step (torch.optim.SGD's math) with fused penalties. momentum_buffers: [] when momentum == 0.
 
     group_l1 > 0 also applies the exact group-lasso prox with step lr to every param with dim >= 2."""
-    check_nonneg("lr", lr)
-    check_nonneg("momentum", momentum)
-    check_nonneg("dampening", dampening)
-    check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-    lists = dict(grads=grads, momentum_buffers=momentum_buffers) if momentum != 0 else dict(grads=grads)
     if not _checked:
+        check_nonneg("lr", lr)
+        check_nonneg("momentum", momentum)
+        check_nonneg("dampening", dampening)
+        check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        lists = dict(grads=grads, momentum_buffers=momentum_buffers) if momentum != 0 else dict(grads=grads)
         check_tensors(params, **lists)
         _resolve_all(backend, params)
     _run("sgd_", backend, params, [grads, momentum_buffers if momentum != 0 else []],
@@ -187,16 +204,16 @@ def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, 
 
     group_l1 > 0 also applies the group-lasso prox in Adam's metric (per-element step lr/denom, denom =
     sqrt(v_hat) + eps from the just-updated state; see reference.group_prox) to every param with dim >= 2."""
-    check_nonneg("lr", lr)
-    check_nonneg("eps", eps)
-    for name, b in (("beta1", beta1), ("beta2", beta2)):
-        if not 0.0 <= b < 1.0:
-            raise ValueError(f"Invalid {name} value: {b} (must be in [0, 1))")
-    check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
-    lists = dict(grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, state_steps=state_steps)
-    if amsgrad:
-        lists["max_exp_avg_sqs"] = max_exp_avg_sqs
     if not _checked:
+        check_nonneg("lr", lr)
+        check_nonneg("eps", eps)
+        for name, b in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"Invalid {name} value: {b} (must be in [0, 1))")
+        check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
+        lists = dict(grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, state_steps=state_steps)
+        if amsgrad:
+            lists["max_exp_avg_sqs"] = max_exp_avg_sqs
         check_tensors(params, **lists)
         _resolve_all(backend, params)
     _run("adam_", backend, params, [grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps],
@@ -213,11 +230,11 @@ def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_
 
     group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step clr/(sqrt(sum) + eps),
     joint with l2; see reference.group_prox) to every param with dim >= 2."""
-    check_nonneg("lr", lr)
-    check_nonneg("lr_decay", lr_decay)
-    check_nonneg("eps", eps)
-    check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
     if not _checked:
+        check_nonneg("lr", lr)
+        check_nonneg("lr_decay", lr_decay)
+        check_nonneg("eps", eps)
+        check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
         check_tensors(params, grads=grads, state_sums=state_sums, state_steps=state_steps)
         _resolve_all(backend, params)
     _run("adagrad_", backend, params, [grads, state_sums, state_steps],

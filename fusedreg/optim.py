@@ -18,6 +18,9 @@ PRECISION = dict(master_weights=False, stochastic_rounding=False)
 EXTRA_STATE = ("master_param",)
 
 
+_EMPTY = {}  # _Staged.peek's answer for a param without state (read, never written)
+
+
 class _Staged:
     """A copy-on-write view of optimizer.state for one step: Work and _prepare create lazy state here, and it
     reaches optimizer.state (commit) only once every group has been validated, so a failed step adds nothing."""
@@ -29,6 +32,11 @@ class _Staged:
         if p not in self._new:
             self._new[p] = dict(self._state[p]) if p in self._state else {}
         return self._new[p]
+
+    def peek(self, p):
+        """p's state as this step sees it, for reading only (no copy: __getitem__ is for state that will change)."""
+        st = self._new.get(p) if self._new else None
+        return self._state.get(p, _EMPTY) if st is None else st
 
     def commit(self):
         # Staged states only gain keys (lazy state), so a state that kept its size is unchanged.
@@ -240,7 +248,7 @@ class SGD(_Fused):
             F.check_tensors(work.tensors, grads=work.grads)
             return
         # Existing buffers are checked here; new ones (None) are created (and kept) by _step_group.
-        work.state = dict(momentum_buffers=locals_([state[p].get("momentum_buffer") for p in work.params]))
+        work.state = dict(momentum_buffers=locals_([state.peek(p).get("momentum_buffer") for p in work.params]))
         F.check_tensors(work.tensors, grads=work.grads, missing_ok=("momentum_buffers",), **work.state)
 
     def _step_group(self, group, work, grad_scale, found_inf):
@@ -299,27 +307,33 @@ class Adam(_Fused):
                 raise ValueError(f"Invalid beta parameter at index {i}: {b} (must be in [0, 1))")
 
     _KEYS = ("step", "exp_avg", "exp_avg_sq")
+    _NEEDED = {False: frozenset(_KEYS), True: frozenset(_KEYS + ("max_exp_avg_sq",))}  # by amsgrad
 
     def _state_keys(self, group):
         return (self._KEYS + ("max_exp_avg_sq",), ()) if group["amsgrad"] else (self._KEYS, ("max_exp_avg_sq",))
 
     def _prepare(self, group, work, state):
+        amsgrad = group["amsgrad"]
+        needed = self._NEEDED[amsgrad]
+        sts = []
         for i, p in enumerate(work.params):
-            st = state[p]
-            missing = [k for k in self._KEYS if k not in st]
-            if len(missing) == len(self._KEYS):
-                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                st["exp_avg"] = torch.zeros_like(p, dtype=opmath(p.dtype), memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(st["exp_avg"])
-            elif missing:
-                raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
-            # amsgrad switched on mid-run: the max starts at zero (torch.optim.Adam would raise a KeyError).
-            if group["amsgrad"] and "max_exp_avg_sq" not in st:
-                st["max_exp_avg_sq"] = torch.zeros_like(p, dtype=opmath(p.dtype),
-                                                        memory_format=torch.preserve_format)
-        sts = [state[p] for p in work.params]
+            st = state.peek(p)
+            if not st.keys() >= needed:  # lazy state to create (in the staged view), or a broken one
+                st = state[p]
+                missing = [k for k in self._KEYS if k not in st]
+                if len(missing) == len(self._KEYS):
+                    st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    st["exp_avg"] = torch.zeros_like(p, dtype=opmath(p.dtype), memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(st["exp_avg"])
+                elif missing:
+                    raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
+                # amsgrad switched on mid-run: the max starts at zero (torch.optim.Adam would raise a KeyError).
+                if amsgrad and "max_exp_avg_sq" not in st:
+                    st["max_exp_avg_sq"] = torch.zeros_like(p, dtype=opmath(p.dtype),
+                                                            memory_format=torch.preserve_format)
+            sts.append(st)
         keys = dict(exp_avgs="exp_avg", exp_avg_sqs="exp_avg_sq", state_steps="step")
-        if group["amsgrad"]:
+        if amsgrad:
             keys["max_exp_avg_sqs"] = "max_exp_avg_sq"
         work.state = {name: locals_([s[key] for s in sts]) for name, key in keys.items()}
         F.check_tensors(work.tensors, grads=work.grads, **work.state)
@@ -385,18 +399,23 @@ class Adagrad(_Fused):
         F.check_nonneg("eps", group["eps"])
 
     _KEYS = ("step", "sum")
+    _NEEDED = frozenset(_KEYS)
 
     def _state_keys(self, group):
         return self._KEYS, ()
 
     def _prepare(self, group, work, state):
-        # State is created at construction; a param loaded without state starts from initial_accumulator_value.
-        self._init_group(group, state, work.params)
+        sts = []
         for i, p in enumerate(work.params):
-            missing = [k for k in self._KEYS if k not in state[p]]
-            if missing:
-                raise ValueError(f"param {i}: state is missing {missing} (has {list(state[p])})")
-        sts = [state[p] for p in work.params]
+            st = state.peek(p)
+            if not st.keys() >= self._NEEDED:
+                if not any(k in st for k in self._KEYS):  # made at construction; one loaded without it starts afresh
+                    self._init_group(group, state, [p])
+                    st = state.peek(p)
+                missing = [k for k in self._KEYS if k not in st]
+                if missing:
+                    raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
+            sts.append(st)
         work.state = dict(state_sums=locals_([s["sum"] for s in sts]), state_steps=locals_([s["step"] for s in sts]))
         F.check_tensors(work.tensors, grads=work.grads, **work.state)
 

@@ -13,8 +13,11 @@ import textwrap
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fusedreg
+from fusedreg import backends
 from fusedreg import functional as F
 from tolerances import TRAJECTORY, rel_err
 
@@ -317,6 +320,142 @@ def test_overlapping_or_aliased_params_are_rejected(op, backend):
     with pytest.raises(RuntimeError, match="shares its memory"):
         F.adagrad([p], [torch.ones(3)], [p], [torch.zeros(())], lr=0.1, backend=backend)
     assert torch.equal(p, torch.ones(3))
+
+
+# The native fast path of check_tensors (fusedreg._C.lists_ok) may only vouch for lists the Python walk accepts:
+# drawn calls (Adam-like lists, SGD's momentum buffers that may be None) with 0-3 of these faults each.
+_FAULTS = ("int_param", "complex_param", "meta_param", "sparse_param", "grad_none", "grad_not_tensor",
+           "grad_shape", "grad_dtype", "grad_sparse", "expanded_param", "expanded_state", "param_twice",
+           "state_is_param", "state_shared", "step_shared", "state_dtype", "state_shape", "state_none",
+           "step_dtype", "step_two", "short_list", "transposed", "empty_twice", "parameter")
+
+
+def _drawn_call(data, faults):
+    n = data.draw(st.integers(1, 4))
+    dtypes = [data.draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]))
+              for _ in range(n)]
+    shapes = [data.draw(st.sampled_from([(5,), (3, 4), (), (0,), (2, 3, 2)])) for _ in range(n)]
+    ps = [torch.randn(s, dtype=d) for s, d in zip(shapes, dtypes)]
+    sgd = data.draw(st.booleans())
+    state = lambda p: torch.zeros(p.shape, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32)
+    lists = dict(grads=[torch.randn_like(p) for p in ps])
+    if sgd:
+        lists["momentum_buffers"] = [state(p) if data.draw(st.booleans()) else None for p in ps]
+    else:
+        lists.update(exp_avgs=[state(p) for p in ps], exp_avg_sqs=[state(p) for p in ps],
+                     state_steps=[torch.zeros(()) for _ in ps])
+    missing_ok = ("momentum_buffers",) if sgd else ()
+    i = data.draw(st.integers(0, n - 1))
+    j = (i + 1) % n
+    key = "momentum_buffers" if sgd else data.draw(st.sampled_from(["exp_avgs", "exp_avg_sqs"]))
+
+    def four(i):  # entry i as four elements, so that an expand()ed view of it is a real overlap
+        ps[i] = torch.randn(4, dtype=ps[i].dtype)
+        lists["grads"][i] = torch.randn(4, dtype=ps[i].dtype)
+        for name, ts in lists.items():
+            if name not in ("grads", "state_steps") and ts[i] is not None:
+                ts[i] = state(ps[i])
+
+    for fault in faults:
+        s = lists[key]
+        if fault == "int_param":
+            ps[i] = torch.ones(ps[i].shape, dtype=torch.int64)
+        elif fault == "complex_param":
+            ps[i] = torch.ones(ps[i].shape, dtype=torch.complex64)
+        elif fault == "meta_param":
+            ps[i] = torch.empty(ps[i].shape, dtype=ps[i].dtype, device="meta")
+        elif fault == "sparse_param":
+            ps[i] = torch.ones(2, 2).to_sparse()
+        elif fault == "grad_none":
+            lists["grads"][i] = None
+        elif fault == "grad_not_tensor":
+            lists["grads"][i] = 1.0
+        elif fault == "grad_shape":
+            lists["grads"][i] = torch.zeros(7)
+        elif fault == "grad_dtype":
+            lists["grads"][i] = lists["grads"][i].to(torch.float64 if ps[i].dtype != torch.float64 else torch.float32)
+        elif fault == "grad_sparse":
+            lists["grads"][i] = torch.zeros(ps[i].shape).to_sparse() if ps[i].dim() else None
+        elif fault == "expanded_param":
+            four(i)
+            ps[i] = torch.zeros(1, dtype=ps[i].dtype).expand(4)
+        elif fault == "expanded_state":
+            four(i)
+            s[i] = state(ps[i])[:1].expand(4)
+        elif fault == "param_twice":
+            ps[j] = ps[i]
+        elif fault == "state_is_param":
+            s[i] = ps[i]
+        elif fault == "state_shared":
+            s[j] = s[i]
+        elif fault == "step_shared" and not sgd:
+            lists["state_steps"][j] = lists["state_steps"][i]
+        elif fault == "state_dtype" and s[i] is not None:
+            s[i] = s[i].to(torch.float16)
+        elif fault == "state_shape":
+            s[i] = torch.zeros(6)
+        elif fault == "state_none":
+            s[i] = None
+        elif fault == "step_dtype" and not sgd:
+            lists["state_steps"][i] = torch.zeros((), dtype=torch.float64)
+        elif fault == "step_two" and not sgd:
+            lists["state_steps"][i] = torch.zeros(2)
+        elif fault == "transposed" and ps[i].dim() == 2:  # allowed: non-contiguous tensors are fine
+            ps[i] = ps[i].t()
+            lists["grads"][i] = torch.randn(ps[i].shape[::-1], dtype=ps[i].dtype).t()
+            if s[i] is not None and s[i].shape != ps[i].shape:
+                s[i] = torch.zeros(ps[i].shape[::-1], dtype=s[i].dtype).t()
+        elif fault == "empty_twice":  # allowed: empty tensors have no memory to share
+            ps[i] = ps[j] = torch.zeros(0)
+            lists["grads"][i] = lists["grads"][j] = torch.zeros(0)
+            for name, ts in lists.items():
+                if name not in ("grads", "state_steps") and len(ts) == n:
+                    ts[i], ts[j] = torch.zeros(0), torch.zeros(0)
+        elif fault == "parameter":  # allowed: a Parameter is a plain tensor here
+            ps[i] = torch.nn.Parameter(ps[i])
+    if "short_list" in faults:
+        lists[key].pop()
+    return ps, missing_ok, lists
+
+
+@settings(deadline=None, derandomize=True, database=None, max_examples=400,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data(), faults=st.lists(st.sampled_from(_FAULTS), max_size=3))
+def test_the_native_check_vouches_only_for_lists_the_python_walk_accepts(data, faults):
+    lists_ok = backends.lists_ok()
+    if lists_ok is None:
+        pytest.skip("needs the C++ extension")  # CI builds it: this runs there
+    ps, missing_ok, lists = _drawn_call(data, faults)
+    states = [(name, ts) for name, ts in lists.items() if name != "grads"]
+    names = [name for name, _ in states]
+    try:
+        native = lists_ok(ps, lists["grads"], [ts for _, ts in states],
+                          names.index("state_steps") if "state_steps" in names else -1,
+                          [name in missing_ok for name in names])
+    except TypeError:
+        native = False
+    try:
+        F._walk(ps, missing_ok, lists, states)
+        walked = True
+    except (RuntimeError, ValueError, TypeError):
+        walked = False
+    assert walked or not native, f"the native check passed what the walk rejects: {faults}"
+    if not faults:
+        assert native, "the native check refused a plain valid call (the fast path would never be taken)"
+
+
+def test_a_valid_optimizer_step_never_takes_the_python_walk(monkeypatch):
+    if backends.lists_ok() is None:
+        pytest.skip("needs the C++ extension")
+    def walk(*args):
+        raise AssertionError("the Python walk ran on valid lists")
+    monkeypatch.setattr(F, "_walk", walk)
+    for name in NAMES:
+        ps = params() + params(torch.float64, shapes=((4, 3),)) + [torch.nn.Parameter(torch.randn(6, 5).t())]
+        opt = make(name, ps, "cpp")
+        for k in range(2):
+            set_grads(ps, k)
+            opt.step()
 
 
 @pytest.mark.parametrize("op", ["sgd_", "adam_", "adagrad_"])
