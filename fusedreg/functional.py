@@ -57,17 +57,22 @@ def check_tensors(params, missing_ok=(), **lists):
     walk below, which is the one place the errors are worded.
     """
     states = [(name, ts) for name, ts in lists.items() if name != "grads"]
+    if not _vouched(params, missing_ok, lists, states):
+        _walk(params, missing_ok, lists, states)
+
+
+def _vouched(params, missing_ok, lists, states):
+    """Whether fusedreg._C.lists_ok vouches for the lists (False without the extension, or in any doubt)."""
     lists_ok = backends.lists_ok()
-    if lists_ok is not None:
-        names = [name for name, _ in states]
-        try:
-            if lists_ok(params, lists["grads"], [ts for _, ts in states],
+    if lists_ok is None:
+        return False
+    names = [name for name, _ in states]
+    try:
+        return lists_ok(params, lists["grads"], [ts for _, ts in states],
                         names.index("state_steps") if "state_steps" in names else -1,
-                        [name in missing_ok for name in names]):
-                return
-        except TypeError:  # an entry that is not a tensor (or None where allowed): the walk words it
-            pass
-    _walk(params, missing_ok, lists, states)
+                        [name in missing_ok for name in names])
+    except TypeError:  # an entry that is not a tensor (or None where allowed): the walk words it
+        return False
 
 
 def _walk(params, missing_ok, lists, states):

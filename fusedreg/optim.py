@@ -210,7 +210,7 @@ def _check_common(group):
 
 
 def _common_args(group, backend):
-    # _checked: _prepare has checked these tensors and _fused_step resolved the backend.
+    # _checked: _check has validated the hyperparameters, _prepare the tensors, and _fused_step resolved the backend.
     return dict(l1=group["l1"], l1_mode=group["l1_mode"], l0=group["l0"], nonneg=group["nonneg"],
                 group_l1=group["group_l1"], group_dim=group["group_dim"], backend=backend, _checked=True)
 
@@ -409,9 +409,9 @@ class Adagrad(_Fused):
         for i, p in enumerate(work.params):
             st = state.peek(p)
             if not st.keys() >= self._NEEDED:
-                if not any(k in st for k in self._KEYS):  # made at construction; one loaded without it starts afresh
-                    self._init_group(group, state, [p])
-                    st = state.peek(p)
+                # State is made at construction; a param loaded without it starts from initial_accumulator_value.
+                self._init_group(group, state, [p])
+                st = state.peek(p)
                 missing = [k for k in self._KEYS if k not in st]
                 if missing:
                     raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
