@@ -307,14 +307,13 @@ class Adam(_Fused):
                 raise ValueError(f"Invalid beta parameter at index {i}: {b} (must be in [0, 1))")
 
     _KEYS = ("step", "exp_avg", "exp_avg_sq")
-    _NEEDED = {False: frozenset(_KEYS), True: frozenset(_KEYS + ("max_exp_avg_sq",))}  # by amsgrad
 
     def _state_keys(self, group):
         return (self._KEYS + ("max_exp_avg_sq",), ()) if group["amsgrad"] else (self._KEYS, ("max_exp_avg_sq",))
 
     def _prepare(self, group, work, state):
         amsgrad = group["amsgrad"]
-        needed = self._NEEDED[amsgrad]
+        needed = frozenset(self._state_keys(group)[0])
         sts = []
         for i, p in enumerate(work.params):
             st = state.peek(p)
@@ -399,16 +398,16 @@ class Adagrad(_Fused):
         F.check_nonneg("eps", group["eps"])
 
     _KEYS = ("step", "sum")
-    _NEEDED = frozenset(_KEYS)
 
     def _state_keys(self, group):
         return self._KEYS, ()
 
     def _prepare(self, group, work, state):
+        needed = frozenset(self._state_keys(group)[0])
         sts = []
         for i, p in enumerate(work.params):
             st = state.peek(p)
-            if not st.keys() >= self._NEEDED:
+            if not st.keys() >= needed:
                 # State is made at construction; a param loaded without it starts from initial_accumulator_value.
                 self._init_group(group, state, [p])
                 st = state.peek(p)
