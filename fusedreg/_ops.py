@@ -1,8 +1,10 @@
-"""The op schemas, defined once.
+"""The ops, described once: one table per op names every argument (name, schema type, default, meaning), and the
+schemas, the fake kernels and the contract check are generated from it.
 
 The C++ extension registers CPU and CUDA kernels under these names (csrc/), the pure-PyTorch reference is the
 "default" kernel for any other device, and the fake kernels let torch.compile trace through a step. Every op
-updates its tensors in place and returns nothing.
+updates its tensors in place and returns nothing. Callers pass every scalar by keyword, so no two arguments can
+be swapped silently.
 
 Per-element order inside every op (torch.optim's, then ours):
   g = grad / grad_scale  ->  g = -g if maximize  ->  g += l1*sign(p) if l1_subgradient  ->  g += wd*p (coupled)
@@ -12,30 +14,170 @@ Per-element order inside every op (torch.optim's, then ours):
 Then, when group_l1 > 0, the group-lasso prox on every param with dim >= 2 (groups: rows for group_dim 0,
 columns for 1), in the same metric (reference.group_prox), applied to the param as just written.
 When found_inf is given and nonzero, nothing changes and no step counter advances.
-lr_tensor (optional, last): a one-element floating tensor that replaces the float lr. The CUDA kernels read it on
-the device (no host sync, so a step can be captured in a CUDA graph); the other kernels read it on the host.
 """
+from typing import NamedTuple
+
 import torch
 
 LIB = "fusedreg"
 
-_PENALTY = ("float l1, bool l1_subgradient, float l2, float l0, bool nonneg, float group_l1, int group_dim, "
-            "Tensor? grad_scale, Tensor? found_inf, Tensor? lr_tensor=None")
+_REQUIRED = object()
 
-SCHEMAS = {
-    "sgd_": "sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float lr, float momentum, "
-            "float dampening, float weight_decay, bool nesterov, bool maximize, bool first_step, "
-            + _PENALTY + ") -> ()",
-    "adam_": "adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-             "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, float lr, float beta1, float beta2, "
-             "float eps, float weight_decay, bool decoupled, bool amsgrad, bool maximize, "
-             + _PENALTY + ") -> ()",
-    "adagrad_": "adagrad_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, Tensor(c!)[] state_steps, "
-                "float lr, float lr_decay, float weight_decay, float eps, bool maximize, "
-                + _PENALTY + ") -> ()",
+
+class Arg(NamedTuple):
+    name: str
+    type: str  # the schema type
+    default: object = _REQUIRED
+    doc: str = ""
+    # Tensor lists: "param", "grad", "state" (opmath, the param's shape), "steps" (one float32 element each).
+    role: str = ""
+    # A state list used only when this scalar argument is truthy (else it must be empty).
+    when: str = ""
+
+
+# The arguments every op ends with: the penalties, AMP's two tensors and the device lr.
+PENALTY = (
+    Arg("l1", "float", 0.0, "λ of λ·Σ|w|: soft-threshold by t·l1 after the update (t: the element's step)"),
+    Arg("l1_subgradient", "bool", False, "apply l1 as g += l1·sign(w) before the update instead"),
+    Arg("l2", "float", 0.0, "TensorFlow's proximal l2: divide by 1 + t·l2 after the threshold"),
+    Arg("l0", "float", 0.0, "hard threshold: w = 0 where |w| <= sqrt(2·t·l0)"),
+    Arg("nonneg", "bool", False, "project onto w >= 0 last"),
+    Arg("group_l1", "float", 0.0, "group lasso λ·Σ_g sqrt(|g|)·||w_g|| over params with dim >= 2"),
+    Arg("group_dim", "int", 0, "group lasso groups: 0 rows (output neurons), 1 columns (inputs)"),
+    Arg("grad_scale", "Tensor?", None, "GradScaler's scale: the kernel divides the grads by it"),
+    Arg("found_inf", "Tensor?", None, "GradScaler's flag: nonzero skips the whole step"),
+    Arg("lr_tensor", "Tensor?", None, "a one-element floating tensor that replaces lr (read on the device by "
+                                      "the CUDA kernels: no host sync, CUDA-graph capturable)"),
+)
+
+_PARAMS = Arg("params", "Tensor(a!)[]", doc="updated in place", role="param")
+_GRADS = Arg("grads", "Tensor[]", doc="dense, the params' shape, dtype and device", role="grad")
+_LR = Arg("lr", "float", doc="learning rate (ignored when lr_tensor is given)")
+
+ARGS = {
+    "sgd_": (
+        _PARAMS, _GRADS,
+        Arg("momentum_buffers", "Tensor(b!)[]", doc="empty when momentum == 0", role="state", when="momentum"),
+        _LR,
+        Arg("momentum", "float", 0.0),
+        Arg("dampening", "float", 0.0),
+        Arg("weight_decay", "float", 0.0, "coupled L2: g += weight_decay·w"),
+        Arg("nesterov", "bool", False),
+        Arg("maximize", "bool", False),
+        Arg("first_step", "bool", False, "the buffers are new: buf = g (torch.optim.SGD's first step)"),
+    ) + PENALTY,
+    "adam_": (
+        _PARAMS, _GRADS,
+        Arg("exp_avgs", "Tensor(b!)[]", role="state"),
+        Arg("exp_avg_sqs", "Tensor(c!)[]", role="state"),
+        Arg("max_exp_avg_sqs", "Tensor(d!)[]", doc="empty unless amsgrad", role="state", when="amsgrad"),
+        Arg("state_steps", "Tensor(e!)[]", doc="advanced by one per step", role="steps"),
+        _LR,
+        Arg("beta1", "float", 0.9),
+        Arg("beta2", "float", 0.999),
+        Arg("eps", "float", 1e-8),
+        Arg("weight_decay", "float", 0.0, "coupled (g += wd·w), or decoupled (w *= 1 - lr·wd) with decoupled"),
+        Arg("decoupled", "bool", False, "AdamW's decay"),
+        Arg("amsgrad", "bool", False),
+        Arg("maximize", "bool", False),
+    ) + PENALTY,
+    "adagrad_": (
+        _PARAMS, _GRADS,
+        Arg("state_sums", "Tensor(b!)[]", role="state"),
+        Arg("state_steps", "Tensor(c!)[]", doc="advanced by one per step", role="steps"),
+        _LR,
+        Arg("lr_decay", "float", 0.0),
+        Arg("weight_decay", "float", 0.0, "coupled L2: g += weight_decay·w"),
+        Arg("eps", "float", 1e-10),
+        Arg("maximize", "bool", False),
+    ) + PENALTY,
 }
 
-for _name, _schema in SCHEMAS.items():
-    torch.library.define(f"{LIB}::{_schema.split('(', 1)[0]}", "(" + _schema.split("(", 1)[1])
-    # No outputs, so the fake kernel has nothing to allocate: the mutations are declared in the schema.
-    torch.library.register_fake(f"{LIB}::{_name}")(lambda *args, **kwargs: None)
+
+def _literal(value):
+    return "None" if value is None else repr(value)
+
+
+def schema(op, name=None):
+    """The schema string of `op` ("sgd_", ...), optionally under another name (the Triton ops reuse it)."""
+    parts = []
+    for a in ARGS[op]:
+        parts.append(f"{a.type} {a.name}" + ("" if a.default is _REQUIRED else f"={_literal(a.default)}"))
+    return f"{name or op}({', '.join(parts)}) -> ()"
+
+
+def defaults(op):
+    """{name: default} of the op's arguments that have one."""
+    return {a.name: a.default for a in ARGS[op] if a.default is not _REQUIRED}
+
+
+def _opmath(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def check(op, **kw):
+    """The contract of every kernel of `op`, as the native kernels enforce it (csrc/ops.h stage()), with
+    torch._check so that torch.compile reports a violation too: one dtype and device per call, dense grads of
+    the params' shape, state in opmath with the params' shape, one-element float32 step counters, a state list
+    that its option leaves unused is empty, group_dim 0 or 1, and one-element floating AMP / lr tensors."""
+    args = ARGS[op]
+    params = kw["params"]
+    n = len(params)
+    torch._check(kw.get("group_dim", 0) in (0, 1),
+                 lambda: f"fusedreg::{op}: group_dim must be 0 (rows) or 1 (columns), got {kw['group_dim']}")
+    for a in args:
+        if a.role in ("grad", "state", "steps"):
+            used = not a.when or bool(kw.get(a.when, 0))
+            got = len(kw[a.name])
+            torch._check(got == n if used else got == 0,
+                         lambda: f"fusedreg::{op}: {a.name} must have " + (f"{n} tensors (one per param), got {got}"
+                                                                            if used else "no tensors when "
+                                                                            f"{a.when} is off, got {got}"))
+        elif a.type == "Tensor?" and kw.get(a.name) is not None:
+            t = kw[a.name]
+            torch._check(t.numel() == 1 and t.is_floating_point(),
+                         lambda: f"fusedreg::{op}: {a.name} must be a one-element floating tensor")
+    if not n:
+        return
+    dtype, device = params[0].dtype, params[0].device
+    torch._check(dtype in _DTYPES, lambda: f"fusedreg::{op}: params must be float32, float64, bfloat16 or "
+                                           f"float16, got {dtype}")
+    opmath = _opmath(dtype)
+    for i, p in enumerate(params):
+        torch._check(p.dtype == dtype and p.device == device,
+                     lambda: f"fusedreg::{op}: all params of one call must share dtype and device; params[0] is "
+                             f"{dtype} on {device}, params[{i}] is {p.dtype} on {p.device}")
+        for a in args:
+            if a.role not in ("grad", "state", "steps") or not kw[a.name]:
+                continue
+            t = kw[a.name][i]
+            torch._check(t.layout == torch.strided, lambda: f"fusedreg::{op}: {a.name}[{i}] must be dense")
+            torch._check(t.device == device, lambda: f"fusedreg::{op}: {a.name}[{i}] is on {t.device}, params on "
+                                                     f"{device}")
+            if a.role == "steps":
+                torch._check(t.numel() == 1 and t.dtype == torch.float32,
+                             lambda: f"fusedreg::{op}: {a.name}[{i}] must be a one-element float32 tensor")
+            else:
+                want = dtype if a.role == "grad" else opmath
+                torch._check(t.dtype == want and t.shape == p.shape,
+                             lambda: f"fusedreg::{op}: {a.name}[{i}] must be {want} with the shape of params[{i}] "
+                                     f"{tuple(p.shape)}, got {t.dtype} {tuple(t.shape)}")
+
+
+def _fake(op):
+    def fake(*args, **kwargs):
+        # Positional tensor lists as the schema orders them, then the keyword-only rest.
+        kw = {**defaults(op), **dict(zip((a.name for a in ARGS[op]), args)), **kwargs}
+        check(op, **kw)
+    fake.__name__ = f"{op}fake"
+    return fake
+
+
+SCHEMAS = {op: schema(op) for op in ARGS}
+
+for _op in ARGS:
+    torch.library.define(f"{LIB}::{_op}", "(" + SCHEMAS[_op].split("(", 1)[1])
+    torch.library.register_fake(f"{LIB}::{_op}")(_fake(_op))
