@@ -9,6 +9,12 @@ import math
 import torch
 
 
+# The metric group prox's Newton solve (group_prox): at most this many steps, stopping once a step moves the
+# norm by no more than this relative amount (the Triton kernel uses these; csrc/fusedreg_math.h has C++'s).
+NEWTON_MAX_ITER = 100
+NEWTON_RTOL = 4 * torch.finfo(torch.float64).eps
+
+
 def opmath(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -161,7 +167,7 @@ def group_size(shape, group_dim):
     return math.prod(shape) // shape[group_dim] if shape[group_dim] else 0
 
 
-def group_prox(v, step, group_l1, group_dim, denom=None, l2=0.0, max_iter=100):
+def group_prox(v, step, group_l1, group_dim, denom=None, l2=0.0, max_iter=NEWTON_MAX_ITER):
     """Group-lasso prox of v (a tensor with dim >= 2, in opmath) for the penalty group_l1 * sqrt(|g|) * ||w_g||.
 
     denom is None (SGD): the textbook prox with the scalar step t = step,
@@ -194,13 +200,11 @@ def group_prox(v, step, group_l1, group_dim, denom=None, l2=0.0, max_iter=100):
 
 def _metric_factor(v, a, dims, max_iter):
     """The factor w/v of the metric group prox (0 on zero groups), everything in fp64."""
-    dt = v.dtype
     q0 = torch.linalg.vector_norm(v / a, dim=dims, keepdim=True)
     keep = q0 > 1
     vk = torch.where(keep, v, torch.zeros_like(v))  # zero groups: drop them from the root finding
     amax = torch.amax(a, dim=dims, keepdim=True)
     r = torch.clamp_min(torch.linalg.vector_norm(vk, dim=dims, keepdim=True) - amax, 0)
-    tol = 4 * torch.finfo(dt).eps
     v2 = vk * vk
     for _ in range(max_iter):
         inv = 1 / (r + a)
@@ -208,6 +212,6 @@ def _metric_factor(v, a, dims, max_iter):
         t = torch.sum(v2 * inv * inv * inv, dim=dims, keepdim=True)
         dr = torch.where(keep, s * (torch.sqrt(s) - 1) / t, torch.zeros_like(r))
         r = r + torch.clamp_min(dr, 0)  # monotone from the left; a negative dr is rounding at the root
-        if not bool((dr > tol * r).any()):
+        if not bool((dr > NEWTON_RTOL * r).any()):
             break
     return torch.where(keep, r / (r + a), torch.zeros_like(v))
