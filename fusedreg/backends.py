@@ -17,10 +17,11 @@ import torch
 from . import _ops, reference
 
 NAMES = ("cuda", "triton", "cpp", "torch")
-OPS = tuple(name for name in _ops.SCHEMAS)
+OPS = tuple(_ops.ARGS)
 
 _native = None  # (module or None, reason it is missing)
 _triton = None
+_keys = set()  # the dispatch keys ("CPU", "CUDA") fusedreg._C has registered a kernel of every op for
 
 
 def _load_native():
@@ -30,10 +31,24 @@ def _load_native():
     if _native is None:
         try:
             _native = (importlib.import_module("fusedreg._C"), "")
+            _check_registered()
         except Exception as e:  # a missing or broken build must never break `import fusedreg`
             _native = (None, f"the C++ extension fusedreg._C did not load ({type(e).__name__}: {e})")
             warnings.warn(f"fusedreg: {_native[1]}; falling back to the reference backend", stacklevel=3)
     return _native
+
+
+def _check_registered():
+    """Every op needs a kernel on each device the extension was built for: one missing (a schema added to
+    fusedreg/_ops.py before its CUDA kernel, say) makes the build broken, and says which."""
+    for key in ("CPU", "CUDA"):
+        have = [op for op in OPS if torch._C._dispatch_has_kernel_for_dispatch_key(f"{_ops.LIB}::{op}", key)]
+        if have and len(have) < len(OPS):
+            missing = [op for op in OPS if op not in have]
+            raise RuntimeError(f"it registers {key} kernels for {have} but none for {missing}; every op in "
+                               f"fusedreg/_ops.py needs one")
+        if have:
+            _keys.add(key)
 
 
 def lists_ok():
@@ -51,16 +66,6 @@ def _load_triton():
     return _triton
 
 
-_registered = set()  # dispatch keys with a kernel for every op (kernels, once registered, stay)
-
-
-def _has_kernel(key):
-    if key not in _registered and all(torch._C._dispatch_has_kernel_for_dispatch_key(f"{_ops.LIB}::{op}", key)
-                                      for op in OPS):
-        _registered.add(key)
-    return key in _registered
-
-
 def _why_not(name):
     """'' when the backend can run on this install, else the reason it cannot."""
     if name == "torch":
@@ -70,8 +75,8 @@ def _why_not(name):
         if mod is None:
             return why
         if name == "cpp":
-            return "" if _has_kernel("CPU") else "fusedreg._C has no CPU kernels"
-        if not _has_kernel("CUDA"):
+            return "" if "CPU" in _keys else "fusedreg._C has no CPU kernels"
+        if "CUDA" not in _keys:
             return "fusedreg._C was built without CUDA (no CUDA torch or nvcc at build time)"
         return "" if torch.cuda.is_available() else "no CUDA device is available"
     mod, why = _load_triton()

@@ -95,3 +95,16 @@ def test_every_gpu_benchmark_case_builds_and_steps_on_cpu(monkeypatch):
             names.append(name)
     assert {"fusedreg_cuda_adamw_l1_l2", "fusedreg_cuda_adamw_class_l1", "torch_adamw_fused",
             "seeds_way_l1_in_loss_default_adamw", "copy_d2d"} <= set(names)
+
+
+_PROBE = torch.library.Library("fusedreg", "FRAGMENT")  # kept for the process: a schema with no kernel
+_PROBE.define("probe_(Tensor(a!)[] params) -> ()")
+
+
+@pytest.mark.skipif("cpp" not in backends.available(), reason="needs the C++ extension")
+def test_an_op_without_a_kernel_on_a_built_device_is_a_clear_error(monkeypatch):
+    # A schema added before its kernel used to switch the whole native backend off without a word.
+    monkeypatch.setattr(backends, "OPS", backends.OPS + ("probe_",))
+    with pytest.raises(RuntimeError, match=r"CPU kernels for \['sgd_', 'adam_', 'adagrad_'\] but none for "
+                                           r"\['probe_'\]"):
+        backends._check_registered()
