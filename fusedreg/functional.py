@@ -1,20 +1,27 @@
-"""Stateless fused steps over lists of tensors; the optimizer classes call these and hold no math.
+"""Stateless fused steps over lists of tensors: `sgd`, `adam`, `adagrad`, and the checks every step makes.
 
-Each call checks every input before it touches anything, groups the tensors by device and dtype, and hands each
-group to one backend kernel (see fusedreg.backends). All updates are in place.
+Each step takes its op's arguments (fusedreg._ops.ARGS: the tensor lists, then every scalar by keyword), with
+`l1_mode` in place of the op's `l1_subgradient`, `lr` a number or a one-element tensor, and `backend`. It checks
+every input before it touches anything (check_args: the hyperparameters, check_tensors: the tensors), then
+`launch` groups the tensors by device and dtype and hands each group to one backend kernel (fusedreg.backends).
+All updates are in place. The optimizer classes make the same checks for all their groups first, then call
+`launch`.
 
 Non-finite gradients: without found_inf (no GradScaler) a NaN or inf gradient propagates into its param and
 state exactly as in torch.optim: nothing is skipped or zeroed, and the proximal steps keep NaN as NaN (a NaN is
 never thresholded to an exact 0). With GradScaler (found_inf given and nonzero) the whole step is skipped: no
 param, state or step counter changes.
 """
+import inspect
 import math
 
 import torch
 
-from . import backends, reference
+from . import _ops, backends, reference
 
 L1_MODES = ("prox", "subgradient")
+# The float arguments of the ops that must be >= 0 (betas have their own range).
+_NONNEG = {a.name for args in _ops.ARGS.values() for a in args if a.type == "float"} - {"beta1", "beta2"}
 
 
 def check_nonneg(name, value):
@@ -30,13 +37,27 @@ def check_nonneg(name, value):
         raise ValueError(f"Invalid {name} value: {value} (must be >= 0)")
 
 
-def check_penalties(l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, weight_decay=0.0, group_l1=0.0, group_dim=0):
-    for name, value in (("l1", l1), ("l2", l2), ("l0", l0), ("weight_decay", weight_decay), ("group_l1", group_l1)):
-        check_nonneg(name, value)
-    if l1_mode not in L1_MODES:
-        raise ValueError(f"Invalid l1_mode {l1_mode!r}; choose one of {L1_MODES}")
+def check_args(**kw):
+    """Raise ValueError for a bad hyperparameter: the one set of rules, by argument name, for the optimizer
+    classes (every group, at construction and before every step), the functions below and fusedreg.penalties."""
+    for name, value in kw.items():
+        if name in ("beta1", "beta2"):
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"Invalid {name} value: {value} (must be in [0, 1))")
+        elif name in _NONNEG:
+            check_nonneg(name, value)
+    if kw.get("l1_mode", "prox") not in L1_MODES:
+        raise ValueError(f"Invalid l1_mode {kw['l1_mode']!r}; choose one of {L1_MODES}")
+    group_dim = kw.get("group_dim", 0)
     if isinstance(group_dim, bool) or group_dim not in (0, 1):
         raise ValueError(f"Invalid group_dim {group_dim!r}; choose 0 (rows: output neurons) or 1 (columns: inputs)")
+    if kw.get("nesterov") and (kw.get("momentum", 0) <= 0 or kw.get("dampening", 0) != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    for name in ("grad_scale", "found_inf"):
+        t = kw.get(name)
+        if t is not None and not (torch.is_tensor(t) and t.numel() == 1 and t.is_floating_point()):
+            raise RuntimeError(f"{name} must be None or a one-element floating tensor (GradScaler's), got "
+                               f"{t if not torch.is_tensor(t) else f'{t.dtype} of shape {tuple(t.shape)}'}")
 
 
 def check_tensors(params, missing_ok=(), **lists):
@@ -147,102 +168,87 @@ def _walk(params, missing_ok, lists, states):
             once(i, name, t, device)
 
 
-def _run(op, backend, params, lists, scalars, grad_scale, found_inf):
-    """Group by (device, dtype) and call the chosen kernel once per group. scalars[0] is lr, a number or a
+def resolve(backend, tensors):
+    """{device: backend name} for every device of `tensors`: an unavailable backend fails before anything runs."""
+    return {device: backends.resolve(backend, device) for device in {t.device for t in tensors}}
+
+
+def launch(op, names, lists, grad_scale=None, found_inf=None, **scalars):
+    """Run `op` on already checked lists ({argument name: tensors}, params first), one kernel call per (device,
+    dtype) group, each on the backend `names` (resolve's answer) gives its device. `lr` is a number or a
     one-element tensor: on the group's (non-CPU) device it goes to the kernel as lr_tensor, else as a float."""
-    for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
-        if t is not None and not (torch.is_tensor(t) and t.numel() == 1 and t.is_floating_point()):
-            raise RuntimeError(f"{name} must be None or a one-element floating tensor (GradScaler's), got "
-                               f"{t if not torch.is_tensor(t) else f'{t.dtype} of shape {tuple(t.shape)}'}")
+    params = lists["params"]
     groups = {}
     for i, p in enumerate(params):
         groups.setdefault((p.device, p.dtype), []).append(i)
+    # The reference kernels are plain functions: pass every argument (those launch sets below aside).
+    scalars = {**_ops.defaults(op), **scalars}
+    for name in ("grad_scale", "found_inf", "lr_tensor"):
+        scalars.pop(name)
+    lr = scalars.pop("lr")
+    whole = len(groups) == 1
     for (device, _), idx in groups.items():
-        name = backends.resolve(backend, device)
-        args = [[params[i] for i in idx]] + [[ts[i] for i in idx] if ts else [] for ts in lists]
-        gs = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
-        fi = None if found_inf is None else found_inf.to(device, non_blocking=True)
-        lr = scalars[0]
+        args = lists if whole else {k: [ts[i] for i in idx] if ts else [] for k, ts in lists.items()}
         on_device = torch.is_tensor(lr) and lr.device == device and device.type != "cpu"
-        # NaN where the kernel reads lr_tensor instead: a kernel that used the float by mistake would show it.
-        lr_float = float("nan") if on_device else float(lr)
-        backends.kernel(name, op)(*args, lr_float, *scalars[1:], gs, fi, lr if on_device else None)
+        backends.kernel(names[device], op)(
+            **args, **scalars,
+            # NaN where the kernel reads lr_tensor instead: a kernel that used the float by mistake would show it.
+            lr=float("nan") if on_device else float(lr), lr_tensor=lr if on_device else None,
+            grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
+            found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
 
 
-# _checked=True (the optimizer classes, whose _check has validated these hyperparameters and whose _prepare has run
-# check_tensors on these very lists and resolved the backend for every device): skip all of it, which would
-# otherwise cost more than the kernel on small models.
-def _resolve_all(backend, params):
-    # Resolve every device first so an unavailable backend fails before any group is stepped.
-    for device in {p.device for p in params}:
-        backends.resolve(backend, device)
+def op_lists(op, lists, scalars):
+    """The op's tensor lists as its kernels take them: a list whose option is off (momentum_buffers without
+    momentum, max_exp_avg_sqs without amsgrad) is empty."""
+    on = used(op, scalars)
+    return {a.name: list(lists[a.name]) if a.name in on else [] for a in _ops.ARGS[op] if a.role}
 
 
-def sgd(params, grads, momentum_buffers, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-        maximize=False, first_step=False, l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, nonneg=False, group_l1=0.0,
-        group_dim=0, grad_scale=None, found_inf=None, backend="auto", _checked=False):
-    """One SGD step (torch.optim.SGD's math) with fused penalties. momentum_buffers: [] when momentum == 0.
-
-    group_l1 > 0 also applies the exact group-lasso prox with step lr to every param with dim >= 2."""
-    if not _checked:
-        check_nonneg("lr", lr)
-        check_nonneg("momentum", momentum)
-        check_nonneg("dampening", dampening)
-        check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        lists = dict(grads=grads, momentum_buffers=momentum_buffers) if momentum != 0 else dict(grads=grads)
-        check_tensors(params, **lists)
-        _resolve_all(backend, params)
-    _run("sgd_", backend, params, [grads, momentum_buffers if momentum != 0 else []],
-         [lr, float(momentum), float(dampening), float(weight_decay), bool(nesterov), bool(maximize),
-          bool(first_step), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg),
-          float(group_l1), int(group_dim)],
-         grad_scale, found_inf)
+def used(op, scalars):
+    """The names of the op's tensor lists that these scalars use."""
+    return {a.name for a in _ops.ARGS[op] if a.role and (not a.when or scalars.get(a.when))}
 
 
-def adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr, beta1=0.9, beta2=0.999,
-         eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False, maximize=False, l1=0.0, l1_mode="prox",
-         l2=0.0, l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
-         backend="auto", _checked=False):
-    """One Adam (decoupled=False) or AdamW (decoupled=True) step with fused penalties; advances state_steps.
+def _stateless(op, doc):
+    args = _ops.ARGS[op]
+    names = [a.name for a in args if a.role]
 
-    group_l1 > 0 also applies the group-lasso prox in Adam's metric (per-element step lr/denom, denom =
-    sqrt(v_hat) + eps from the just-updated state; see reference.group_prox) to every param with dim >= 2."""
-    if not _checked:
-        check_nonneg("lr", lr)
-        check_nonneg("eps", eps)
-        for name, b in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"Invalid {name} value: {b} (must be in [0, 1))")
-        check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
-        lists = dict(grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs, state_steps=state_steps)
-        if amsgrad:
-            lists["max_exp_avg_sqs"] = max_exp_avg_sqs
-        check_tensors(params, **lists)
-        _resolve_all(backend, params)
-    _run("adam_", backend, params, [grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps],
-         [lr, float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
-          bool(maximize), float(l1), l1_mode == "subgradient", float(l2), float(l0), bool(nonneg),
-          float(group_l1), int(group_dim)],
-         grad_scale, found_inf)
+    def step(*tensors, backend="auto", l1_mode="prox", **scalars):
+        step.__signature__.bind(*tensors, **scalars)  # a misspelt or missing argument is a TypeError here
+        check_args(l1_mode=l1_mode, **scalars)
+        lists = op_lists(op, dict(zip(names, tensors)), scalars)
+        check_tensors(**{k: ts for k, ts in lists.items() if k in used(op, scalars)})
+        launch(op, resolve(backend, lists["params"]), lists, l1_subgradient=l1_mode == "subgradient", **scalars)
+
+    # The signature users see: the op's tensor lists, then its scalars by keyword (l1_mode for l1_subgradient,
+    # lr a number or a tensor instead of lr/lr_tensor), then backend.
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    for a in args:
+        if a.role or a.name == "lr_tensor":
+            continue
+        if a.name == "l1_subgradient":
+            params.append(inspect.Parameter("l1_mode", kw, default="prox"))
+        elif a.name == "lr":
+            params.append(inspect.Parameter("lr", kw))
+        else:
+            params.append(inspect.Parameter(a.name, kw, default=a.default))
+    params.append(inspect.Parameter("backend", kw, default="auto"))
+    step.__signature__ = inspect.Signature(params)
+    step.__name__ = step.__qualname__ = op[:-1]
+    step.__doc__ = doc + "\n\nArguments: " + "; ".join(f"{a.name}: {a.doc}" for a in args if a.doc) + "."
+    return step
 
 
-def adagrad(params, grads, state_sums, state_steps, *, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-            maximize=False, l1=0.0, l1_mode="prox", l2=0.0, l0=0.0, nonneg=False, group_l1=0.0, group_dim=0,
-            grad_scale=None, found_inf=None, backend="auto", _checked=False):
-    """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is TF's proximal l2.
+sgd = _stateless("sgd_", """One SGD step (torch.optim.SGD's math) with fused penalties. momentum_buffers: [] when
+momentum == 0; first_step=True makes new buffers (buf = g). group_l1 > 0 also applies the exact group-lasso prox
+with step lr to every param with dim >= 2.""")
 
-    group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step clr/(sqrt(sum) + eps),
-    joint with l2; see reference.group_prox) to every param with dim >= 2."""
-    if not _checked:
-        check_nonneg("lr", lr)
-        check_nonneg("lr_decay", lr_decay)
-        check_nonneg("eps", eps)
-        check_penalties(l1, l1_mode, l2, l0, weight_decay, group_l1, group_dim)
-        check_tensors(params, grads=grads, state_sums=state_sums, state_steps=state_steps)
-        _resolve_all(backend, params)
-    _run("adagrad_", backend, params, [grads, state_sums, state_steps],
-         [lr, float(lr_decay), float(weight_decay), float(eps), bool(maximize), float(l1),
-          l1_mode == "subgradient", float(l2), float(l0), bool(nonneg), float(group_l1), int(group_dim)],
-         grad_scale, found_inf)
+adam = _stateless("adam_", """One Adam (decoupled=False) or AdamW (decoupled=True) step with fused penalties;
+advances state_steps. group_l1 > 0 also applies the group-lasso prox in Adam's metric (per-element step lr/denom,
+denom = sqrt(v_hat) + eps from the just-updated state; see reference.group_prox) to every param with dim >= 2.""")
+
+adagrad = _stateless("adagrad_", """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is
+TensorFlow's proximal l2. group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step
+clr/(sqrt(sum) + eps), joint with l2; see reference.group_prox) to every param with dim >= 2.""")

@@ -7,6 +7,7 @@ import torch
 
 from . import backends
 from . import functional as F
+from . import _ops
 from .precision import Work, local, locals_, no_compile
 from .reference import opmath
 
@@ -18,38 +19,19 @@ PRECISION = dict(master_weights=False, stochastic_rounding=False)
 EXTRA_STATE = ("master_param",)
 
 
-_EMPTY = {}  # _Staged.peek's answer for a param without state (read, never written)
-
-
-class _Staged:
-    """A copy-on-write view of optimizer.state for one step: Work and _prepare create lazy state here, and it
-    reaches optimizer.state (commit) only once every group has been validated, so a failed step adds nothing."""
-
-    def __init__(self, state):
-        self._state, self._new = state, {}
-
-    def __getitem__(self, p):
-        if p not in self._new:
-            self._new[p] = dict(self._state[p]) if p in self._state else {}
-        return self._new[p]
-
-    def peek(self, p):
-        """p's state as this step sees it, for reading only (no copy: __getitem__ is for state that will change)."""
-        st = self._new.get(p) if self._new else None
-        return self._state.get(p, _EMPTY) if st is None else st
-
-    def commit(self):
-        # Staged states only gain keys (lazy state), so a state that kept its size is unchanged.
-        for p, st in self._new.items():
-            old = self._state.get(p, {})
-            if len(st) != len(old):
-                self._state[p].update({k: v for k, v in st.items() if k not in old})
+_EMPTY = {}  # the state of a param that has none (read, never written)
 
 
 class _Fused(torch.optim.Optimizer):
+    """The step every optimizer shares. A subclass names its op (`_op`, a fusedreg._ops.ARGS key), the state
+    key behind each of the op's state lists (`_state`), the keys created together on a param's first step
+    (`_keys`), and creates that lazy state in `_init_group`, as torch.optim's _init_group does."""
     # GradScaler hands us grad_scale/found_inf instead of unscaling and checking the grads itself.
     _step_supports_amp_scaling = True
     _defaults = {}
+    _op = ""
+    _state = {}
+    _keys = ()
 
     def __init__(self, params, defaults):
         backends.check_name(self.backend)
@@ -78,27 +60,47 @@ class _Fused(torch.optim.Optimizer):
             self.param_groups.pop()
             raise
 
+    def _scalars(self, group):
+        """The op's scalar arguments for this group: every op argument that is a group key, plus the subclass's
+        own (_extra) and l1_subgradient for l1_mode."""
+        kw = {a.name: group[a.name] for a in _ops.ARGS[self._op] if not a.role and a.name in group}
+        kw["l1_subgradient"] = group["l1_mode"] == "subgradient"
+        kw.update(self._extra(group))
+        return kw
+
+    def _extra(self, group):
+        return {}
+
     def _check(self, group):
         """Validate one group's hyperparameters (at construction and again before every step)."""
-        raise NotImplementedError
-
-    def _prepare(self, group, work, state):
-        """Validate the group's complete kernel inputs (work tensors, grads and every state tensor the kernels
-        will get) and create missing lazy state in `state` (a _Staged view); raise before anything changes.
-        _step_group then calls fusedreg.functional with _checked=True: one check of every tensor per step."""
-        raise NotImplementedError
+        F.check_args(l1_mode=group["l1_mode"], **self._scalars(group))
 
     def _state_keys(self, group):
         """(keys a stepped param's state must have in this group, optional keys) for load_state_dict."""
         raise NotImplementedError
 
-    def _step_group(self, group, work, grad_scale, found_inf):
-        """Step work.params (the group's params with grads; state is keyed by them) by running the kernels on
-        work.tensors / work.grads (fusedreg.precision.Work); state tensors go to the kernels through local()."""
+    def _init_group(self, group, params, lists):
+        """Create the state of params that have none yet (the None entries of `lists`, which it fills)."""
         raise NotImplementedError
 
-    def _grads(self, group):
-        return [p for p in group["params"] if p.grad is not None]
+    def _read(self, params, scalars):
+        """The op's state lists for params as their state holds them (None where there is none yet); raises
+        where a param's state is broken (some of the keys created together, not all)."""
+        used = F.used(self._op, scalars)
+        lists = {name: [] for name in self._state}
+        keys = [(name, key) for name, key in self._state.items() if name in used]
+        for i, p in enumerate(params):
+            st = self.state.get(p, _EMPTY)
+            if st and self._keys:
+                missing = [k for k in self._keys if k not in st]
+                if missing and len(missing) < len(self._keys):
+                    raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
+            for name, key in keys:
+                lists[name].append(st.get(key))
+        return {name: locals_(ts) for name, ts in lists.items()}
+
+    def _run(self, params, names, lists, scalars, grad_scale, found_inf):
+        F.launch(self._op, names, lists, grad_scale, found_inf, **scalars)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -114,26 +116,30 @@ class _Fused(torch.optim.Optimizer):
     # a scheduler changes) are then read at run time instead of being specialized into guards and recompiling.
     @no_compile
     def _fused_step(self, grad_scale, found_inf):
-        # Validate every group completely (hyperparameters, grads, state, backend) before any group is stepped;
-        # lazily created state (moments, master copies) goes into a staged view and is kept only once all passed.
-        staged = _Staged(self.state)
-        works = []
+        # Check every group completely (hyperparameters, params, grads, state, backend) before any is stepped, so
+        # that a step that raises changes nothing; lazy state is created only after that.
+        F.check_args(grad_scale=grad_scale, found_inf=found_inf)
+        plans = []
         for group in self.param_groups:
-            self._check(group)
-            params = self._grads(group)
+            scalars = self._scalars(group)
+            F.check_args(l1_mode=group["l1_mode"], **scalars)
+            params = [p for p in group["params"] if p.grad is not None]
             if group["master_weights"] or group["stochastic_rounding"]:
-                # The kernels will get fp32 copies: check the params and grads themselves too (_prepare checks
-                # the copies), so that e.g. an expand()ed param fails here and not in the write-back.
-                F.check_tensors([local(p) for p in params], grads=[local(p.grad) for p in params])
+                # The kernels will get fp32 copies: check the params and grads themselves too, so that e.g. an
+                # expand()ed param fails here and not in the write-back.
+                F.check_tensors(locals_(params), grads=locals_([p.grad for p in params]))
             # What the kernels update: local shards of DTensors, fp32 masters or temporaries (fusedreg.precision).
-            work = Work(params, staged, group)
-            self._prepare(group, work, staged)
-            for device in {t.device for t in work.tensors}:
-                backends.resolve(self.backend, device)
-            works.append(work)
-        staged.commit()
-        for group, work in zip(self.param_groups, works):
-            self._step_group(group, work, grad_scale, found_inf)
+            work = Work(params, self.state, group)
+            lists = self._read(params, scalars)
+            used = F.used(self._op, scalars)
+            F.check_tensors(work.tensors, grads=work.grads, missing_ok=tuple(lists),
+                            **{name: ts for name, ts in lists.items() if name in used})
+            plans.append((group, params, work, lists, scalars, F.resolve(self.backend, work.tensors)))
+        for group, params, work, lists, scalars, names in plans:
+            work.keep(self.state)
+            self._init_group(group, params, lists)
+            self._run(params, names, {"params": work.tensors, "grads": work.grads, **lists}, scalars, grad_scale,
+                      found_inf)
             work.finish()
 
     def load_state_dict(self, state_dict):
@@ -203,24 +209,14 @@ def _state_value(p, key, value):
     return value.detach().to(device=p.device, dtype=opmath(p.dtype)).clone()
 
 
-def _check_common(group):
-    F.check_nonneg("lr", group["lr"])
-    F.check_penalties(group["l1"], group["l1_mode"], group.get("l2", 0.0), group["l0"], group["weight_decay"],
-                      group["group_l1"], group["group_dim"])
-
-
-def _common_args(group, backend):
-    # _checked: _check has validated the hyperparameters, _prepare the tensors, and _fused_step resolved the backend.
-    return dict(l1=group["l1"], l1_mode=group["l1_mode"], l0=group["l0"], nonneg=group["nonneg"],
-                group_l1=group["group_l1"], group_dim=group["group_dim"], backend=backend, _checked=True)
-
-
 class SGD(_Fused):
     """torch.optim.SGD plus fused penalties: `l1` (prox soft-threshold by lr*l1, or subgradient), `l0`,
     `nonneg`, and group lasso `group_l1` over the rows (`group_dim=0`) or columns (`group_dim=1`) of every param
     with dim >= 2 (exact prox, step lr). weight_decay is torch's coupled L2 (g += wd*p), so
     `SGD(params, lr, **fusedreg.elastic_net(alpha, l1_ratio))` is scikit-learn's elastic net."""
     _defaults = dict(momentum=0.0, dampening=0.0, nesterov=False, maximize=False)
+    _op = "sgd_"
+    _state = dict(momentum_buffers="momentum_buffer")
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, l1=0.0,
                  l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False, backend="auto",
@@ -231,52 +227,34 @@ class SGD(_Fused):
                                       nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
                                       master_weights=master_weights, stochastic_rounding=stochastic_rounding))
 
-    def _check(self, group):
-        _check_common(group)
-        F.check_nonneg("momentum", group["momentum"])
-        F.check_nonneg("dampening", group["dampening"])
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-
     def _state_keys(self, group):
         # torch.optim.SGD records momentum_buffer (None before the first step) for every param it stepped with
         # momentum; some torch versions record None with momentum == 0 too.
         return (("momentum_buffer",), ()) if group["momentum"] != 0 else ((), ("momentum_buffer",))
 
-    def _prepare(self, group, work, state):
-        if group["momentum"] == 0:
-            F.check_tensors(work.tensors, grads=work.grads)
-            return
-        # Existing buffers are checked here; new ones (None) are created (and kept) by _step_group.
-        work.state = dict(momentum_buffers=locals_([state.peek(p).get("momentum_buffer") for p in work.params]))
-        F.check_tensors(work.tensors, grads=work.grads, missing_ok=("momentum_buffers",), **work.state)
+    def _init_group(self, group, params, lists):
+        pass  # torch's first step copies the gradient into a new buffer: _run makes the buffers
 
-    def _step_group(self, group, work, grad_scale, found_inf):
-        params = work.params
-        kw = dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                  weight_decay=group["weight_decay"], nesterov=group["nesterov"], maximize=group["maximize"],
-                  grad_scale=grad_scale, found_inf=found_inf, **_common_args(group, self.backend))
-        if group["momentum"] == 0:
-            F.sgd(work.tensors, work.grads, [], **kw)
-            return
-        # torch's first step copies the gradient into a new buffer: run new and old buffers apart.
-        held = work.state["momentum_buffers"]
+    def _run(self, params, names, lists, scalars, grad_scale, found_inf):
+        held = lists["momentum_buffers"]
         new = [i for i, b in enumerate(held) if b is None]
         if not new:
-            F.sgd(work.tensors, work.grads, held, first_step=False, **kw)
+            F.launch(self._op, names, lists, grad_scale, found_inf, first_step=False, **scalars)
             return
+        # Run new and old buffers apart: the first step of a new buffer is buf = g.
+        bufs = [_zeros_state(params[i]) for i in new]
         old = [i for i, b in enumerate(held) if b is not None]
-        bufs = [torch.zeros_like(params[i], dtype=opmath(params[i].dtype), memory_format=torch.preserve_format)
-                for i in new]
         for first, idx, bs in ((True, new, locals_(bufs)), (False, old, [held[i] for i in old])):
             if idx:
-                F.sgd([work.tensors[i] for i in idx], [work.grads[i] for i in idx], bs, first_step=first, **kw)
-        # Only keep new buffers when the step was taken, so a skipped (inf) step leaves state untouched. This
-        # reads found_inf on the host only on a step that creates buffers (the first), never in steady state.
+                part = {k: [ts[i] for i in idx] for k, ts in lists.items() if k != "momentum_buffers"}
+                F.launch(self._op, names, {**part, "momentum_buffers": bs}, grad_scale, found_inf,
+                         first_step=first, **scalars)
+        # Keep new buffers only when the step was taken, so a skipped (inf) step leaves state untouched. This
+        # reads found_inf on the host only on a step that creates buffers (the first), never in steady state. A
+        # skipped first step records torch's 'no buffer yet' (None), so a stepped param always has the key
+        # (load_state_dict relies on it).
         taken = found_inf is None or not bool(found_inf.item())
         for i, b in zip(new, bufs):
-            # A skipped first step records torch's 'no buffer yet' (None), so a stepped param always has the key
-            # (load_state_dict relies on it).
             self.state[params[i]]["momentum_buffer"] = b if taken else None
 
 
@@ -289,6 +267,10 @@ class Adam(_Fused):
     group-lasso solutions whatever the spread of denom inside a group."""
     _decoupled = False
     _defaults = dict(amsgrad=False, maximize=False)
+    _op = "adam_"
+    _state = dict(exp_avgs="exp_avg", exp_avg_sqs="exp_avg_sq", max_exp_avg_sqs="max_exp_avg_sq",
+                  state_steps="step")
+    _keys = ("step", "exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *, l1=0.0,
                  l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False, backend="auto",
@@ -299,51 +281,26 @@ class Adam(_Fused):
                                       nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
                                       master_weights=master_weights, stochastic_rounding=stochastic_rounding))
 
-    def _check(self, group):
-        _check_common(group)
-        F.check_nonneg("eps", group["eps"])
-        for i, b in enumerate(group["betas"]):
-            if not 0.0 <= float(b) < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {b} (must be in [0, 1))")
-
-    _KEYS = ("step", "exp_avg", "exp_avg_sq")
+    def _extra(self, group):
+        beta1, beta2 = group["betas"]
+        return dict(beta1=beta1, beta2=beta2, decoupled=self._decoupled)
 
     def _state_keys(self, group):
-        return (self._KEYS + ("max_exp_avg_sq",), ()) if group["amsgrad"] else (self._KEYS, ("max_exp_avg_sq",))
+        return (self._keys + ("max_exp_avg_sq",), ()) if group["amsgrad"] else (self._keys, ("max_exp_avg_sq",))
 
-    def _prepare(self, group, work, state):
-        amsgrad = group["amsgrad"]
-        needed = frozenset(self._state_keys(group)[0])
-        sts = []
-        for i, p in enumerate(work.params):
-            st = state.peek(p)
-            if not st.keys() >= needed:  # lazy state to create (in the staged view), or a broken one
-                st = state[p]
-                missing = [k for k in self._KEYS if k not in st]
-                if len(missing) == len(self._KEYS):
-                    st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    st["exp_avg"] = torch.zeros_like(p, dtype=opmath(p.dtype), memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(st["exp_avg"])
-                elif missing:
-                    raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
-                # amsgrad switched on mid-run: the max starts at zero (torch.optim.Adam would raise a KeyError).
-                if amsgrad and "max_exp_avg_sq" not in st:
-                    st["max_exp_avg_sq"] = torch.zeros_like(p, dtype=opmath(p.dtype),
-                                                            memory_format=torch.preserve_format)
-            sts.append(st)
-        keys = dict(exp_avgs="exp_avg", exp_avg_sqs="exp_avg_sq", state_steps="step")
-        if amsgrad:
-            keys["max_exp_avg_sqs"] = "max_exp_avg_sq"
-        work.state = {name: locals_([s[key] for s in sts]) for name, key in keys.items()}
-        F.check_tensors(work.tensors, grads=work.grads, **work.state)
-
-    def _step_group(self, group, work, grad_scale, found_inf):
-        st = work.state
-        F.adam(work.tensors, work.grads, st["exp_avgs"], st["exp_avg_sqs"], st.get("max_exp_avg_sqs", []),
-               st["state_steps"], lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
-               weight_decay=group["weight_decay"], decoupled=self._decoupled, amsgrad=group["amsgrad"],
-               maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
-               **_common_args(group, self.backend))
+    def _init_group(self, group, params, lists):
+        for i, p in enumerate(params):
+            if lists["exp_avgs"][i] is None:
+                st = self.state[p]
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                st["exp_avg"] = _zeros_state(p)
+                st["exp_avg_sq"] = _zeros_state(p)
+                for name in ("exp_avgs", "exp_avg_sqs", "state_steps"):
+                    lists[name][i] = local(st[self._state[name]])
+            # amsgrad switched on mid-run: the max starts at zero (torch.optim.Adam would raise a KeyError).
+            if group["amsgrad"] and lists["max_exp_avg_sqs"][i] is None:
+                self.state[p]["max_exp_avg_sq"] = _zeros_state(p)
+                lists["max_exp_avg_sqs"][i] = local(self.state[p]["max_exp_avg_sq"])
 
 
 class AdamW(Adam):
@@ -364,6 +321,9 @@ class Adagrad(_Fused):
     ProximalAdagradOptimizer: threshold eta*l1 and division by 1 + eta*l2, eta = lr/sqrt(acc); the accumulator
     starts at initial_accumulator_value. group_l1 is the group-lasso prox in the same metric (see Adam)."""
     _defaults = dict(lr_decay=0.0, initial_accumulator_value=0.0, maximize=False, l2=0.0)
+    _op = "adagrad_"
+    _state = dict(state_sums="sum", state_steps="step")
+    _keys = ("step", "sum")
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10, *,
                  l1=0.0, l2=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False,
@@ -377,50 +337,28 @@ class Adagrad(_Fused):
                                       stochastic_rounding=stochastic_rounding))
         # torch.optim.Adagrad creates its state eagerly, with the accumulator at its initial value.
         for group in self.param_groups:
-            self._init_group(group, self.state)
+            self._init_group(group, group["params"])
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         if hasattr(self, "backend"):
-            self._init_group(self.param_groups[-1], self.state)
-
-    def _init_group(self, group, states, params=None):
-        for p in group["params"] if params is None else params:
-            state = states[p]
-            if not any(k in state for k in self._KEYS):
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state["sum"] = torch.full_like(p, group["initial_accumulator_value"], dtype=opmath(p.dtype),
-                                               memory_format=torch.preserve_format)
-
-    def _check(self, group):
-        _check_common(group)
-        F.check_nonneg("lr_decay", group["lr_decay"])
-        F.check_nonneg("eps", group["eps"])
-
-    _KEYS = ("step", "sum")
+            self._init_group(self.param_groups[-1], self.param_groups[-1]["params"])
 
     def _state_keys(self, group):
-        return self._KEYS, ()
+        return self._keys, ()
 
-    def _prepare(self, group, work, state):
-        needed = frozenset(self._state_keys(group)[0])
-        sts = []
-        for i, p in enumerate(work.params):
-            st = state.peek(p)
-            if not st.keys() >= needed:
-                # State is made at construction; a param loaded without it starts from initial_accumulator_value.
-                self._init_group(group, state, [p])
-                st = state.peek(p)
-                missing = [k for k in self._KEYS if k not in st]
-                if missing:
-                    raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
-            sts.append(st)
-        work.state = dict(state_sums=locals_([s["sum"] for s in sts]), state_steps=locals_([s["step"] for s in sts]))
-        F.check_tensors(work.tensors, grads=work.grads, **work.state)
+    def _init_group(self, group, params, lists=None):
+        # State is made at construction; a param loaded without it starts from initial_accumulator_value.
+        for i, p in enumerate(params):
+            st = self.state[p]
+            if any(k in st for k in self._keys) if lists is None else lists["state_sums"][i] is not None:
+                continue
+            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            st["sum"] = torch.full_like(p, group["initial_accumulator_value"], dtype=opmath(p.dtype),
+                                        memory_format=torch.preserve_format)
+            if lists is not None:
+                lists["state_sums"][i], lists["state_steps"][i] = local(st["sum"]), local(st["step"])
 
-    def _step_group(self, group, work, grad_scale, found_inf):
-        st = work.state
-        F.adagrad(work.tensors, work.grads, st["state_sums"], st["state_steps"],
-                  lr=group["lr"], lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
-                  maximize=group["maximize"], l2=group["l2"], grad_scale=grad_scale, found_inf=found_inf,
-                  **_common_args(group, self.backend))
+
+def _zeros_state(p):
+    return torch.zeros_like(p, dtype=opmath(p.dtype), memory_format=torch.preserve_format)

@@ -102,7 +102,7 @@ def penalty(params_or_model, *, l1=None, weight_decay=None, group_l1=None, group
         settings = [([t for _, t in _named(params_or_model)], {k: (0 if v is None else v) for k, v in given.items()})]
     total, device = None, None
     for tensors, s in settings:
-        F.check_penalties(s["l1"], "prox", s["l2"], s["l0"], s["weight_decay"], s["group_l1"], s["group_dim"])
+        F.check_args(**s)
         for t in tensors:
             part = _tensor_penalty(t, float(s["l1"]), 0.5 * (float(s["weight_decay"]) + float(s["l2"])),
                                    float(s["group_l1"]), s["group_dim"], float(s["l0"]))

@@ -81,16 +81,15 @@ def stochastic_round_bf16(x, generator=None):
 
 
 class Work:
-    """The tensors one step hands to the kernels, and how to write the results back."""
+    """The tensors one step hands to the kernels, and how to write the results back. Building it changes
+    nothing: master copies it makes for params that have none are kept (keep) once the step has been checked."""
 
     def __init__(self, params, state, group):
         master = group.get("master_weights", False)
         sr = group.get("stochastic_rounding", False)
         if master and sr:
             raise ValueError("choose one of master_weights and stochastic_rounding, not both")
-        self.params = params
-        self.tensors, self.grads, self._writeback = [], [], []
-        self.state = {}  # the state lists the kernels get, by functional argument name (the optimizer's _prepare)
+        self.tensors, self.grads, self._writeback, self._new = [], [], [], {}
         dtensor = _dtensor_type()
         if not master and not sr and (dtensor is None or not any(isinstance(p, dtensor) for p in params)):
             # The common case, on every step: the kernels update the params themselves.
@@ -100,9 +99,10 @@ class Work:
             check_group_layout(p, group.get("group_l1", 0.0), group.get("group_dim", 0))
             lp, lg = local(p), local(p.grad)
             if master and p.dtype in LOW_PRECISION:
-                if "master_param" not in state[p]:
-                    state[p]["master_param"] = p.detach().to(torch.float32, copy=True)
-                w = local(state[p]["master_param"])
+                m = state.get(p, {}).get("master_param")
+                if m is None:
+                    m = self._new[p] = p.detach().to(torch.float32, copy=True)
+                w = local(m)
                 self._writeback.append((lp, w, False))
             elif sr and p.dtype == torch.bfloat16:
                 w = lp.to(torch.float32)
@@ -115,6 +115,11 @@ class Work:
                 continue
             self.tensors.append(w)
             self.grads.append(lg.to(torch.float32))
+
+    def keep(self, state):
+        """Put the new master copies into the optimizer state (once every group has passed its checks)."""
+        for p, m in self._new.items():
+            state[p]["master_param"] = m
 
     def finish(self):
         """Copy the fp32 results back into the low-precision params (after the kernel)."""
