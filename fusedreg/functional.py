@@ -3,9 +3,9 @@
 Each step takes its op's arguments (fusedreg._ops.ARGS: the tensor lists, then every scalar by keyword), with
 `l1_mode` in place of the op's `l1_subgradient`, `lr` a number or a one-element tensor, and `backend`. It checks
 every input before it touches anything (check_args: the hyperparameters, check_tensors: the tensors), then
-`launch` groups the tensors by device and dtype and hands each group to one backend kernel (fusedreg.backends).
-All updates are in place. The optimizer classes make the same checks for all their groups first, then call
-`launch`.
+`launch` splits the tensors by device and dtype and hands each part to one backend kernel (fusedreg.backends).
+All updates are in place. The optimizer classes make the same checks for all their param groups first, then
+call `launch`.
 
 Non-finite gradients: without found_inf (no GradScaler) a NaN or inf gradient propagates into its param and
 state exactly as in torch.optim: nothing is skipped or zeroed, and the proximal steps keep NaN as NaN (a NaN is
@@ -173,21 +173,24 @@ def resolve(backend, tensors):
     return {device: backends.resolve(backend, device) for device in {t.device for t in tensors}}
 
 
+# Every scalar a kernel takes, filled in by launch: the reference kernels are plain functions (the tensors that
+# launch passes itself aside).
+_DEFAULTS = {op: {k: v for k, v in _ops.defaults(op).items() if k not in ("grad_scale", "found_inf", "lr_tensor")}
+             for op in _ops.ARGS}
+
+
 def launch(op, names, lists, grad_scale=None, found_inf=None, **scalars):
     """Run `op` on already checked lists ({argument name: tensors}, params first), one kernel call per (device,
-    dtype) group, each on the backend `names` (resolve's answer) gives its device. `lr` is a number or a
+    dtype) part, each on the backend `names` (resolve's answer) gives its device. `lr` is a number or a
     one-element tensor: on the group's (non-CPU) device it goes to the kernel as lr_tensor, else as a float."""
     params = lists["params"]
-    groups = {}
+    parts = {}
     for i, p in enumerate(params):
-        groups.setdefault((p.device, p.dtype), []).append(i)
-    # The reference kernels are plain functions: pass every argument (those launch sets below aside).
-    scalars = {**_ops.defaults(op), **scalars}
-    for name in ("grad_scale", "found_inf", "lr_tensor"):
-        scalars.pop(name)
+        parts.setdefault((p.device, p.dtype), []).append(i)
+    scalars = {**_DEFAULTS[op], **scalars}
     lr = scalars.pop("lr")
-    whole = len(groups) == 1
-    for (device, _), idx in groups.items():
+    whole = len(parts) == 1
+    for (device, _), idx in parts.items():
         args = lists if whole else {k: [ts[i] for i in idx] if ts else [] for k, ts in lists.items()}
         on_device = torch.is_tensor(lr) and lr.device == device and device.type != "cpu"
         backends.kernel(names[device], op)(

@@ -88,15 +88,18 @@ class _Fused(torch.optim.Optimizer):
         where a param's state is broken (some of the keys created together, not all)."""
         used = F.used(self._op, scalars)
         lists = {name: [] for name in self._state}
-        keys = [(name, key) for name, key in self._state.items() if name in used]
-        for i, p in enumerate(params):
-            st = self.state.get(p, _EMPTY)
-            if st and self._keys:
+        keys = [(lists[name], key) for name, key in self._state.items() if name in used]
+        state = self.state
+        for p in params:
+            st = state.get(p, _EMPTY)
+            for ts, key in keys:
+                ts.append(st.get(key))
+        if any(t is None for ts in lists.values() for t in ts):  # first steps (or broken state): look closer
+            for i, p in enumerate(params):
+                st = state.get(p, _EMPTY)
                 missing = [k for k in self._keys if k not in st]
-                if missing and len(missing) < len(self._keys):
+                if st and 0 < len(missing) < len(self._keys):
                     raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
-            for name, key in keys:
-                lists[name].append(st.get(key))
         return {name: locals_(ts) for name, ts in lists.items()}
 
     def _run(self, params, names, lists, scalars, grad_scale, found_inf):
