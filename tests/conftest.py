@@ -1,3 +1,5 @@
+"""Test-session setup: the CPU backends the suites are parametrized over, a fixed seed per test, and the check
+that the backends CI requires (FUSEDREG_REQUIRE) were built."""
 import os
 
 import pytest

@@ -1,3 +1,5 @@
+"""Backend choice (fusedreg.backends): auto order, errors that say why, the reference fallback without the
+extension, the native registration check, and the GPU scripts kept runnable on CPU."""
 import os
 import subprocess
 import sys
