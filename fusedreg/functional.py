@@ -25,6 +25,8 @@ _NONNEG = {a.name for args in _ops.ARGS.values() for a in args if a.type == "flo
 
 
 def check_nonneg(name, value):
+    if torch.is_tensor(value) and value.numel() != 1:
+        raise ValueError(f"Tensor {name} must be 1-element")  # torch.optim's words
     if torch.is_tensor(value) and value.device.type != "cpu":
         # An lr tensor on an accelerator goes to the kernels as it is, read on the device (no host sync, so a step
         # can be captured in a CUDA graph); like torch's capturable optimizers, its value is not checked here.

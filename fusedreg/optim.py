@@ -17,6 +17,9 @@ PENALTIES = dict(l1=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, gro
 PRECISION = dict(master_weights=False, stochastic_rounding=False)
 # Per-param state any optimizer may hold next to its own keys (fusedreg.precision's fp32 master copy).
 EXTRA_STATE = ("master_param",)
+# torch.optim's own group keys, accepted and recorded so that code written for torch.optim runs unchanged: the
+# step is always one fused kernel, whatever foreach/fused say; differentiable=True is refused (_check).
+TORCH_KEYS = dict(foreach=None, fused=None, differentiable=False)
 
 
 _EMPTY = {}  # the state of a param that has none (read, never written)
@@ -36,7 +39,7 @@ class _Fused(torch.optim.Optimizer):
     def __init__(self, params, defaults):
         backends.check_name(self.backend)
         self._check(defaults)
-        super().__init__(params, {**PENALTIES, **PRECISION, **defaults})
+        super().__init__(params, {**PENALTIES, **PRECISION, **TORCH_KEYS, **defaults})
 
     def __getstate__(self):
         # torch.optim pickles only defaults, state and param_groups; keep the backend choice too.
@@ -45,7 +48,7 @@ class _Fused(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in {**PENALTIES, **PRECISION, **self._defaults}.items():
+            for key, value in {**PENALTIES, **PRECISION, **TORCH_KEYS, **self._defaults}.items():
                 group.setdefault(key, value)
 
     def add_param_group(self, param_group):
@@ -73,6 +76,9 @@ class _Fused(torch.optim.Optimizer):
 
     def _check(self, group):
         """Validate one group's hyperparameters (at construction and again before every step)."""
+        if group.get("differentiable"):
+            raise ValueError("differentiable=True is not supported: fusedreg's step is one fused kernel that "
+                             "autograd does not differentiate through")
         F.check_args(l1_mode=group["l1_mode"], **self._scalars(group))
 
     def _state_keys(self, group):
@@ -124,8 +130,8 @@ class _Fused(torch.optim.Optimizer):
         F.check_args(grad_scale=grad_scale, found_inf=found_inf)
         plans = []
         for group in self.param_groups:
+            self._check(group)
             scalars = self._scalars(group)
-            F.check_args(l1_mode=group["l1_mode"], **scalars)
             params = [p for p in group["params"] if p.grad is not None]
             if group["master_weights"] or group["stochastic_rounding"]:
                 # The kernels will get fp32 copies: check the params and grads themselves too, so that e.g. an
@@ -151,6 +157,11 @@ class _Fused(torch.optim.Optimizer):
         saved = state_dict["state"]
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         self._check_saved_state(state_dict)
+        # A key the checkpoint lacks (a torch.optim checkpoint has no penalties) keeps the value this optimizer
+        # was built with: fine-tuning from a torch checkpoint with l1 added keeps the l1.
+        if len(state_dict["param_groups"]) == len(self.param_groups):
+            state_dict = {**state_dict, "param_groups": [{**ours, **g} for ours, g in
+                                                         zip(self.param_groups, state_dict["param_groups"])]}
         super().load_state_dict(state_dict)
         params = [p for g in self.param_groups for p in g["params"]]
         for i, p in zip(ids, params):
@@ -223,12 +234,13 @@ class SGD(_Fused):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, l1=0.0,
                  l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False, backend="auto",
-                 master_weights=False, stochastic_rounding=False):
+                 master_weights=False, stochastic_rounding=False, foreach=None, differentiable=False, fused=None):
         self.backend = backend
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize, l1=l1, l1_mode=l1_mode, l0=l0,
                                       nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
-                                      master_weights=master_weights, stochastic_rounding=stochastic_rounding))
+                                      master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                                      foreach=foreach, differentiable=differentiable, fused=fused))
 
     def _state_keys(self, group):
         # torch.optim.SGD records momentum_buffer (None before the first step) for every param it stepped with
@@ -268,8 +280,7 @@ class Adam(_Fused):
     same metric: a group is zeroed when ||(sqrt(v_hat) + eps) * w_g|| <= lr*group_l1*sqrt(|g|), else shrunk
     elementwise by r/(r + lr*group_l1*sqrt(|g|)/denom_i) (fusedreg.reference.group_prox), so fixed points are
     group-lasso solutions whatever the spread of denom inside a group."""
-    _decoupled = False
-    _defaults = dict(amsgrad=False, maximize=False)
+    _defaults = dict(amsgrad=False, maximize=False, capturable=False, decoupled_weight_decay=False)
     _op = "adam_"
     _state = dict(exp_avgs="exp_avg", exp_avg_sqs="exp_avg_sq", max_exp_avg_sqs="max_exp_avg_sq",
                   state_steps="step")
@@ -277,16 +288,21 @@ class Adam(_Fused):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *, l1=0.0,
                  l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False, backend="auto",
-                 master_weights=False, stochastic_rounding=False):
+                 master_weights=False, stochastic_rounding=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False):
         self.backend = backend
+        if len(betas) == 2 and torch.is_tensor(betas[0]) != torch.is_tensor(betas[1]):
+            raise ValueError("betas must be either both floats or both Tensors")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize, l1=l1, l1_mode=l1_mode, l0=l0,
                                       nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
-                                      master_weights=master_weights, stochastic_rounding=stochastic_rounding))
+                                      master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                                      foreach=foreach, capturable=capturable, differentiable=differentiable,
+                                      fused=fused, decoupled_weight_decay=decoupled_weight_decay))
 
     def _extra(self, group):
         beta1, beta2 = group["betas"]
-        return dict(beta1=beta1, beta2=beta2, decoupled=self._decoupled)
+        return dict(beta1=beta1, beta2=beta2, decoupled=group["decoupled_weight_decay"])
 
     def _state_keys(self, group):
         return (self._keys + ("max_exp_avg_sq",), ()) if group["amsgrad"] else (self._keys, ("max_exp_avg_sq",))
@@ -309,14 +325,23 @@ class Adam(_Fused):
 class AdamW(Adam):
     """torch.optim.AdamW plus fused penalties: decoupled decay p *= 1 - lr*wd before the Adam step (so
     `elastic_net`'s weight_decay is not scikit-learn's L2 term here; use Adam or SGD for that)."""
-    _decoupled = True
+    _defaults = dict(Adam._defaults, decoupled_weight_decay=True)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  l1=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False,
-                 backend="auto", master_weights=False, stochastic_rounding=False):
+                 backend="auto", master_weights=False, stochastic_rounding=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, l1=l1, l1_mode=l1_mode, l0=l0,
                          nonneg=nonneg, group_l1=group_l1, group_dim=group_dim, maximize=maximize,
-                         backend=backend, master_weights=master_weights, stochastic_rounding=stochastic_rounding)
+                         backend=backend, master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                         foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True)
+
+    def __setstate__(self, state):
+        # As torch.optim.AdamW: whatever a loaded state says, AdamW's decay is decoupled.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
 
 
 class Adagrad(_Fused):
@@ -328,16 +353,18 @@ class Adagrad(_Fused):
     _state = dict(state_sums="sum", state_steps="step")
     _keys = ("step", "sum")
 
-    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10, *,
-                 l1=0.0, l2=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False,
-                 backend="auto", master_weights=False, stochastic_rounding=False):
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                 foreach=None, *, l1=0.0, l2=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0,
+                 maximize=False, backend="auto", master_weights=False, stochastic_rounding=False,
+                 differentiable=False, fused=None):
         self.backend = backend
         F.check_nonneg("initial_accumulator_value", initial_accumulator_value)
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
                                       initial_accumulator_value=initial_accumulator_value, maximize=maximize,
                                       l1=l1, l2=l2, l1_mode=l1_mode, l0=l0, nonneg=nonneg, group_l1=group_l1,
                                       group_dim=group_dim, master_weights=master_weights,
-                                      stochastic_rounding=stochastic_rounding))
+                                      stochastic_rounding=stochastic_rounding, foreach=foreach,
+                                      differentiable=differentiable, fused=fused))
         # torch.optim.Adagrad creates its state eagerly, with the accumulator at its initial value.
         for group in self.param_groups:
             self._init_group(group, group["params"])

@@ -333,7 +333,8 @@ def test_group_keys_validated_and_defaulted():
             fusedreg.Adam([w], **bad)
     opt = fusedreg.SGD([w], lr=0.1)
     assert opt.param_groups[0]["group_l1"] == 0.0 and opt.param_groups[0]["group_dim"] == 0
-    # A state_dict saved before the keys existed loads with their defaults.
+    # A state_dict saved without the keys (before they existed, or torch.optim's) keeps the values the loading
+    # optimizer was built with (issue #17: a torch checkpoint must not switch the penalties off).
     sd = opt.state_dict()
     for g in sd["param_groups"]:
         del g["group_l1"], g["group_dim"]
@@ -341,7 +342,7 @@ def test_group_keys_validated_and_defaulted():
     opt2.load_state_dict(sd)
     w.grad = torch.ones_like(w)
     opt2.step()
-    assert opt2.param_groups[0]["group_l1"] == 0.0 and opt2.param_groups[0]["group_dim"] == 0
+    assert opt2.param_groups[0]["group_l1"] == 1.0 and opt2.param_groups[0]["group_dim"] == 1
 
 
 # --------------------------------------------------------------------------------------------- L0, nonneg
