@@ -67,7 +67,7 @@ def test_demo_prints_a_row_per_penalty(demo_run):
     png, out, _, res = demo_run
     for label in ("none", "L2", "L1", "elastic net", "group lasso"):
         assert any(line.startswith(label) for line in out.splitlines()), f"no table row for {label!r}:\n{out}"
-    for column in ("test acc", "zeros", "inputs pruned", "hidden pruned", "torch.optim us"):
+    for column in ("test acc", "zero weights", "inputs pruned", "hidden pruned", "torch.optim us"):
         assert column in out
     assert [r.kind for r in res.rows] == ["none", "l2", "l1", "elastic_net", "group_l1"]
     assert f"wrote {os.path.abspath(png)}" in out
@@ -175,7 +175,9 @@ def test_select_lambda_on_a_sparse_linear_problem():
     assert len(res.lambdas) == 5 and res.lambdas[0] == res.lambda_max
     assert all(math.isclose(a / b, res.lambdas[0] / res.lambdas[1], rel_tol=1e-9)
                for a, b in zip(res.lambdas, res.lambdas[1:]))
-    assert res.penalized_sparsity[0] == 1.0  # λ_max zeroes every weight
+    # λ_max is exact on all rows (no calibration for a linear model); a fold's own λ_max differs a little,
+    # as in scikit-learn's LassoCV, whose grid also comes from all rows.
+    assert res.penalized_sparsity[0] > 0.9
     assert res.lambda_ == res.best_lambda and res.mean[res.best_index] == max(res.mean)
     assert res.mean[res.best_index] > 0.8
     assert res.index_1se <= res.best_index
