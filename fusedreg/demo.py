@@ -574,10 +574,11 @@ def _run_demo(*, epochs=30, device="cpu", out="out/fusedreg_demo.png", seed=0, h
     path_total = 2 * (sel.path_steps(len(data.X_train), path_lambdas, epochs=path_epochs, batch_size=batch_size)
                       + sel.path_steps(len(data.X_train), 1, epochs=path_epochs, batch_size=batch_size))
     timing_total = len(configs) * (timing_steps + 5)  # time_steps' warm-up is 5
-    print_fn(f"fusedreg demo: MLP {n_in}-{hidden}-10 on scikit-learn digits ({len(data.X_train)} train / "
-             f"{len(data.X_test)} test images of 8x8 pixels), fusedreg.Adam lr={lr:g}, {plural(epochs, 'epoch')}, "
-             f"batch {batch_size}, device {device} ({plural(torch.get_num_threads(), 'CPU thread')}), backend "
-             f"{backend} -> {backends.resolve(backend, torch.device(device))}", flush=True)
+    print_fn(wrap(f"fusedreg demo: MLP {n_in}-{hidden}-10 on scikit-learn digits ({len(data.X_train)} train / "
+                  f"{len(data.X_test)} test images of 8x8 pixels), fusedreg.Adam lr={lr:g}, "
+                  f"{plural(epochs, 'epoch')}, batch {batch_size}, device {device} "
+                  f"({plural(torch.get_num_threads(), 'CPU thread')}), backend {backend} -> "
+                  f"{backends.resolve(backend, torch.device(device))}"), flush=True)
     bar = make_progress(len(configs) * epochs * steps_per_epoch + path_total + timing_total, "fusedreg demo",
                         progress)
 
@@ -784,6 +785,11 @@ def first_weight(model):
     return model.weight if isinstance(model, torch.nn.Linear) else model[0].weight
 
 
+def wrap(text, width=110):
+    import textwrap
+    return textwrap.fill(text, width, subsequent_indent="  ", break_on_hyphens=False)
+
+
 def plural(n, word):
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -887,9 +893,9 @@ def _run_sweep(*, data=None, target=None, task=None, model=None, test_fraction=0
                f"({2 * epochs} for the first)")
     loss = "½·MSE (scikit-learn's Lasso objective)" if ds.task == "regression" else "mean cross-entropy"
     test_note = f", {len(ds.X_test)} held-out test rows" if ds.X_test is not None else ""
-    print_fn(f"fusedreg sweep: {PENALTY_LABELS[penalty]} on {shape}, {ds.source} ({len(ds.X_train)} rows for "
-             f"{folds}-fold CV{test_note}), loss {loss}; {how}; device {device} "
-             f"({plural(torch.get_num_threads(), 'CPU thread')})")
+    print_fn(wrap(f"fusedreg sweep: {PENALTY_LABELS[penalty]} on {shape}, {ds.source} ({len(ds.X_train)} rows "
+                  f"for {folds}-fold CV{test_note}), loss {loss}; {how}; device {device} "
+                  f"({plural(torch.get_num_threads(), 'CPU thread')})"))
     if ds.task_note:
         print_fn(ds.task_note)
     if ds.near_constant:
@@ -927,15 +933,15 @@ def _run_sweep(*, data=None, target=None, task=None, model=None, test_fraction=0
     plot_sweep(result.png, res, fit, penalty, ds, factor)
     grid = ("given" if lambdas is not None else
             f"λ_max={res.lambda_max:.4g} down to {lambda_min_ratio:g}·λ_max")
-    if lambdas is None and model == "linear" and ds.task == "regression":
-        grid += " (λ_max = max|Xᵀ(y − ȳ)|/n, scikit-learn's alpha_max)"
     print_fn(f"λ grid: {len(res.lambdas)} values, {grid}; rule {rule!r} "
              + (f"(best mean validation {res.score_name})" if rule == "best" else
                 "(largest λ within one standard error of the best mean)"))
+    if lambdas is None and model == "linear" and ds.task == "regression":
+        print_fn("  λ_max = max|Xᵀ(y − ȳ)|/n: scikit-learn's alpha_max; λ means Lasso's alpha")
     table = res.table() if factor == 1.0 else _scaled_table(res, factor)
     print_fn(table)
     for w in caught:
-        print_fn(f"warning: {w.message}")
+        print_fn(wrap(f"warning: {w.message}"))
     print_fn(f"\nchosen λ = {res.lambda_:.4g} (best {res.best_lambda:.4g}, 1-SE {res.lambda_1se:.4g})")
     metric = res.score_name
     shown = (lambda v: f"{v:.1%}") if metric == "accuracy" else (lambda v: f"{v:.4g}")
@@ -943,8 +949,9 @@ def _run_sweep(*, data=None, target=None, task=None, model=None, test_fraction=0
     if scores["test"] is not None:
         parts.append(f"test {metric} {shown(scores['test'])}")
     pruned_text = f"features pruned {inputs}/{n_in}" + (f", hidden pruned {hid}/{hidden}" if model == "mlp" else "")
-    print_fn(f"refit on all {len(ds.X_train)} training rows down the path to λ = {res.lambda_:.4g}: "
-             f"{', '.join(parts)}, exact zeros {sel.zero_fraction(fit.parameters()):.1%} of all parameters "
+    print_fn(f"refit on all {len(ds.X_train)} training rows down the path to λ = {res.lambda_:.4g}:\n"
+             f"  {', '.join(parts)}\n"
+             f"  exact zeros {sel.zero_fraction(fit.parameters()):.1%} of all parameters "
              f"({sel.zero_fraction(penalized):.1%} of penalized weights), {pruned_text}")
     result.json = sweep_json(res, ds, scores, fit, penalized, model, hidden, penalty, l1_ratio, factor,
                              [str(w.message) for w in caught])

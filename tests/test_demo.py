@@ -26,8 +26,39 @@ def _one_thread():
         yield
 
 
+class Bar:
+    """Stands in for the tqdm bar: records whether the header was printed first and every change of total."""
+    made = []
+
+    def __init__(self, total, desc, enabled, unit="step"):
+        self.totals, self.n = [total], 0
+        self.header_first = sys.stdout.getvalue().startswith("fusedreg ")
+        Bar.made.append(self)
+
+    @property
+    def total(self):
+        return self.totals[-1]
+
+    @total.setter
+    def total(self, v):
+        self.totals.append(v)
+
+    def update(self, k=1):
+        self.n += k
+
+    def set_description(self, text):
+        pass
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        pass
+
+
 def _run(argv, fn_name):
-    """main(argv) in-process; returns (stdout, stderr, the result object the run function returned)."""
+    """main(argv) in-process; returns (stdout, stderr, the result object the run function returned). The
+    progress bar is a recording Bar (result.bar)."""
     seen = {}
     real = getattr(demo, fn_name)
 
@@ -38,8 +69,19 @@ def _run(argv, fn_name):
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         mp.setattr(demo, fn_name, spy)
+        mp.setattr(demo, "make_progress", Bar)
+        Bar.made.clear()
         assert main(argv) == 0
+    seen["result"].bar = Bar.made[-1]
     return out.getvalue(), err.getvalue(), seen["result"]
+
+
+def _bar_ok(bar):
+    # The header comes before the bar; the total never grows (the percentage never goes back) and the run
+    # ends at exactly 100%.
+    assert bar.header_first
+    assert all(b <= a for a, b in zip(bar.totals, bar.totals[1:])), bar.totals
+    assert bar.n == bar.total, (bar.n, bar.totals)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +120,25 @@ def test_demo_writes_the_png(demo_run):
     png, _, _, res = demo_run
     _png_ok(png)
     assert res.png == os.path.abspath(png)
+
+
+def test_demo_progress_and_table_text(demo_run):
+    _, out, _, res = demo_run
+    _bar_ok(res.bar)
+    assert max(len(line) for line in out.splitlines()) <= 160
+    flat = " ".join(out.split())  # notes are wrapped
+    assert "1 epochs" not in flat and "backend='torch' (the pure-PyTorch reference, the test oracle)" in flat
+    # The table's "zero weights" is the figure legend's count: the weight matrices' exact-zero fraction.
+    for r in res.rows:
+        weights = [p for p in res.models[r.kind].parameters() if p.dim() >= 2]
+        assert r.zeros == sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+
+
+def test_default_figure_path_is_not_the_current_folder():
+    from fusedreg.__main__ import build_parser
+    for cmd in ("demo", "sweep"):
+        args = build_parser().parse_args([cmd])
+        assert os.path.dirname(args.out) == "out", args.out
 
 
 def test_demo_l1_has_exact_zeros_and_l2_has_none(demo_run):
@@ -142,6 +203,8 @@ def test_sweep_chooses_a_lambda_in_the_grid(sweep_run):
     assert len(rows) == len(path.lambdas)
     assert 0.5 < res.test_accuracy <= 1.0
     _png_ok(png)
+    _bar_ok(res.bar)
+    assert "1 epochs" not in out and "1 epoch per λ" in out
 
 
 def test_sweep_group_lasso_with_explicit_grid(tmp_path):

@@ -102,6 +102,7 @@ def test_lambda_max_and_choice_match_lassocv(diabetes):
     np.testing.assert_allclose(js["cv_mean"], sk.mse_path_.mean(1), rtol=1e-3)
     assert "task: regression (inferred" in diabetes["out"]
     assert "scikit-learn's alpha_max" in diabetes["out"]
+    assert max(len(line) for line in diabetes["out"].splitlines()) <= 120
 
 
 def test_json_has_the_whole_result(diabetes):
