@@ -158,6 +158,20 @@ def test_select_lambda_takes_sklearn_splitters_and_index_pairs():
     assert min(a.mean) < 1.0 and a.task == "regression" and a.score_name == "mse"
 
 
+def test_network_regression_starts_at_the_target_mean():
+    # The case: a target with mean ~150 and Adam's default steps never learned the intercept (CV MSE
+    # 26,000 vs 2,990). The output bias now starts at the training mean.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 3, generator=g)
+    y = 150 + 5 * X[:, 0] + torch.randn(200, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", select.GridEdgeWarning)
+        res = select.select_lambda(lambda: torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(),
+                                                               torch.nn.Linear(8, 1)),
+                                   X, y, lambdas=[1e-3], folds=2, refit=False)
+    assert res.score_name == "mse" and res.mean[0] < 30  # y's variance is ~26; 22,500 without the intercept
+
+
 def test_calibrate_does_not_double_an_exact_lambda_max():
     d = load_diabetes()
     X = torch.tensor((d.data - d.data.mean(0)) / d.data.std(0))
@@ -165,7 +179,13 @@ def test_calibrate_does_not_double_an_exact_lambda_max():
     model = select.start_model(torch.nn.Linear(10, 1).double(), y, "regression")
     exact = select.lambda_max(model, X, y)
     lam, tries = select.calibrate_lambda_max(lambda: torch.nn.Linear(10, 1).double(), X, y, epochs=400)
-    assert lam == exact and tries == 1  # a 1e-15 weight left by rounding at |g| = λ counts as zero
+    assert lam == exact and tries == 1
+    # The case: full-batch SGD at lr = 1/L with the bias learned from its random start leaves one weight
+    # at ~1e-15 (rounding at |g| = λ); that counts as zero, so λ_max is not doubled to 90.32.
+    lr = 1 / select.lipschitz(X, "regression")
+    lam, tries = select.calibrate_lambda_max(lambda: torch.nn.Linear(10, 1).double(), X, y, epochs=200,
+                                             optimizer=fusedreg.SGD, lr=lr, batch_size=len(X), init_bias=False)
+    assert lam == pytest.approx(exact, rel=1e-12) and tries == 1
     # The default does not calibrate a linear model at all: the grid starts at the exact bound.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", select.GridEdgeWarning)
