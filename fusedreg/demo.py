@@ -28,7 +28,6 @@ import torch
 from . import backends
 from . import select as sel
 from .optim import Adam
-from .penalties import sparsity
 
 PENALTY_LABELS = {"none": "none", "l2": "L2", "l1": "L1", "elastic_net": "elastic net",
                   "group_l1": "group lasso (layer-1 inputs)"}
@@ -730,6 +729,7 @@ def plot_sweep(path, res, model, kind, data, scale=1.0):
         _feature_bars(axes[2], model, data.features, f"refit at λ={res.lambda_:.3g}")
     fig.suptitle(f"fusedreg sweep: {PENALTY_LABELS[kind]} on {data.source}, chosen by rule {res.rule!r}")
     fig.savefig(path, dpi=80)
+    return fig
 
 
 def plot_demo(path, rows, models, paths, data, hidden):
@@ -776,6 +776,7 @@ def plot_demo(path, rows, models, paths, data, hidden):
         ax.legend(fontsize=8)
     fig.suptitle(f"fusedreg demo: MLP {data.n_features}-{hidden}-10 on scikit-learn digits")
     fig.savefig(path, dpi=80)
+    return fig
 
 
 
@@ -854,7 +855,8 @@ def _run_sweep(*, data=None, target=None, task=None, model=None, test_fraction=0
     model = model or ("mlp" if data is None else "linear")
     if quick:  # explicit --lambdas are kept whole: quick never drops a value the user listed
         folds, n_lambdas = min(folds, 3), min(n_lambdas, 4)
-        epochs = 1
+        if model == "mlp":  # a linear model still trains every λ to convergence
+            epochs = 1
     if model == "mlp":
         epochs, batch_size, lr = epochs or 5, batch_size or 64, lr or 1e-2
     if data is None:

@@ -135,7 +135,7 @@ class LambdaPath:
             return (f"the chosen λ = {self.lambda_:.4g} is the largest on the grid: a larger λ may score as well. "
                     "Extend the grid up (larger --lambdas), or let the grid start at λ_max (omit lambdas).")
         if self.edge == "lambda_max":
-            return (f"the chosen λ = {self.lambda_:.4g} is λ_max, where every penalized weight is zero: no model "
+            return (f"the chosen λ = {self.lambda_:.4g} is at λ_max, where every penalized weight is zero: no model "
                     "with a nonzero weight scored better on the validation folds. Check that the features carry "
                     "signal, or that the model trains (lr, epochs).")
         return ""

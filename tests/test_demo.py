@@ -134,6 +134,29 @@ def test_demo_progress_and_table_text(demo_run):
         assert r.zeros == sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
 
 
+def test_demo_figure_contents(demo_run, tmp_path):
+    _, _, _, res = demo_run
+    fig = demo.plot_demo(str(tmp_path / "d.png"), res.rows, res.models, res.paths, demo.load_digits(0), 64)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels.count("||W1[:, pixel]||") == len(res.rows)  # a colorbar per pixel map
+    legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    for r in res.rows:
+        if r.zeros:
+            assert f"zero weights: {r.zeros:.1%}" in legends, (r.kind, legends)
+    assert any("table's λ" in t for t in legends)  # the λ the table used, marked on the path plots
+
+
+def test_sweep_figure_axis_spans_the_models_that_are_not_all_zero(sweep_run, tmp_path):
+    _, _, _, res = sweep_run
+    fig = demo.plot_sweep(str(tmp_path / "s.png"), res.path, res.path.model, "l1", res.data)
+    lo, hi = fig.axes[0].get_ylim()
+    live = [m for m, z in zip(res.path.mean, res.path.penalized_sparsity) if z < 1]
+    assert lo > min(res.path.mean) or len(live) == len(res.path.mean)  # the ~0.1 accuracy of λ_max is off-axis
+    assert lo <= min(live) and hi >= max(live)
+    legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("chosen λ=") for t in legends)
+
+
 def test_default_figure_path_is_not_the_current_folder():
     from fusedreg.__main__ import build_parser
     for cmd in ("demo", "sweep"):
