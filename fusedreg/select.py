@@ -112,7 +112,7 @@ class LambdaPath:
         """The path as a printable table, one row per λ; the chosen row is marked."""
         lines = [f"{'':2}{'lambda':>10}  {self.score_name + ' (mean ± std)':>24}  {'zeros (all)':>11}  "
                  f"{'zeros (penalized)':>17}"]
-        big = max(abs(m) for m in self.mean) >= 1e4
+        big = max(abs(m) for m in self.mean) >= 100  # e.g. an MSE in y's units: 4 decimals would be noise
         for i, lam in enumerate(self.lambdas):
             mark = ("* " if i == self.index else "  ")
             note = []
@@ -120,7 +120,7 @@ class LambdaPath:
                 note.append("best")
             if i == self.index_1se:
                 note.append("1-SE")
-            m, s = ((f"{self.mean[i]:14.4g}", f"{self.std[i]:7.3g}") if big else
+            m, s = ((f"{self.mean[i]:14.1f}", f"{self.std[i]:7.1f}") if big else
                     (f"{self.mean[i]:14.4f}", f"{self.std[i]:7.4f}"))
             lines.append(f"{mark}{lam:10.3g}  {m} ± {s}  {self.sparsity[i]:11.1%}  "
                          f"{self.penalized_sparsity[i]:17.1%}  {', '.join(note)}")
