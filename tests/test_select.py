@@ -385,6 +385,8 @@ def test_near_constant_features_get_a_floored_scale():
     assert np.abs((X - mean) / scale).max() < 11  # without the floor: 31.6
     d = load_diabetes()
     assert demo.standardize(d.data)[2] == []  # nothing floored where every feature varies
+    digits = demo.load_digits(0)
+    assert 56 in digits.near_constant  # the pixel: inked in 1 of 1,347 training images
 
 
 def _png_ok(path):
