@@ -251,6 +251,9 @@ def splits(y, cv=5, seed=0, X=None):
             mask[val] = False
             out.append((torch.nonzero(mask).flatten(), val))
         return out
+    if isinstance(cv, (str, bytes, float)):
+        raise ValueError(f"cv must be a number of folds, a scikit-learn splitter or (train, validation) index "
+                         f"pairs, got {cv!r}")
     if hasattr(cv, "split"):
         import numpy as np
         ys = y.detach().cpu().numpy()

@@ -154,6 +154,9 @@ def test_select_lambda_takes_sklearn_splitters_and_index_pairs():
         a = select.select_lambda(lambda: torch.nn.Linear(5, 1).double(), X, y, cv=kf, **kw)
         b = select.select_lambda(lambda: torch.nn.Linear(5, 1).double(), X, y, cv=pairs, **kw)
     assert a.folds == b.folds == 3 and a.scores == b.scores
+    for bad, match in ((1, "whole number >= 2"), ("kfold", "cv must be"), ([pairs[0]], "at least 2 folds")):
+        with pytest.raises(ValueError, match=match):
+            select.select_lambda(lambda: torch.nn.Linear(5, 1).double(), X, y, cv=bad, **kw)
     # Regression defaults: the intercept (50) is learned, so the CV error is near the noise, not ~2500.
     assert min(a.mean) < 1.0 and a.task == "regression" and a.score_name == "mse"
 
