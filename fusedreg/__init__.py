@@ -2,9 +2,10 @@
 from . import _ops  # noqa: F401  (defines the op schemas before any kernel registers)
 from . import backends, functional, reference  # noqa: F401
 from .optim import SGD, Adagrad, Adam, AdamW
-from .penalties import Sparsity, elastic_net, param_groups, penalty, sparsity
-from .select import LambdaPath, select_lambda  # also binds the fusedreg.select module
+from .penalties import LambdaMaxReport, Sparsity, elastic_net, lambda_max, param_groups, penalty, sparsity
+from .select import DataError, GridEdgeWarning, LambdaPath, select_lambda  # also binds fusedreg.select
 
 __version__ = "0.1.0"
 __all__ = ["SGD", "Adam", "AdamW", "Adagrad", "backends", "functional", "reference",
-           "elastic_net", "penalty", "sparsity", "Sparsity", "param_groups", "select_lambda", "LambdaPath"]
+           "elastic_net", "penalty", "sparsity", "Sparsity", "param_groups", "select_lambda", "LambdaPath",
+           "lambda_max", "LambdaMaxReport", "DataError", "GridEdgeWarning"]

@@ -13,26 +13,39 @@ from torch import nn
 from . import functional as F
 from . import reference
 
-__all__ = ["elastic_net", "penalty", "sparsity", "Sparsity", "SparsityRow", "param_groups", "PENALTY_KEYS"]
+__all__ = ["elastic_net", "penalty", "sparsity", "Sparsity", "SparsityRow", "param_groups", "PENALTY_KEYS",
+           "lambda_max", "LambdaMaxReport"]
 
 # Group keys that add to the objective (or constrain it); param_groups zeroes them in the unpenalized group.
 PENALTY_KEYS = ("l1", "l2", "l0", "weight_decay", "group_l1", "nonneg")
 
 
-def elastic_net(alpha, l1_ratio=0.5):
+def elastic_net(alpha, l1_ratio=0.5, *, group=False, tasks=None):
     """Optimizer keywords for scikit-learn's elastic net alpha*l1_ratio*||w||_1 + alpha*(1 - l1_ratio)/2*||w||^2.
 
     Returns dict(l1=alpha*l1_ratio, weight_decay=alpha*(1 - l1_ratio)). With SGD, Adam or Adagrad (coupled
     weight decay, g += wd*w) on the loss 0.5*mean((Xw + c - y)^2) this is `sklearn.linear_model.ElasticNet(alpha,
     l1_ratio)`. AdamW's weight_decay is decoupled (w *= 1 - lr*wd, not scaled by Adam's denominator), so with AdamW
     the L2 part is not sklearn's term and the solution differs.
+
+    group=True is `MultiTaskElasticNet(alpha, l1_ratio)` for an nn.Linear with `tasks` outputs, on the loss
+    0.5*((X@W.T + c - Y)**2).sum(1).mean(): sklearn's alpha*l1_ratio*Σ_j ||W[:, j]||_2 over input features is
+    fusedreg's group_l1*sqrt(tasks)*||W[:, j]|| with group_dim=1, so it returns dict(group_l1=alpha*l1_ratio /
+    sqrt(tasks), group_dim=1, weight_decay=alpha*(1 - l1_ratio)). l1_ratio=1 is MultiTaskLasso.
     """
     alpha, l1_ratio = float(alpha), float(l1_ratio)
     if math.isnan(alpha) or alpha < 0 or math.isinf(alpha):
         raise ValueError(f"Invalid alpha {alpha} (must be finite and >= 0)")
     if not 0.0 <= l1_ratio <= 1.0:
         raise ValueError(f"Invalid l1_ratio {l1_ratio} (must be in [0, 1])")
-    return dict(l1=alpha * l1_ratio, weight_decay=alpha * (1.0 - l1_ratio))
+    if not group:
+        if tasks is not None:
+            raise ValueError("tasks is the group size of group=True; without group it means nothing")
+        return dict(l1=alpha * l1_ratio, weight_decay=alpha * (1.0 - l1_ratio))
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
+        raise ValueError(f"group=True needs tasks, the number of outputs (the group size), as an int >= 1; "
+                         f"got {tasks!r}")
+    return dict(group_l1=alpha * l1_ratio / math.sqrt(tasks), group_dim=1, weight_decay=alpha * (1.0 - l1_ratio))
 
 
 def _named(obj):
@@ -253,3 +266,105 @@ def param_groups(model, *, no_penalty=("bias", "norm"), **options):
     rest = {k: v for k, v in options.items() if k not in PENALTY_KEYS}
     groups = [dict(params=penalized, **options), dict(params=free, **rest, **zero)]
     return [g for g in groups if g["params"]]
+
+
+@dataclass(frozen=True)
+class LambdaMaxRow:
+    """One tensor's gradient scale. l1_max: the L1 strength above which a weight of this tensor at zero stays
+    zero (max |g|; for the Adam family too, where the prox threshold is lr·λ/denom against a step lr·m/denom).
+    median: half of the tensor's weights would stay at zero above it. group_max: the same bound for group lasso
+    (max over groups of ||g_group|| / sqrt(group size)), None for 1-D tensors."""
+    name: str
+    shape: tuple
+    l1_max: float
+    median: float
+    group_max: "float | None"
+
+
+class LambdaMaxReport:
+    """Per-tensor λ_max from one batch's gradients (`lambda_max`); prints as a table. With `l1` (or an
+    optimizer) given, each row also shows l1 / l1_max: at >= 1 every weight of that tensor that reaches zero
+    stays there, and one well above 1 zeroes the tensor within a few steps."""
+
+    def __init__(self, rows, l1=None, group_dim=0):
+        self.rows, self.l1, self.group_dim = list(rows), l1, group_dim
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            for r in self.rows:
+                if r.name == key:
+                    return r
+            raise KeyError(key)
+        return self.rows[key]
+
+    @property
+    def overall(self):
+        """The largest l1_max: an l1 at least this large keeps every weight at zero once it is there."""
+        return max((r.l1_max for r in self.rows), default=0.0)
+
+    def __str__(self):
+        head = ["tensor", "shape", "λ_max (l1)", "median |g|", f"λ_max (group, dim {self.group_dim})"]
+        l1 = self.l1 or {}
+        if l1:
+            head.append("l1 / λ_max")
+        body = []
+        for r in self.rows:
+            row = [r.name, "x".join(map(str, r.shape)) or "()", f"{r.l1_max:.3g}", f"{r.median:.3g}",
+                   "-" if r.group_max is None else f"{r.group_max:.3g}"]
+            if l1:
+                lam = l1.get(r.name, 0.0)
+                ratio = lam / r.l1_max if r.l1_max > 0 else math.inf if lam > 0 else 0.0
+                row.append("-" if not lam else f"{ratio:.3g}" + ("  (zeroes it)" if ratio >= 1 else ""))
+            body.append(row)
+        table = [head] + body
+        widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+                 for row in table]
+        lines.insert(1, "-" * max(len(x) for x in lines))
+        lines.append(f"overall λ_max (l1) = {self.overall:.3g}: an l1 at or above a tensor's λ_max zeroes that "
+                     "tensor; pick l1 well below it")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def lambda_max(model_or_params, loss=None, *, optimizer=None, l1=None, group_dim=0):
+    """Per-tensor λ_max from one batch's gradients, as a table (LambdaMaxReport): how large an l1 (or group_l1)
+    each tensor can take before the proximal step holds all of it at zero. Use it before choosing l1 for a
+    network: e.g. a small GPT-2's query/key gradients are ~1e-5, so l1=1e-4 zeroes them in a few steps.
+
+    loss: a scalar loss on one batch, not yet backpropagated (its graph is kept, the params' .grad untouched);
+    None reads the .grad already there. Tensors without a gradient are left out. optimizer: a fusedreg
+    optimizer whose groups' l1 values are compared against each tensor's λ_max (or pass l1=value for all).
+    """
+    named = _named(model_or_params)
+    params = [(n, p) for n, p in named if p.requires_grad or loss is None]
+    if loss is not None:
+        grads = torch.autograd.grad(loss, [p for _, p in params], retain_graph=True, allow_unused=True)
+    else:
+        grads = [p.grad for _, p in params]
+    rows = []
+    for (name, p), g in zip(params, grads):
+        if g is None:
+            continue
+        a = g.detach().abs().double().flatten()
+        group = None
+        if g.dim() >= 2:
+            norms = torch.linalg.vector_norm(g.detach().double(), dim=reference.group_dims(g.dim(), group_dim))
+            group = float(norms.max()) / math.sqrt(reference.group_size(g.shape, group_dim))
+        rows.append(LambdaMaxRow(name, tuple(g.shape), float(a.max()) if a.numel() else 0.0,
+                                 float(a.median()) if a.numel() else 0.0, group))
+    lams = None
+    if optimizer is not None:
+        ids = {id(p): n for n, p in named}
+        lams = {ids[id(p)]: float(gr.get("l1", 0.0)) for gr in optimizer.param_groups for p in gr["params"]
+                if id(p) in ids}
+    elif l1 is not None:
+        lams = {r.name: float(l1) for r in rows}
+    return LambdaMaxReport(rows, lams, group_dim)

@@ -5,44 +5,76 @@ The classic recipe (glmnet's), carried over to any model a fusedreg optimizer tr
 1. λ_max is where every penalized weight is zero. A weight at zero stays there under the proximal step while
    |gradient| <= λ (L1), |gradient| <= λ·l1_ratio (elastic net), or ||group gradient||_2 <= λ·sqrt(|g|) (group
    lasso, whose penalty is λ·Σ_g sqrt(|g|)·||w_g||). `lambda_max` takes that bound from the loss gradient over
-   all the training data at the given weights; at zero weights of a linear model it is glmnet's exact λ_max.
-   A network is trained from random initial weights and its gradients grow as it trains, so the bound at the
-   initial weights can fall short: `select_lambda` (calibrate=True) therefore uses `calibrate_lambda_max`, which
-   doubles the bound until training at it really ends with every penalized weight exactly zero.
+   all the training data at the given weights.
+   - A linear model (nn.Linear) starts the path at its λ_max solution: weight zero, bias at the best constant
+     (the target mean for regression, the log class frequencies for classification). There the bound is exact:
+     for ½·MSE it is scikit-learn's alpha_max = max|Xᵀ(y − ȳ)|/n, so no calibration runs.
+   - A network is trained from random initial weights and its gradients grow as it trains, so the bound at the
+     initial weights can fall short: `calibrate_lambda_max` doubles it until training at it really ends with
+     every penalized weight zero (up to rounding: a weight within a few ulps of the step size counts as zero).
 2. The grid is geometric: n_lambdas values from λ_max down to λ_max·lambda_min_ratio.
-3. On each of k folds (stratified by class for integer labels) one model walks the grid from large to small λ.
-   Each λ starts from the previous λ's weights and optimizer state (warm start) and trains `epochs` epochs; the
-   first λ trains `epochs_first`. Each λ is scored on the held-out fold. A network whose penalized weights are
-   all zero cannot come back (every gradient through a zero layer is zero), so after a λ that zeroed them all
-   the next λ starts again from the initial weights. For a network the path is path-dependent: neurons pruned
-   at a large λ tend to stay pruned at smaller ones, so models down the path are sparser than cold starts at
-   the same λ (and cheaper to get).
+3. On each fold (k-fold, stratified by class for classification; or the folds you pass as `cv`) one model walks
+   the grid from large to small λ. Each λ starts from the previous λ's weights and optimizer state (warm start).
+   A network whose penalized weights are all zero cannot come back (every gradient through a zero layer is
+   zero), so after a λ that zeroed them all the next λ starts again from the initial weights. For a network the
+   path is path-dependent: neurons pruned at a large λ tend to stay pruned at smaller ones.
 4. The chosen λ has the best mean validation score (rule="best", the default). With rule="1se" it is the
    largest λ whose mean score is within one standard error (std / sqrt(k)) of the best mean: the sparsest model
-   the data cannot tell apart from the best one.
+   the data cannot tell apart from the best one. A choice at either end of the grid warns (GridEdgeWarning).
+
+Defaults by task (inferred from y: floating point -> regression, integers -> classification):
+  regression      loss ½·mean squared error (summed over outputs for a 2-D y: scikit-learn's Lasso, ElasticNet,
+                  MultiTaskLasso objective), score "mse"; the output bias starts at the training mean of y.
+  classification  loss mean cross-entropy (LogisticRegression with C = 1/(λ·n)), score "accuracy"; the output
+                  bias starts at the log class frequencies.
+Training defaults by model:
+  nn.Linear       full-batch proximal gradient (fusedreg.SGD, lr = 1/L from the data's largest singular value,
+                  with Nesterov/FISTA extrapolation and adaptive restart), each λ run to convergence (the largest
+                  step below tol=1e-6 of the largest weight) or max 5,000 steps: the path is the lasso path.
+  anything else   fusedreg.Adam, lr 1e-2, mini-batches of 128, 10 epochs per λ (20 for the first).
 
 `select_lambda` returns a `LambdaPath`: the grid, per-fold / mean / std scores, the mean exact-zero fraction
 per λ, both choices, and with refit=True a model trained on all the data down the same path to the chosen λ.
 """
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
-from .optim import Adam
+from .optim import SGD, Adam
 from .penalties import elastic_net, param_groups as _default_param_groups
 
 PENALTY_NAMES = ("l1", "elastic_net", "group_l1", "l2")
 RULES = ("best", "1se")
-SCORES = ("accuracy", "neg_loss")
+SCORES = ("accuracy", "neg_loss", "mse")
+TASKS = ("classification", "regression")
+LOWER_IS_BETTER = ("mse",)
+
+
+class DataError(ValueError):
+    """X or y cannot be used as given (NaN or inf, one class only, fewer rows than folds, ...); the message says
+    which and where."""
+
+
+class GridEdgeWarning(UserWarning):
+    """The chosen λ is the first or last value of the grid: the best λ may lie outside it."""
+
+
+def half_mse(out, y):
+    """½·mean over rows of the squared error summed over outputs: scikit-learn's Lasso / ElasticNet objective
+    for a 1-D y and MultiTaskLasso / MultiTaskElasticNet's for a 2-D y."""
+    d = out.reshape(y.shape) - y
+    return 0.5 * d.pow(2).reshape(len(y), -1).sum(1).mean()
 
 
 @dataclass
 class LambdaPath:
-    """What `select_lambda` found. Every per-λ list is in grid order: largest λ first."""
+    """What `select_lambda` found. Every per-λ list is in grid order: largest λ first. `mean` and `std` hold the
+    score as it is named (accuracy, mse, ...); `greater_is_better` says which way is better."""
     lambdas: list
-    scores: list            # [n_lambdas][folds] validation scores, higher is better
+    scores: list            # [n_lambdas][folds] validation scores
     mean: list
     std: list
     sparsity: list          # mean exact-zero fraction of the model's parameters (all of them, biases included)
@@ -54,6 +86,9 @@ class LambdaPath:
     score_name: str
     folds: int
     model: object = field(default=None, repr=False)  # refit on all the data at the chosen λ (refit=True)
+    greater_is_better: bool = True
+    task: str = "classification"
+    edge: str = ""          # "", "largest" or "smallest": where on the grid the chosen λ sits, when at an end
 
     @property
     def index(self):
@@ -77,6 +112,7 @@ class LambdaPath:
         """The path as a printable table, one row per λ; the chosen row is marked."""
         lines = [f"{'':2}{'lambda':>10}  {self.score_name + ' (mean ± std)':>24}  {'zeros (all)':>11}  "
                  f"{'zeros (penalized)':>17}"]
+        big = max(abs(m) for m in self.mean) >= 100  # e.g. an MSE in y's units: 4 decimals would be noise
         for i, lam in enumerate(self.lambdas):
             mark = ("* " if i == self.index else "  ")
             note = []
@@ -84,16 +120,32 @@ class LambdaPath:
                 note.append("best")
             if i == self.index_1se:
                 note.append("1-SE")
-            lines.append(f"{mark}{lam:10.3g}  {self.mean[i]:14.4f} ± {self.std[i]:7.4f}  {self.sparsity[i]:11.1%}  "
+            m, s = ((f"{self.mean[i]:14.1f}", f"{self.std[i]:7.1f}") if big else
+                    (f"{self.mean[i]:14.4f}", f"{self.std[i]:7.4f}"))
+            lines.append(f"{mark}{lam:10.3g}  {m} ± {s}  {self.sparsity[i]:11.1%}  "
                          f"{self.penalized_sparsity[i]:17.1%}  {', '.join(note)}")
         return "\n".join(lines)
 
+    def edge_message(self):
+        """Why the choice may lie outside the grid, or "" when it is inside."""
+        if self.edge == "smallest":
+            return (f"the chosen λ = {self.lambda_:.4g} is the smallest on the grid: a smaller λ may score better. "
+                    "Extend the grid down (a smaller lambda_min_ratio / --lambda-min-ratio, or smaller --lambdas).")
+        if self.edge == "largest":
+            return (f"the chosen λ = {self.lambda_:.4g} is the largest on the grid: a larger λ may score as well. "
+                    "Extend the grid up (larger --lambdas), or let the grid start at λ_max (omit lambdas).")
+        if self.edge == "lambda_max":
+            return (f"the chosen λ = {self.lambda_:.4g} is at λ_max, where every penalized weight is zero: no model "
+                    "with a nonzero weight scored better on the validation folds. Check that the features carry "
+                    "signal, or that the model trains (lr, epochs).")
+        return ""
+
     def __str__(self):
         return (f"{self.table()}\nchosen lambda = {self.lambda_:.4g} (rule {self.rule!r}, {self.folds}-fold CV, "
-                f"mean {self.score_name} {self.mean[self.index]:.4f})")
+                f"mean {self.score_name} {self.mean[self.index]:.4g})")
 
 
-def penalty_keys(penalty, lam, *, l1_ratio=0.5, group_dim=1):
+def penalty_keys(penalty, lam, *, l1_ratio=0.5, group_dim=0):
     """The optimizer group keys for `penalty` at strength `lam` (penalty: a name in PENALTY_NAMES or a
     callable lam -> dict)."""
     if callable(penalty):
@@ -114,14 +166,62 @@ def geometric_grid(lambda_max, n_lambdas, lambda_min_ratio):
     if n_lambdas == 1:
         return [float(lambda_max)]
     lo, hi = math.log(lambda_max * lambda_min_ratio), math.log(lambda_max)
-    return [math.exp(hi + (lo - hi) * i / (n_lambdas - 1)) for i in range(n_lambdas)]
+    grid = [math.exp(hi + (lo - hi) * i / (n_lambdas - 1)) for i in range(n_lambdas)]
+    grid[0] = float(lambda_max)  # exactly, not exp(log(λ_max)) one ulp off
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------- data checks
+
+def infer_task(y):
+    """"regression" for a floating-point y, "classification" for integer labels."""
+    return "regression" if torch.is_tensor(y) and y.is_floating_point() else "classification"
+
+
+def _first_bad(t):
+    bad = ~torch.isfinite(t)
+    count = int(bad.sum())
+    return count, (bad.nonzero()[0].tolist() if count else [])
+
+
+def check_data(X, y, task):
+    """DataError naming the problem when X or y cannot be used: NaN/inf, mismatched rows, labels that are not
+    integers, a classification target with one class only."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    if not torch.is_tensor(X) or not torch.is_tensor(y):
+        raise TypeError(f"X and y must be torch tensors, got {type(X).__name__} and {type(y).__name__}")
+    if len(X) != len(y):
+        raise DataError(f"X has {len(X)} rows but y has {len(y)}")
+    for name, t in (("X", X), ("y", y)):
+        if t.is_floating_point() or t.is_complex():
+            count, where = _first_bad(t)
+            if count:
+                at = f"row {where[0]}" + (f", column {where[1]}" if len(where) > 1 else "")
+                raise DataError(f"{name} has {count} NaN or inf value{'s' if count > 1 else ''} (first at {at}); "
+                                "drop or impute them before choosing λ")
+    if task == "classification":
+        if y.is_floating_point() or y.dim() != 1:
+            raise DataError(f"classification needs y as a 1-D tensor of integer class labels, got dtype {y.dtype} "
+                            f"and shape {tuple(y.shape)} (pass task='regression' for a numeric target)")
+        if len(y) and int(y.min()) < 0:
+            raise DataError(f"class labels must be >= 0, got {int(y.min())}")
+        classes = torch.unique(y)
+        if len(classes) < 2:
+            label = f" (label {int(classes[0])})" if len(classes) else ""
+            raise DataError(f"y has one class only{label}: there is nothing to classify")
+    elif not y.is_floating_point():
+        raise DataError(f"regression needs a floating-point y, got dtype {y.dtype}")
 
 
 def kfold(y, folds, seed=0):
     """k disjoint index tensors covering range(len(y)); stratified by class when y holds integer labels."""
     n = len(y)
-    if not 2 <= folds <= n:
-        raise ValueError(f"folds must be between 2 and the number of samples ({n}), got {folds}")
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds must be a whole number >= 2, got {folds!r}")
+    if folds > n:
+        raise DataError(f"{n} rows cannot make {folds} folds (each fold needs at least one validation row); "
+                        "use fewer folds")
     gen = torch.Generator().manual_seed(seed)
     y = y.detach().cpu()
     buckets = [[] for _ in range(folds)]
@@ -140,6 +240,113 @@ def kfold(y, folds, seed=0):
     return [torch.tensor(sorted(b), dtype=torch.long) for b in buckets]
 
 
+def splits(y, cv=5, seed=0, X=None):
+    """[(train indices, validation indices)] from cv: a number of folds (`kfold`), a scikit-learn splitter
+    (anything with .split(X, y)), or an iterable of (train, validation) index pairs."""
+    n = len(y)
+    if isinstance(cv, int) and not isinstance(cv, bool):
+        out = []
+        for val in kfold(y, cv, seed):
+            mask = torch.ones(n, dtype=torch.bool)
+            mask[val] = False
+            out.append((torch.nonzero(mask).flatten(), val))
+        return out
+    if isinstance(cv, (str, bytes, float)):
+        raise ValueError(f"cv must be a number of folds, a scikit-learn splitter or (train, validation) index "
+                         f"pairs, got {cv!r}")
+    if hasattr(cv, "split"):
+        import numpy as np
+        ys = y.detach().cpu().numpy()
+        pairs = list(cv.split(np.zeros((n, 1)) if X is None else X.detach().cpu().numpy(), ys))
+    else:
+        try:
+            pairs = list(cv)
+        except TypeError:
+            raise ValueError(f"cv must be a number of folds, a scikit-learn splitter or (train, validation) index "
+                             f"pairs, got {type(cv).__name__}") from None
+    out = []
+    for k, pair in enumerate(pairs):
+        try:
+            tr, va = pair
+        except (TypeError, ValueError):
+            raise ValueError(f"cv fold {k} is not a (train, validation) pair of index arrays") from None
+        tr, va = (torch.as_tensor(a, dtype=torch.long).flatten() for a in (tr, va))
+        for name, idx in (("train", tr), ("validation", va)):
+            if len(idx) == 0:
+                raise DataError(f"cv fold {k} has no {name} rows")
+            if int(idx.min()) < 0 or int(idx.max()) >= n:
+                raise DataError(f"cv fold {k}: a {name} index is outside 0..{n - 1}")
+        out.append((tr, va))
+    if len(out) < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, cv gave {len(out)}")
+    return out
+
+
+# -------------------------------------------------------------------------------------------- model and data
+
+def linear_layer(model):
+    """The nn.Linear of a linear model (an nn.Linear, or a Sequential of one Linear with Flatten/Identity), else
+    None. For such a model the loss is convex in the weights, so λ_max at zero weights is exact."""
+    if isinstance(model, torch.nn.Linear):
+        return model
+    if isinstance(model, torch.nn.Sequential):
+        mods = list(model)
+        lin = [m for m in mods if isinstance(m, torch.nn.Linear)]
+        if len(lin) == 1 and all(isinstance(m, (torch.nn.Linear, torch.nn.Flatten, torch.nn.Identity)) for m in mods):
+            return lin[0]
+    return None
+
+
+def output_layer(model):
+    """The last nn.Linear of `model` when it is the model's output (an nn.Linear, or a Sequential ending in
+    one), else None."""
+    if isinstance(model, torch.nn.Linear):
+        return model
+    if isinstance(model, torch.nn.Sequential) and len(model) and isinstance(model[-1], torch.nn.Linear):
+        return model[-1]
+    return None
+
+
+@torch.no_grad()
+def start_model(model, y, task, *, init_bias=True):
+    """Put `model` at the start of a path. init_bias: the output bias at the best constant prediction for y
+    (regression: its mean; classification: the log class frequencies, centered), so the unpenalized intercept
+    is right from the first step. A linear model also gets a zero weight: its λ_max solution."""
+    out = output_layer(model)
+    if init_bias and out is not None and out.bias is not None:
+        b = out.bias
+        if task == "regression":
+            mean = y.to(b.dtype).reshape(len(y), -1).mean(0)
+            if mean.numel() in (1, b.numel()):
+                b.copy_(mean.expand(b.shape))
+        elif int(y.max()) < b.numel():
+            counts = torch.bincount(y.flatten().cpu(), minlength=b.numel()).to(b.dtype)
+            logp = torch.log(counts.clamp_min(0.5) / len(y))  # an absent class gets half a row
+            b.copy_((logp - logp.mean()).to(b.device))
+    lin = linear_layer(model)
+    if lin is not None:
+        lin.weight.zero_()
+    return model
+
+
+def default_loss(task):
+    return half_mse if task == "regression" else torch.nn.functional.cross_entropy
+
+
+def default_score(task):
+    return "mse" if task == "regression" else "accuracy"
+
+
+def lipschitz(X, task):
+    """A Lipschitz constant of the default loss's gradient for a linear model with an intercept:
+    ||[X, 1]||_2² / n for ½·MSE; half of it for cross-entropy (the softmax Hessian is at most ½·I)."""
+    A = torch.cat([X.reshape(len(X), -1).double(), torch.ones(len(X), 1, dtype=torch.float64, device=X.device)], 1)
+    L = float(torch.linalg.matrix_norm(A, 2)) ** 2 / len(X)
+    return L if task == "regression" else 0.5 * L
+
+
+# ------------------------------------------------------------------------------------------------- training
+
 def train_epochs(model, optimizer, X, y, *, epochs, batch_size, loss_fn, generator, progress=None):
     """Mini-batch training for `epochs` epochs (batches drawn with `generator`, a CPU torch.Generator)."""
     model.train()
@@ -155,16 +362,56 @@ def train_epochs(model, optimizer, X, y, *, epochs, batch_size, loss_fn, generat
                 progress.update(1)
 
 
-@torch.no_grad()
-def evaluate(model, X, y, score, loss_fn):
-    """A validation score, higher is better: accuracy, minus the mean loss, or a callable (model, X, y)."""
-    model.eval()
-    if callable(score):
-        return float(score(model, X, y))
-    out = model(X)
-    if score == "accuracy":
-        return float((out.argmax(1) == y).float().mean())
-    return -float(loss_fn(out, y))
+def fit_full_batch(model, optimizer, X, y, *, steps, loss_fn, tol=1e-6, accelerate=True):
+    """Full-batch proximal gradient until the largest change of a step is at most tol times the largest
+    parameter, or `steps` steps; returns the steps taken. accelerate: FISTA's extrapolation before each step
+    (the prox step then runs from the extrapolated point) with gradient-based adaptive restart (O'Donoghue &
+    Candès), which keeps it monotone in practice; use it with fusedreg.SGD without momentum only."""
+    model.train()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    with torch.no_grad():
+        prev = [p.detach().clone() for p in params]
+    t = 1.0
+    for k in range(steps):
+        with torch.no_grad():
+            start = [p.detach().clone() for p in params]  # w_k
+            if accelerate and k:
+                t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+                torch._foreach_add_(params, torch._foreach_sub(start, prev), alpha=(t - 1) / t_next)
+                t = t_next
+                point = [p.detach().clone() for p in params]  # where the gradient is taken
+            else:
+                point = start
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(X), y).backward()
+        optimizer.step()
+        with torch.no_grad():
+            moved = torch._foreach_sub(params, point)
+            # One host sync per step: the largest move, the largest parameter, and the restart test
+            # Σ (point - w_new)·(w_new - w_k) > 0 (the step turned against the momentum).
+            stats = torch.stack([torch.stack(torch._foreach_norm(moved, float("inf"))).max(),
+                                 torch.stack(torch._foreach_norm(params, float("inf"))).max(),
+                                 -sum((m * (p - w)).sum() for m, p, w in zip(moved, params, start))]).tolist()
+            if stats[2] > 0:
+                t = 1.0
+            prev = start
+        if stats[0] <= tol * stats[1]:
+            return k + 1
+    return steps
+
+
+class _Capped:
+    """Forwards at most `n` progress updates, so work a bar's total did not count (a restart, a calibration
+    retry) never makes the total grow or the bar pass 100%."""
+
+    def __init__(self, bar, n):
+        self.bar, self.left = bar, n
+
+    def update(self, k=1):
+        k = min(k, self.left)
+        if k > 0 and self.bar is not None:
+            self.bar.update(k)
+            self.left -= k
 
 
 def zero_fraction(params):
@@ -185,16 +432,19 @@ def _group_norms(g, dim):
     return torch.linalg.vector_norm(g.flatten(1) if dim == 0 else g.transpose(0, 1).flatten(1), dim=1)
 
 
-def lambda_max(model, X, y, penalty="l1", *, l1_ratio=0.5, group_dim=1, loss_fn=None, param_groups=None):
+def lambda_max(model, X, y, penalty="l1", *, l1_ratio=0.5, group_dim=0, loss_fn=None, param_groups=None):
     """The smallest λ at which a proximal step keeps every penalized weight of `model` at zero, taken from the
-    loss gradient at the current weights over all of (X, y). See the module docstring for what it means for a
-    network. Does not change the model."""
-    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    loss gradient at the current weights over all of (X, y). Exact for a linear model at zero weight with the
+    bias at its best constant (`start_model`); see the module docstring for a network. Does not change the model."""
+    loss_fn = loss_fn or default_loss(infer_task(y))
     param_groups = param_groups or _default_param_groups
     keys = penalty_keys(penalty, 1.0, l1_ratio=l1_ratio, group_dim=group_dim)
     params = _penalized(param_groups(model, **keys), keys)
     if not params:
         raise ValueError("no parameter is penalized: the param_groups builder put the penalty on no group")
+    for name, t in (("X", X), ("y", y)):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DataError(f"{name} has NaN or inf values; drop or impute them before computing λ_max")
     grads = torch.autograd.grad(loss_fn(model(X), y), params, allow_unused=True)
     bound = 0.0
     for g in grads:
@@ -209,40 +459,57 @@ def lambda_max(model, X, y, penalty="l1", *, l1_ratio=0.5, group_dim=1, loss_fn=
             bound = max(bound, float(_group_norms(g, gd).max()) / math.sqrt(size))
         else:
             bound = max(bound, float(g.abs().max()))
+    if not math.isfinite(bound):
+        raise ValueError("the loss gradient is NaN or inf at the initial weights: check the model and the loss")
     # Only the L1 part thresholds: elastic net's l1 = λ·l1_ratio, so the bound grows by 1/l1_ratio (glmnet's).
     share = float(keys.get("group_l1", 0) if "group_l1" in keys else keys.get("l1", 0))
     if share <= 0:
         raise ValueError("the penalty has no L1 part, so no λ zeroes the weights; pass lambdas explicitly")
     if bound <= 0:
-        raise ValueError("the loss gradient is zero at the initial weights; pass lambdas explicitly")
+        raise ValueError("the loss gradient is zero at the initial weights (y may be constant, or the model "
+                         "ignores its input); pass lambdas explicitly")
     return bound / share
 
 
+def _all_zero(params, tol):
+    return all(float(p.detach().abs().max()) <= tol for p in params if p.numel())
+
+
+def _rounding_tol(params, lr, lam):
+    """What counts as zero after a trial at the boundary λ: a few ulps of the largest quantity a step moves a
+    weight by (lr·λ for SGD, lr for Adam, the initial weights). At exactly λ_max a full-batch step computes
+    |w - lr·g| - lr·λ with |g| = λ and can leave 1e-15 instead of 0."""
+    eps = max((torch.finfo(p.dtype).eps for p in params if p.is_floating_point()), default=2.2e-16)
+    return 64 * eps * max(lr * lam, lr, 1.0)
+
+
 def calibrate_lambda_max(model_fn, X, y, penalty="l1", *, epochs=20, max_doublings=10, **path_kw):
-    """λ_max that really zeroes the network: start from `lambda_max` at model_fn()'s initial weights and double
-    it until `epochs` epochs of training from those weights at that λ leave every penalized weight exactly zero.
-    For a linear model the first value already does; for a network the loss gradient grows as the weights
-    train, so the bound taken at the initial weights can fall short. path_kw: as for `walk_path`.
-    Returns (λ_max, number of trial trainings)."""
-    loss_fn = path_kw.get("loss_fn") or torch.nn.functional.cross_entropy
+    """λ_max that really zeroes the network: start from `lambda_max` at the path's starting weights and double
+    it until `epochs` epochs of training from those weights at that λ leave every penalized weight zero (up to
+    rounding, see `_rounding_tol`). For a linear model the first value already does; for a network the loss
+    gradient grows as the weights train, so the bound taken at the initial weights can fall short.
+    path_kw: as for `walk_path`. Returns (λ_max, number of trial trainings)."""
+    task = path_kw.get("task") or infer_task(y)
+    loss_fn = path_kw.get("loss_fn") or default_loss(task)
     seed = path_kw.get("seed", 0)
     torch.manual_seed(seed)
-    lam = lambda_max(model_fn().to(X.device), X, y, penalty, l1_ratio=path_kw.get("l1_ratio", 0.5),
-                     group_dim=path_kw.get("group_dim", 1), loss_fn=loss_fn,
+    model = model_fn().to(X.device)
+    start_model(model, y, task, init_bias=path_kw.get("init_bias", True))
+    lam = lambda_max(model, X, y, penalty, l1_ratio=path_kw.get("l1_ratio", 0.5),
+                     group_dim=path_kw.get("group_dim", 0), loss_fn=loss_fn,
                      param_groups=path_kw.get("param_groups"))
     dead = [False]
+    lr = path_kw.get("lr") or 1e-2
 
     def check(i, lam, model, penalized):
-        dead[0] = all(not bool(p.any()) for p in penalized)
+        dead[0] = _all_zero(penalized, _rounding_tol(penalized, lr, lam))
 
-    kw = {k: v for k, v in path_kw.items() if k not in ("epochs", "epochs_first", "on_lambda")}
-    bar = kw.get("progress")
+    kw = {k: v for k, v in path_kw.items() if k not in ("epochs", "epochs_first", "on_lambda", "progress")}
+    bar = path_kw.get("progress")
     for tries in range(1, max_doublings + 2):
-        if tries > 1 and getattr(bar, "total", None) is not None:  # callers count the first trial only
-            bar.total += path_steps(len(X), 1, epochs=epochs, epochs_first=epochs,
-                                    batch_size=kw.get("batch_size", 128))
+        # Callers count the first trial in their bar; retries are not counted, so the total never grows.
         walk_path(model_fn, X, y, [lam], penalty=penalty, epochs=epochs, epochs_first=epochs, on_lambda=check,
-                  **kw)
+                  progress=bar if tries == 1 else None, **kw)
         if dead[0] or tries > max_doublings:
             return lam, tries
         lam *= 2.0
@@ -255,95 +522,161 @@ def _set_penalty(optimizer, groups):
                 group[k] = v
 
 
-def walk_path(model_fn, X, y, lambdas, *, penalty="l1", l1_ratio=0.5, group_dim=1, param_groups=None,
-              optimizer=None, lr=1e-2, optimizer_kwargs=None, epochs=10, epochs_first=None, batch_size=128,
-              loss_fn=None, seed=0, on_lambda=None, progress=None):
+def walk_path(model_fn, X, y, lambdas, *, penalty="l1", l1_ratio=0.5, group_dim=0, param_groups=None,
+              optimizer=None, lr=None, optimizer_kwargs=None, epochs=None, epochs_first=None, batch_size=None,
+              loss_fn=None, seed=0, on_lambda=None, progress=None, task=None, init_bias=True, tol=None):
     """Train one model down `lambdas` (large to small) with warm starts, the way `select_lambda` does on each
     fold; call on_lambda(i, lam, model, penalized_params) after each λ. Returns the model at the last λ.
-    Arguments as in `select_lambda`; progress: None or an object with update(steps)."""
-    optimizer = optimizer or Adam
-    optimizer_kwargs = dict(optimizer_kwargs or {})
-    loss_fn = loss_fn or torch.nn.functional.cross_entropy
-    param_groups = param_groups or _default_param_groups
-    epochs_first = epochs_first or 2 * epochs
+    Arguments as in `select_lambda` (None picks its defaults); progress: None or an object with update(n),
+    updated per step, or per λ for a full-batch linear fit (see `path_units`)."""
+    task = task or infer_task(y)
     torch.manual_seed(seed)
     model = model_fn().to(X.device)
+    start_model(model, y, task, init_bias=init_bias)
+    cfg = _training(model, X, task, lambdas, penalty, l1_ratio, optimizer, lr, epochs, epochs_first, batch_size,
+                    tol)
+    optimizer_kwargs = dict(optimizer_kwargs or {})
+    loss_fn = loss_fn or default_loss(task)
+    param_groups = param_groups or _default_param_groups
     init = copy.deepcopy(model.state_dict())
     gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(X) / cfg["batch_size"])
     opt = None
     for i, lam in enumerate(lambdas):
         keys = penalty_keys(penalty, lam, l1_ratio=l1_ratio, group_dim=group_dim)
         groups = param_groups(model, **keys)
         penalized = _penalized(groups, keys)
         restart = opt is not None and bool(penalized) and all(not bool(p.any()) for p in penalized)
+        restart = restart and linear_layer(model) is None  # a zero linear model is a solution, not a dead one
         if restart:  # every penalized weight is zero: a dead network, start again from the initial weights
             model.load_state_dict(init)
             opt = None
-            if getattr(progress, "total", None) is not None:  # path_steps counted `epochs` for this λ
-                progress.total += math.ceil(len(X) / batch_size) * (epochs_first - epochs)
         if opt is None:
-            opt = optimizer(groups, lr=lr, **optimizer_kwargs)
+            opt = cfg["optimizer"](groups, lr=cfg["lr"], **optimizer_kwargs)
         else:
             _set_penalty(opt, groups)
-        train_epochs(model, opt, X, y, epochs=epochs_first if i == 0 or restart else epochs,
-                     batch_size=batch_size, loss_fn=loss_fn, generator=gen, progress=progress)
+        if cfg["full_batch"]:
+            fit_full_batch(model, opt, X, y, steps=cfg["epochs"], loss_fn=loss_fn, tol=cfg["tol"],
+                           accelerate=cfg["accelerate"])
+            if progress is not None:
+                progress.update(1)
+        else:
+            first = i == 0 or restart
+            counted = steps_per_epoch * (cfg["epochs_first"] if i == 0 else cfg["epochs"])
+            train_epochs(model, opt, X, y, epochs=cfg["epochs_first"] if first else cfg["epochs"],
+                         batch_size=cfg["batch_size"], loss_fn=loss_fn, generator=gen,
+                         progress=None if progress is None else _Capped(progress, counted))
         if on_lambda is not None:
             on_lambda(i, lam, model, penalized)
     return model
 
 
+def _training(model, X, task, lambdas, penalty, l1_ratio, optimizer, lr, epochs, epochs_first, batch_size, tol):
+    """The training settings, with the defaults for the model filled in (see the module docstring)."""
+    full = linear_layer(model) is not None and optimizer is None and batch_size is None and lr is None
+    if full:
+        decay = (lambdas[0] * (1 - l1_ratio) if penalty == "elastic_net" else lambdas[0] if penalty == "l2"
+                 else 0.0) if lambdas else 0.0
+        return dict(full_batch=True, optimizer=SGD, lr=1.0 / (lipschitz(X, task) + decay), batch_size=len(X),
+                    epochs=epochs or 5000, epochs_first=epochs or 5000, tol=1e-6 if tol is None else tol,
+                    accelerate=True)
+    epochs = epochs or 10
+    return dict(full_batch=False, optimizer=optimizer or Adam, lr=lr or 1e-2, batch_size=batch_size or 128,
+                epochs=epochs, epochs_first=epochs_first or 2 * epochs, tol=tol, accelerate=False)
+
+
+def path_units(model, n_samples, n_lambdas, *, epochs=None, epochs_first=None, batch_size=None, optimizer=None,
+               lr=None):
+    """What one `walk_path` reports to its progress bar: steps for mini-batch training, or one unit per λ for
+    the full-batch linear fit (whose steps per λ depend on convergence)."""
+    if linear_layer(model) is not None and optimizer is None and batch_size is None and lr is None:
+        return n_lambdas
+    epochs = epochs or 10
+    return path_steps(n_samples, n_lambdas, epochs=epochs, epochs_first=epochs_first, batch_size=batch_size or 128)
+
+
 def path_steps(n_samples, n_lambdas, *, epochs, epochs_first=None, batch_size):
-    """Optimizer steps one `walk_path` takes when no restart happens (for progress bars; a restart adds its
-    extra steps to a bar's total itself)."""
+    """Optimizer steps one mini-batch `walk_path` takes when no restart happens (for progress bars)."""
     return math.ceil(n_samples / batch_size) * ((epochs_first or 2 * epochs) + (n_lambdas - 1) * epochs)
 
 
+@torch.no_grad()
+def evaluate(model, X, y, score, loss_fn):
+    """A validation score: accuracy, minus the mean loss, the mean squared error, or a callable (model, X, y)."""
+    model.eval()
+    if callable(score):
+        return float(score(model, X, y))
+    out = model(X)
+    if score == "accuracy":
+        return float((out.argmax(1) == y).float().mean())
+    if score == "mse":
+        return float((out.reshape(y.shape) - y).pow(2).mean())
+    return -float(loss_fn(out, y))
+
+
 def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, lambda_min_ratio=1e-3,
-                  folds=5, rule="best", l1_ratio=0.5, group_dim=1, param_groups=None, optimizer=None, lr=1e-2,
-                  optimizer_kwargs=None, epochs=10, epochs_first=None, batch_size=128, loss_fn=None,
-                  score="accuracy", seed=0, calibrate=True, refit=True, progress=False):
+                  folds=5, cv=None, rule="best", l1_ratio=0.5, group_dim=0, param_groups=None, optimizer=None,
+                  lr=None, optimizer_kwargs=None, epochs=None, epochs_first=None, batch_size=None, loss_fn=None,
+                  score=None, task=None, seed=0, calibrate=None, refit=True, progress=False, init_bias=None,
+                  tol=None):
     """Choose λ for `penalty` by k-fold cross-validation along a warm-started path from large to small λ.
 
     model_fn()         builds a fresh model (called under torch.manual_seed(seed), so every fold starts alike).
-    X, y               all the training data as tensors on the device to train on.
+    X, y               all the training data as tensors on the device to train on. NaN/inf, one class only or
+                       fewer rows than folds raise DataError (a ValueError) naming the problem.
+    task               "regression" or "classification"; default: regression for a floating-point y.
     penalty            "l1", "elastic_net" (with l1_ratio), "group_l1" (with group_dim), "l2", or a callable
                        lam -> optimizer group keys (e.g. lambda lam: dict(l1=lam, nonneg=True)).
     lambdas            an explicit grid (sorted large to small); else n_lambdas values from λ_max down to
                        λ_max*lambda_min_ratio (see `lambda_max`; "l2" and callables without l1 need lambdas).
-    calibrate          (default True) make λ_max the strength that really zeroes every penalized weight when
-                       trained epochs_first epochs on all of (X, y): `calibrate_lambda_max`, which doubles the
-                       gradient bound until it does. False: the gradient bound at the initial weights as is.
+    folds, cv          folds: k for k-fold CV (stratified for classification). cv, when given, replaces it: a
+                       number of folds, a scikit-learn splitter (e.g. KFold(5, shuffle=True, random_state=0)), or
+                       an iterable of (train indices, validation indices) pairs.
+    calibrate          None (default): calibrate λ_max for a network, not for a linear model (where it is
+                       exact). True: `calibrate_lambda_max`, which doubles the gradient bound until training at
+                       it ends with every penalized weight zero. False: the gradient bound as is.
     rule               "best": the best mean validation score (default); "1se": the largest λ within one
                        standard error of it.
+    group_dim          0 (default, as the optimizers): groups are rows (output neurons); 1: columns (inputs).
     param_groups       (model, **penalty_keys) -> param groups; default fusedreg.param_groups (weights
                        penalized, biases and norms not). Pass your own to penalize only some layers.
-    optimizer          a fusedreg optimizer class (default fusedreg.Adam) built as optimizer(groups, lr=lr,
-                       **optimizer_kwargs).
-    epochs             epochs per λ after the first (warm start); epochs_first for the first λ (default 2*epochs).
-    score              "accuracy" (classification, default), "neg_loss", or a callable (model, X, y) -> float,
-                       higher better.
+    optimizer, lr, epochs, epochs_first, batch_size, tol
+                       None picks the model's default: an nn.Linear trains full-batch to convergence (fusedreg.SGD
+                       at lr 1/L with FISTA extrapolation; at most `epochs` = 5,000 steps per λ, until the largest
+                       step is below tol = 1e-6 of the largest weight); any other model trains fusedreg.Adam at
+                       lr 1e-2 on batches of 128 for epochs = 10 per λ (epochs_first = 20 for the first). Giving
+                       optimizer, lr or batch_size selects mini-batch training.
+    loss_fn, score     default by task: ½·MSE and "mse" (regression), cross-entropy and "accuracy"
+                       (classification). score may be "neg_loss" or a callable (model, X, y) -> float, higher
+                       better.
+    init_bias          the output bias starts at the training mean of y / the log class frequencies (default
+                       True with the default loss, see `start_model`).
     refit              also train one model on all of (X, y) down the grid to the chosen λ -> result.model.
     progress           show a tqdm bar (needs tqdm), or pass a tqdm-like object with update().
     """
+    task = task or infer_task(y)
+    check_data(X, y, task)
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+    score = score or default_score(task)
     if not callable(score) and score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {SCORES} or pass a callable")
+    if score == "accuracy" and task == "regression":
+        raise ValueError("score 'accuracy' needs class labels; a regression is scored by 'mse' or 'neg_loss'")
     if not callable(penalty) and penalty not in PENALTY_NAMES:
         raise ValueError(f"unknown penalty {penalty!r}; choose one of {PENALTY_NAMES} or pass a callable")
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if len(X) != len(y):
-        raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
-    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    if init_bias is None:
+        init_bias = loss_fn is None
+    loss_fn = loss_fn or default_loss(task)
     param_groups = param_groups or _default_param_groups
-    epochs_first = epochs_first or 2 * epochs
-    device = X.device
     path_kw = dict(penalty=penalty, l1_ratio=l1_ratio, group_dim=group_dim, param_groups=param_groups,
                    optimizer=optimizer, lr=lr, optimizer_kwargs=optimizer_kwargs, epochs=epochs,
-                   epochs_first=epochs_first, batch_size=batch_size, loss_fn=loss_fn, seed=seed)
+                   epochs_first=epochs_first, batch_size=batch_size, loss_fn=loss_fn, seed=seed, task=task,
+                   init_bias=init_bias, tol=tol)
 
     if lambdas is None:
         if not 0 < lambda_min_ratio < 1:
@@ -355,42 +688,50 @@ def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, l
         n = n_lambdas
     else:
         lambdas = [float(v) for v in lambdas]
-        if not lambdas or any(not v >= 0 for v in lambdas):
-            raise ValueError(f"lambdas must be a non-empty list of values >= 0, got {lambdas}")
+        if not lambdas or any(not (v >= 0 and math.isfinite(v)) for v in lambdas):
+            raise ValueError(f"lambdas must be a non-empty list of finite values >= 0, got {lambdas}")
         if any(a < b for a, b in zip(lambdas, lambdas[1:])):
             raise ValueError("lambdas must be sorted from large to small (the path warm-starts downwards)")
         n = len(lambdas)
-    splits = kfold(y, folds, seed)
+    pairs = splits(y, folds if cv is None else cv, seed)
+    k = len(pairs)
+    torch.manual_seed(seed)
+    probe = model_fn()
+    linear = linear_layer(probe) is not None
+    if calibrate is None:
+        calibrate = not linear
 
     bar, own_bar = (None if progress is False else progress), False
     if progress is True:
         from tqdm.auto import tqdm
-        total = sum(path_steps(len(X) - len(v), n, epochs=epochs, epochs_first=epochs_first,
-                               batch_size=batch_size) for v in splits)
+        units = dict(epochs=epochs, epochs_first=epochs_first, batch_size=batch_size, optimizer=optimizer, lr=lr)
+        total = sum(path_units(probe, len(tr), n, **units) for tr, _ in pairs)
         if lambdas is None and calibrate:
-            total += path_steps(len(X), 1, epochs=epochs_first, epochs_first=epochs_first, batch_size=batch_size)
-        bar, own_bar = tqdm(total=total, desc=f"{folds}-fold CV path", unit="step"), True
-    scores = [[0.0] * folds for _ in range(n)]
-    zeros = [[0.0] * folds for _ in range(n)]
-    pzeros = [[0.0] * folds for _ in range(n)]
+            total += path_units(probe, len(X), 1, **units)
+        bar, own_bar = tqdm(total=total, desc=f"{k}-fold CV path", unit="step"), True
+    scores = [[0.0] * k for _ in range(n)]
+    zeros = [[0.0] * k for _ in range(n)]
+    pzeros = [[0.0] * k for _ in range(n)]
+    device = X.device
     try:
         if lambdas is None:
             if calibrate:
-                kw = {k: v for k, v in path_kw.items() if k not in ("epochs", "epochs_first")}
-                lmax, _ = calibrate_lambda_max(model_fn, X, y, epochs=epochs_first, progress=bar, **kw)
+                kw = {key: v for key, v in path_kw.items() if key not in ("epochs", "epochs_first")}
+                first = epochs_first or 2 * (epochs or 10)
+                lmax, _ = calibrate_lambda_max(model_fn, X, y, epochs=first, progress=bar, **kw)
             else:
                 torch.manual_seed(seed)
-                lmax = lambda_max(model_fn().to(device), X, y, penalty, l1_ratio=l1_ratio, group_dim=group_dim,
-                                  loss_fn=loss_fn, param_groups=param_groups)
+                model = start_model(model_fn().to(device), y, task, init_bias=init_bias)
+                lmax = lambda_max(model, X, y, penalty, l1_ratio=l1_ratio, group_dim=group_dim, loss_fn=loss_fn,
+                                  param_groups=param_groups)
             lambdas = geometric_grid(lmax, n_lambdas, lambda_min_ratio)
         else:
             lmax = lambdas[0]
-        for f, val in enumerate(splits):
-            mask = torch.ones(len(X), dtype=torch.bool)
-            mask[val] = False
-            tr = torch.nonzero(mask).flatten().to(device)
-            val = val.to(device)
+        for f, (tr, val) in enumerate(pairs):
+            tr, val = tr.to(device), val.to(device)
             Xt, yt, Xv, yv = X[tr], y[tr], X[val], y[val]
+            if task == "classification" and len(torch.unique(yt)) < 2:
+                raise DataError(f"fold {f}'s training rows hold one class only; use fewer folds or more data")
 
             def record(i, lam, model, penalized, f=f, Xv=Xv, yv=yv):
                 scores[i][f] = evaluate(model, Xv, yv, score, loss_fn)
@@ -402,17 +743,23 @@ def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, l
         if own_bar:
             bar.close()
 
-    mean = [sum(s) / folds for s in scores]
-    std = [math.sqrt(sum((v - m) ** 2 for v in s) / (folds - 1)) if folds > 1 else 0.0
-           for s, m in zip(scores, mean)]
-    best = max(range(n), key=lambda i: (mean[i], lambdas[i]))  # ties: the larger (sparser) λ
-    bar_1se = mean[best] - std[best] / math.sqrt(folds)
-    one_se = min(i for i in range(n) if mean[i] >= bar_1se)  # grid is large -> small: first is the largest λ
+    sign = -1.0 if score in LOWER_IS_BETTER else 1.0
+    mean = [sum(s) / k for s in scores]
+    std = [math.sqrt(sum((v - m) ** 2 for v in s) / (k - 1)) for s, m in zip(scores, mean)]
+    best = max(range(n), key=lambda i: (sign * mean[i], lambdas[i]))  # ties: the larger (sparser) λ
+    bar_1se = sign * mean[best] - std[best] / math.sqrt(k)
+    one_se = min(i for i in range(n) if sign * mean[i] >= bar_1se)  # grid is large -> small: first is the largest
     result = LambdaPath(lambdas=lambdas, scores=scores, mean=mean, std=std,
-                        sparsity=[sum(z) / folds for z in zeros], penalized_sparsity=[sum(z) / folds for z in pzeros],
+                        sparsity=[sum(z) / k for z in zeros], penalized_sparsity=[sum(z) / k for z in pzeros],
                         lambda_max=lmax, best_index=best, index_1se=one_se, rule=rule,
                         score_name=score if isinstance(score, str) else getattr(score, "__name__", "score"),
-                        folds=folds)
+                        folds=k, greater_is_better=sign > 0, task=task)
+    if n > 1 and result.index == n - 1:
+        result.edge = "smallest"
+    elif n > 1 and result.index == 0:
+        result.edge = "largest" if result.penalized_sparsity[0] < 1.0 else "lambda_max"
+    if result.edge:
+        warnings.warn(result.edge_message(), GridEdgeWarning, stacklevel=2)
     if refit:
         result.model = walk_path(model_fn, X, y, lambdas[:result.index + 1], **path_kw)
     return result

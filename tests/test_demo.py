@@ -26,8 +26,39 @@ def _one_thread():
         yield
 
 
+class Bar:
+    """Stands in for the tqdm bar: records whether the header was printed first and every change of total."""
+    made = []
+
+    def __init__(self, total, desc, enabled, unit="step"):
+        self.totals, self.n = [total], 0
+        self.header_first = sys.stdout.getvalue().startswith("fusedreg ")
+        Bar.made.append(self)
+
+    @property
+    def total(self):
+        return self.totals[-1]
+
+    @total.setter
+    def total(self, v):
+        self.totals.append(v)
+
+    def update(self, k=1):
+        self.n += k
+
+    def set_description(self, text):
+        pass
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        pass
+
+
 def _run(argv, fn_name):
-    """main(argv) in-process; returns (stdout, stderr, the result object the run function returned)."""
+    """main(argv) in-process; returns (stdout, stderr, the result object the run function returned). The
+    progress bar is a recording Bar (result.bar)."""
     seen = {}
     real = getattr(demo, fn_name)
 
@@ -38,8 +69,19 @@ def _run(argv, fn_name):
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         mp.setattr(demo, fn_name, spy)
+        mp.setattr(demo, "make_progress", Bar)
+        Bar.made.clear()
         assert main(argv) == 0
+    seen["result"].bar = Bar.made[-1]
     return out.getvalue(), err.getvalue(), seen["result"]
+
+
+def _bar_ok(bar):
+    # The header comes before the bar; the total never grows (the percentage never goes back) and the run
+    # ends at exactly 100%.
+    assert bar.header_first
+    assert all(b <= a for a, b in zip(bar.totals, bar.totals[1:])), bar.totals
+    assert bar.n == bar.total, (bar.n, bar.totals)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +109,7 @@ def test_demo_prints_a_row_per_penalty(demo_run):
     png, out, _, res = demo_run
     for label in ("none", "L2", "L1", "elastic net", "group lasso"):
         assert any(line.startswith(label) for line in out.splitlines()), f"no table row for {label!r}:\n{out}"
-    for column in ("test acc", "zeros", "inputs pruned", "hidden pruned", "torch.optim us"):
+    for column in ("test acc", "zero weights", "inputs pruned", "hidden pruned", "torch.optim us"):
         assert column in out
     assert [r.kind for r in res.rows] == ["none", "l2", "l1", "elastic_net", "group_l1"]
     assert f"wrote {os.path.abspath(png)}" in out
@@ -78,6 +120,48 @@ def test_demo_writes_the_png(demo_run):
     png, _, _, res = demo_run
     _png_ok(png)
     assert res.png == os.path.abspath(png)
+
+
+def test_demo_progress_and_table_text(demo_run):
+    _, out, _, res = demo_run
+    _bar_ok(res.bar)
+    assert max(len(line) for line in out.splitlines()) <= 160
+    flat = " ".join(out.split())  # notes are wrapped
+    assert "1 epochs" not in flat and "backend='torch' (the pure-PyTorch reference, the test oracle)" in flat
+    # The table's "zero weights" is the figure legend's count: the weight matrices' exact-zero fraction.
+    for r in res.rows:
+        weights = [p for p in res.models[r.kind].parameters() if p.dim() >= 2]
+        assert r.zeros == sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+
+
+def test_demo_figure_contents(demo_run, tmp_path):
+    _, _, _, res = demo_run
+    fig = demo.plot_demo(str(tmp_path / "d.png"), res.rows, res.models, res.paths, demo.load_digits(0), 64)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels.count("||W1[:, pixel]||") == len(res.rows)  # a colorbar per pixel map
+    legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    for r in res.rows:
+        if r.zeros:
+            assert f"zero weights: {r.zeros:.1%}" in legends, (r.kind, legends)
+    assert any("table's λ" in t for t in legends)  # the λ the table used, marked on the path plots
+
+
+def test_sweep_figure_axis_spans_the_models_that_are_not_all_zero(sweep_run, tmp_path):
+    _, _, _, res = sweep_run
+    fig = demo.plot_sweep(str(tmp_path / "s.png"), res.path, res.path.model, "l1", res.data)
+    lo, hi = fig.axes[0].get_ylim()
+    live = [m for m, z in zip(res.path.mean, res.path.penalized_sparsity) if z < 1]
+    assert lo > min(res.path.mean) or len(live) == len(res.path.mean)  # the ~0.1 accuracy of λ_max is off-axis
+    assert lo <= min(live) and hi >= max(live)
+    legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("chosen λ=") for t in legends)
+
+
+def test_default_figure_path_is_not_the_current_folder():
+    from fusedreg.__main__ import build_parser
+    for cmd in ("demo", "sweep"):
+        args = build_parser().parse_args([cmd])
+        assert os.path.dirname(args.out) == "out", args.out
 
 
 def test_demo_l1_has_exact_zeros_and_l2_has_none(demo_run):
@@ -142,6 +226,8 @@ def test_sweep_chooses_a_lambda_in_the_grid(sweep_run):
     assert len(rows) == len(path.lambdas)
     assert 0.5 < res.test_accuracy <= 1.0
     _png_ok(png)
+    _bar_ok(res.bar)
+    assert "1 epochs" not in out and "1 epoch per λ" in out
 
 
 def test_sweep_group_lasso_with_explicit_grid(tmp_path):
@@ -175,7 +261,9 @@ def test_select_lambda_on_a_sparse_linear_problem():
     assert len(res.lambdas) == 5 and res.lambdas[0] == res.lambda_max
     assert all(math.isclose(a / b, res.lambdas[0] / res.lambdas[1], rel_tol=1e-9)
                for a, b in zip(res.lambdas, res.lambdas[1:]))
-    assert res.penalized_sparsity[0] == 1.0  # λ_max zeroes every weight
+    # λ_max is exact on all rows (no calibration for a linear model); a fold's own λ_max differs a little,
+    # as in scikit-learn's LassoCV, whose grid also comes from all rows.
+    assert res.penalized_sparsity[0] > 0.9
     assert res.lambda_ == res.best_lambda and res.mean[res.best_index] == max(res.mean)
     assert res.mean[res.best_index] > 0.8
     assert res.index_1se <= res.best_index
