@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import _ops
 from . import functional as F
 from . import reference
 
@@ -17,7 +18,11 @@ __all__ = ["elastic_net", "penalty", "sparsity", "Sparsity", "SparsityRow", "par
            "lambda_max", "LambdaMaxReport"]
 
 # Group keys that add to the objective (or constrain it); param_groups zeroes them in the unpenalized group.
-PENALTY_KEYS = ("l1", "l2", "l0", "weight_decay", "group_l1", "nonneg")
+# The group keys that penalize: weight decay and the penalties of the ops (fusedreg._ops.PENALTY), with the value
+# that turns each off (param_groups gives the unpenalized group those).
+_OFF = dict(weight_decay=0.0, **{a.name: a.default for a in _ops.PENALTY
+                                 if a.type in ("float", "bool") and a.name != "l1_subgradient"})
+PENALTY_KEYS = tuple(_OFF)
 
 
 def elastic_net(alpha, l1_ratio=0.5, *, group=False, tasks=None):
@@ -235,8 +240,8 @@ def param_groups(model, *, no_penalty=("bias", "norm"), **options):
     """Two param groups for a fusedreg (or torch) optimizer: [penalized, unpenalized], empty ones left out.
 
     The penalized group gets every keyword given (l1=..., weight_decay=..., group_l1=..., group_dim=..., lr=...).
-    The unpenalized group gets the non-penalty keywords (lr, group_dim, ...) and l1 = weight_decay = group_l1 =
-    l0 = 0, nonneg = False (and l2 = 0 when l2 is given), always, so AdamW's default decay does not reach it.
+    The unpenalized group gets the non-penalty keywords (lr, group_dim, ...) and every penalty (PENALTY_KEYS) off
+    (l2 only when l2 is given), always, so AdamW's default decay does not reach it.
 
     A parameter is unpenalized when any rule in `no_penalty` matches it:
       "bias"       (any other str) its name is that str, or ends with "." + it (`fc.bias`, `0.bias`)
@@ -260,9 +265,7 @@ def param_groups(model, *, no_penalty=("bias", "norm"), **options):
                 exempt.add(id(p))
     penalized = [p for i, p in params.items() if i not in exempt]
     free = [p for i, p in params.items() if i in exempt]
-    zero = dict(l1=0.0, weight_decay=0.0, group_l1=0.0, l0=0.0, nonneg=False)
-    if "l2" in options:
-        zero["l2"] = 0.0
+    zero = {k: v for k, v in _OFF.items() if k != "l2" or "l2" in options}  # l2 is Adagrad's key only
     rest = {k: v for k, v in options.items() if k not in PENALTY_KEYS}
     groups = [dict(params=penalized, **options), dict(params=free, **rest, **zero)]
     return [g for g in groups if g["params"]]

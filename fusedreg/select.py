@@ -626,7 +626,7 @@ def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, l
                        fewer rows than folds raise DataError (a ValueError) naming the problem.
     task               "regression" or "classification"; default: regression for a floating-point y.
     penalty            "l1", "elastic_net" (with l1_ratio), "group_l1" (with group_dim), "l2", or a callable
-                       lam -> optimizer group keys (e.g. lambda lam: dict(l1=lam, nonneg=True)).
+                       lam -> optimizer group keys (e.g. lambda lam: dict(l1=lam, group_l1=lam)).
     lambdas            an explicit grid (sorted large to small); else n_lambdas values from λ_max down to
                        λ_max*lambda_min_ratio (see `lambda_max`; "l2" and callables without l1 need lambdas).
     folds, cv          folds: k for k-fold CV (stratified for classification). cv, when given, replaces it: a
