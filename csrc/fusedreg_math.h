@@ -56,10 +56,14 @@ template <typename V>
 C10_HOST_DEVICE FR_INLINE V fr_div(V x, V d) { return x / d; }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The op arguments as the schema gives them (double), shared by host and device.
+// The op arguments as the schema gives them (double), shared by host and device. Each struct has one builder, its
+// parameters in the schema's order (fusedreg/_ops.py ARGS), that sets every field by name: the kernels call the
+// builders, never a brace-init, so that no two arguments can be swapped by position.
 struct PenaltyArgs {
-  double l1, l2, l0;
-  bool l1_subgradient, nonneg;
+  double l1;
+  bool l1_subgradient;
+  double l2, l0;
+  bool nonneg;
 };
 struct SgdArgs {
   double lr, momentum, dampening, weight_decay;
@@ -76,6 +80,58 @@ struct AdagradArgs {
   bool maximize;
   PenaltyArgs pen;
 };
+
+// The one place C++ builds the elementwise penalties; kernels call it as penalty_args(FUSEDREG_PENALTY_NAMES).
+inline PenaltyArgs penalty_args(double l1, bool l1_subgradient, double l2, double l0, bool nonneg) {
+  PenaltyArgs a;
+  a.l1 = l1;
+  a.l1_subgradient = l1_subgradient;
+  a.l2 = l2;
+  a.l0 = l0;
+  a.nonneg = nonneg;
+  return a;
+}
+
+inline SgdArgs sgd_args(double lr, double momentum, double dampening, double weight_decay, bool nesterov,
+                        bool maximize, bool first_step, const PenaltyArgs& pen) {
+  SgdArgs a;
+  a.lr = lr;
+  a.momentum = momentum;
+  a.dampening = dampening;
+  a.weight_decay = weight_decay;
+  a.nesterov = nesterov;
+  a.maximize = maximize;
+  a.first_step = first_step;
+  a.pen = pen;
+  return a;
+}
+
+inline AdamArgs adam_args(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                          bool amsgrad, bool maximize, const PenaltyArgs& pen) {
+  AdamArgs a;
+  a.lr = lr;
+  a.beta1 = beta1;
+  a.beta2 = beta2;
+  a.eps = eps;
+  a.weight_decay = weight_decay;
+  a.decoupled = decoupled;
+  a.amsgrad = amsgrad;
+  a.maximize = maximize;
+  a.pen = pen;
+  return a;
+}
+
+inline AdagradArgs adagrad_args(double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+                                const PenaltyArgs& pen) {
+  AdagradArgs a;
+  a.lr = lr;
+  a.lr_decay = lr_decay;
+  a.weight_decay = weight_decay;
+  a.eps = eps;
+  a.maximize = maximize;
+  a.pen = pen;
+  return a;
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Scalars rounded once to opmath O.

@@ -483,10 +483,6 @@ double advance(const at::Tensor& step) {
   return static_cast<double>(*ptr);
 }
 
-PenaltyArgs penalty_args(double l1, bool l1_subgradient, double l2, double l0, bool nonneg) {
-  return PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg};
-}
-
 }  // namespace
 
 void sgd_cpu(FUSEDREG_SGD_PARAMS) {
@@ -495,8 +491,8 @@ void sgd_cpu(FUSEDREG_SGD_PARAMS) {
                     {}, false, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
   if (skip_step(found_inf) || st.n == 0) return;
   lr = lr_of(lr_tensor, lr);
-  const SgdArgs args{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
-                     penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
+  const SgdArgs args = sgd_args(lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
+                                penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_sgd_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
     using S = SgdScalars<O>;
@@ -522,8 +518,8 @@ void adam_cpu(FUSEDREG_ADAM_PARAMS) {
                     state_steps, true, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
   if (skip_step(found_inf)) return;
   lr = lr_of(lr_tensor, lr);
-  const AdamArgs args{lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
-                      penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
+  const AdamArgs args = adam_args(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
+                                  penalty_args(FUSEDREG_PENALTY_NAMES));
   std::vector<double> steps(st.n);
   for (size_t i = 0; i < st.n; ++i) steps[i] = advance(state_steps[i]);
   if (st.n == 0) return;
@@ -551,7 +547,8 @@ void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS) {
                     state_steps, true, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
   if (skip_step(found_inf)) return;
   lr = lr_of(lr_tensor, lr);
-  const AdagradArgs args{lr, lr_decay, weight_decay, eps, maximize, penalty_args(l1, l1_subgradient, l2, l0, nonneg)};
+  const AdagradArgs args =
+      adagrad_args(lr, lr_decay, weight_decay, eps, maximize, penalty_args(FUSEDREG_PENALTY_NAMES));
   std::vector<double> steps(st.n);
   for (size_t i = 0; i < st.n; ++i) steps[i] = advance(state_steps[i]);
   if (st.n == 0) return;

@@ -31,7 +31,8 @@ void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS) {
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto dev = cuda::device_args(grad_scale, found_inf, lr_tensor, st.dtype);
-  const AdagradArgs args{lr, lr_decay, weight_decay, eps, maximize, PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
+  const AdagradArgs args =
+      adagrad_args(lr, lr_decay, weight_decay, eps, maximize, penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_adagrad_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<3>(st.lists, state_steps, [&](const cuda::TensorListMeta<3>& meta, int blocks) {

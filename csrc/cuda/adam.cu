@@ -56,8 +56,8 @@ void adam_cuda(FUSEDREG_ADAM_PARAMS) {
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto dev = cuda::device_args(grad_scale, found_inf, lr_tensor, st.dtype);
-  const AdamArgs args{lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
-                      PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
+  const AdamArgs args = adam_args(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
+                                  penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_adam_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<5>(st.lists, state_steps, [&](const cuda::TensorListMeta<5>& meta, int blocks) {

@@ -29,8 +29,8 @@ void sgd_cuda(FUSEDREG_SGD_PARAMS) {
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto dev = cuda::device_args(grad_scale, found_inf, lr_tensor, st.dtype);
-  const SgdArgs args{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
-                     PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
+  const SgdArgs args = sgd_args(lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
+                                penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_sgd_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<3>(st.lists, {}, [&](const cuda::TensorListMeta<3>& meta, int blocks) {
