@@ -208,33 +208,27 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
   abuf.resize(n);
   double* __restrict a = abuf.data();
   metric_a(job, g * n, n, a);
-  // q = sum (v/a)^2, ||v||^2 and max a (NaN-propagating, as MetricSums).
+  // The first pass in vectors, the tail into `first`, then the vectors' lanes merged in.
   MetricSums first;
   VD qv(0.0), nv(0.0), mv(0.0);
   int64_t k = 0;
-  for (; k + VD::size() <= n; k += VD::size()) {
-    const VD vk = VD::loadu(v + k), ak = VD::loadu(a + k), x = vk / ak;
-    qv += x * x;
-    nv += vk * vk;
-    mv = at::vec::maximum(mv, ak);
-  }
+  for (; k + VD::size() <= n; k += VD::size()) metric_terms(VD::loadu(v + k), VD::loadu(a + k), qv, nv, mv);
   for (; k < n; ++k) first.add(v[k], a[k]);
   double mb[VD::size()];
   mv.store(mb);
   MetricSums vec;
   vec.q = hsum(qv);
   vec.nn = hsum(nv);
-  for (int l = 0; l < VD::size(); ++l) vec.amax = mb[l] > vec.amax || mb[l] != mb[l] ? mb[l] : vec.amax;
+  for (int l = 0; l < VD::size(); ++l) vec.amax = fr_max(vec.amax, mb[l]);
   first.merge(vec);
   double r = metric_start(first);
-  for (int it = 0; it < kMetricMaxIter && r >= 0; ++it) {
+  newton_solve(1, &r, &s, &t, [&] {
     const double rk = r;
     row_sums(n, s, t, [&](int64_t k, auto& sk, auto& tk) {
       using V = std::decay_t<decltype(sk)>;
       newton_terms(ld<V>(v + k), ld<V>(a + k), V(rk), sk, tk);
     });
-    if (!newton_step(s, t, r)) break;
-  }
+  });
   if (r < 0) {
     for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * O(0));
     return;
@@ -303,32 +297,26 @@ void group_prox_columns(T* p, const GroupJob<O>& job) {
     scale([&](int64_t g, int64_t) { return f[g]; });
     return;
   }
-  // a_i once, kept in opmath (it is rounded there): one transient the size of the param. max a here does not
-  // propagate NaN: a NaN a_i makes q NaN, and metric_start zeroes such a column whatever max a is.
+  // a_i once, kept in opmath (it is rounded there): one transient the size of the param. The blocks' max a are
+  // merged without NaN: a NaN a_i makes q NaN, and metric_start zeroes such a column whatever max a is.
   std::vector<O> abuf(A * row);
   O* __restrict av = abuf.data();
   sweep([&](int64_t a, double* __restrict bq, double* __restrict bn, double* __restrict bm) {
     metric_a(job, a * row, row, av + a * row);
     for_row(G, K, [&](int64_t g, int64_t j) {
-      const double v = val(a * row + j), ai = static_cast<double>(av[a * row + j]), x = v / ai;
-      bq[g] += x * x;
-      bn[g] += v * v;
-      bm[g] = ai > bm[g] ? ai : bm[g];
+      metric_terms(val(a * row + j), static_cast<double>(av[a * row + j]), bq[g], bn[g], bm[g]);
     });
   });
   std::vector<double> r(G), rk(G);
-  bool active = false;
   for (int64_t g = 0; g < G; ++g) {
     MetricSums first;
     first.q = s[g];
     first.nn = t[g];
     first.amax = m[g];
     r[g] = metric_start(first);
-    active = active || r[g] >= 0;
   }
-  // Newton on every kept column until none moves (the reference's loop); r < 0 marks a zeroed column, whose
-  // (unused) terms are computed at r = 0 to keep the loop branch-free.
-  for (int it = 0; it < kMetricMaxIter && active; ++it) {
+  // A zeroed column (r < 0) is swept too, at r = 0, to keep the sweep branch-free; its terms go unused.
+  newton_solve(G, r.data(), s.data(), t.data(), [&] {
     for (int64_t g = 0; g < G; ++g) rk[g] = r[g] < 0 ? 0.0 : r[g];
     const double* __restrict rp = rk.data();
     sweep([&](int64_t a, double* __restrict bs, double* __restrict bt, double*) {
@@ -336,10 +324,7 @@ void group_prox_columns(T* p, const GroupJob<O>& job) {
         newton_terms(val(a * row + j), static_cast<double>(av[a * row + j]), rp[g], bs[g], bt[g]);
       });
     });
-    active = false;
-    for (int64_t g = 0; g < G; ++g)
-      if (r[g] >= 0) active = newton_step(s[g], t[g], r[g]) || active;
-  }
+  });
   // metric_factor without a branch (a division under one is not vectorized): divide at r = 0 in a zeroed
   // column, then clear the bits of its factor.
   std::vector<uint64_t> keep(G);
@@ -387,9 +372,9 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The options most calls leave off (maximize, subgradient L1, L0, nonneg, amsgrad, grad scaling, Adam's
-// large-beta1 lerp form) are fixed off at compile time in a second instantiation of the element loop: testing
-// them per vector cost 5-8% of a single-thread AdamW + L1 step (measured). The math is the same.
+// The options most calls leave off (maximize, the rare penalties of fusedreg_math.h, amsgrad, grad scaling,
+// Adam's large-beta1 lerp form) are fixed off at compile time in a second instantiation of the element loop:
+// testing them per vector cost 5-8% of a single-thread AdamW + L1 step (measured). The math is the same.
 template <typename S>
 constexpr bool kIsAdam = false;
 template <typename O>
@@ -397,7 +382,7 @@ constexpr bool kIsAdam<AdamScalars<O>> = true;
 
 template <typename S>
 FR_INLINE bool is_common(const S& s) {
-  const bool common = !s.gp.maximize && !s.pen.l1_sub && !s.pen.l0 && !s.pen.nonneg;
+  const bool common = !s.gp.maximize && !has_rare(s.pen);
   if constexpr (kIsAdam<S>) {
     return common && !s.amsgrad && s.lerp_small;
   } else {
@@ -406,7 +391,8 @@ FR_INLINE bool is_common(const S& s) {
 }
 template <typename S>
 FR_INLINE S common(S s) {
-  s.gp.maximize = s.pen.l1_sub = s.pen.l0 = s.pen.nonneg = false;
+  s.gp.maximize = false;
+  clear_rare(s.pen);
   if constexpr (kIsAdam<S>) {
     s.amsgrad = false;
     s.lerp_small = true;
@@ -561,8 +547,8 @@ void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS) {
     for (size_t i = 0; i < st.n; ++i) {
       const S sc = make_adagrad<O>(args, steps[i]);
       slots.push_back(make_slot<scalar_t, O, 1>(st, i, sc));
-      const double clr = lr / (1 + (steps[i] - 1) * lr_decay);
-      add_group_job<O>(jobs, st, i, clr, group_l1, group_dim, l2, slots.back().s[0], O(1), sc.eps);
+      add_group_job<O>(jobs, st, i, adagrad_clr(lr, lr_decay, steps[i]), group_l1, group_dim, l2, slots.back().s[0],
+                       O(1), sc.eps);
     }
     run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {
       adagrad_update(p, g, st_[0], s, hs, scale);

@@ -41,8 +41,7 @@ void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  cuda::group_prox(st, 2, state_steps, cuda::GroupOp{2, lr, group_l1, l2, 0.0, lr_decay, eps, group_dim},
-                   dev.inf_ptr(), dev.lr_ptr(), stream);
+  cuda::group_prox(st, 2, state_steps, args, group_l1, group_dim, dev.inf_ptr(), dev.lr_ptr(), stream);
   cuda::advance_steps(state_steps, dev.inf_ptr(), stream);
   st.finish();
 }

@@ -66,8 +66,8 @@ void adam_cuda(FUSEDREG_ADAM_PARAMS) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  cuda::group_prox(st, amsgrad ? 4 : 3, state_steps, cuda::GroupOp{1, lr, group_l1, l2, beta2, 0.0, eps, group_dim},
-                   dev.inf_ptr(), dev.lr_ptr(), stream);
+  cuda::group_prox(st, amsgrad ? 4 : 3, state_steps, args, group_l1, group_dim, dev.inf_ptr(), dev.lr_ptr(),
+                   stream);
   cuda::advance_steps(state_steps, dev.inf_ptr(), stream);
   st.finish();
 }

@@ -201,17 +201,12 @@ __device__ inline Args with_lr(Args args, const double* lr) {
   return args;
 }
 
-// The group-lasso pass of one op (group.cu): kind 0 SGD (scalar step lr), 1 Adam (metric prox, sqrt(bc2) from the
-// step), 2 Adagrad (metric prox, clr from the step). Enqueued after the op's kernel and before advance_steps.
-struct GroupOp {
-  int kind;
-  double lr, group_l1, l2, beta2, lr_decay, eps;
-  int64_t group_dim;
-};
-
+// The group-lasso pass of one op (group.cu), enqueued after the op's kernel and before advance_steps: args is the
+// op's (SgdArgs: the scalar step lr; AdamArgs, AdagradArgs: the metric prox, its factors from the step counters).
 // x_list: the index in st.lists of the state the denominators come from (Adam's v_hat, Adagrad's sum); -1 for SGD.
-void group_prox(const Staged& st, int x_list, at::TensorList steps, const GroupOp& op, const float* found_inf,
-                const double* lr, cudaStream_t stream);
+template <typename Args>
+void group_prox(const Staged& st, int x_list, at::TensorList steps, const Args& args, double group_l1,
+                int64_t group_dim, const float* found_inf, const double* lr, cudaStream_t stream);
 
 // Adds 1 to every step counter unless found_inf is set (enqueued after the update kernels, which read the old
 // value and use old + 1).

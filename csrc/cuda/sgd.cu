@@ -39,8 +39,7 @@ void sgd_cuda(FUSEDREG_SGD_PARAMS) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  cuda::group_prox(st, -1, {}, cuda::GroupOp{0, lr, group_l1, l2, 0.0, 0.0, 0.0, group_dim}, dev.inf_ptr(),
-                   dev.lr_ptr(), stream);
+  cuda::group_prox(st, -1, {}, args, group_l1, group_dim, dev.inf_ptr(), dev.lr_ptr(), stream);
   st.finish();
 }
 
