@@ -47,7 +47,7 @@ def extensions():
     sources = ["csrc/module.cpp", "csrc/check.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     kwargs = dict(name="fusedreg._C", extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
     if torch.version.cuda and CUDA_HOME and os.environ.get("FUSEDREG_NO_CUDA") != "1":
-        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
         nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
         ext = CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     else:

@@ -1,4 +1,7 @@
-// fusedreg::adagrad_ on CUDA.
+// fusedreg::adagrad_ on CUDA: adagrad_update (fusedreg_math.h) in multi-tensor launches, then the group prox in
+// Adagrad's metric (group.cu) and the step counters (steps.cu).
+#include <torch/library.h>
+
 #include "multi_tensor.cuh"
 
 namespace fusedreg {
@@ -47,3 +50,5 @@ void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS) {
 }
 
 }  // namespace fusedreg
+
+TORCH_LIBRARY_IMPL(fusedreg, CUDA, m) { m.impl("adagrad_", &fusedreg::adagrad_cuda); }

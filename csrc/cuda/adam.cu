@@ -1,4 +1,7 @@
-// fusedreg::adam_ on CUDA (Adam and AdamW); also the step-counter kernel shared with adagrad.cu.
+// fusedreg::adam_ on CUDA (Adam and AdamW): adam_update (fusedreg_math.h) in multi-tensor launches, then the
+// group prox in Adam's metric (group.cu) and the step counters (steps.cu).
+#include <torch/library.h>
+
 #include "multi_tensor.cuh"
 
 namespace fusedreg {
@@ -22,29 +25,7 @@ __global__ void __launch_bounds__(kThreads)
                       [&](O& p, O g, O* s) { adam_update(p, g, s[0], s[1], s[2], sc, has_scale, scale); });
 }
 
-constexpr int kStepsPerLaunch = 256;
-struct StepPtrs {
-  float* p[kStepsPerLaunch];
-};
-
-__global__ void advance_steps_kernel(StepPtrs steps, int n, const float* found_inf) {
-  if (skipped(found_inf)) return;
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) *steps.p[i] = *steps.p[i] + 1.0f;
-}
-
 }  // namespace
-
-void advance_steps(at::TensorList steps, const float* found_inf, cudaStream_t stream) {
-  for (size_t begin = 0; begin < steps.size(); begin += kStepsPerLaunch) {
-    StepPtrs ptrs;
-    const int n = static_cast<int>(std::min<size_t>(kStepsPerLaunch, steps.size() - begin));
-    for (int i = 0; i < n; ++i) ptrs.p[i] = steps[begin + i].data_ptr<float>();
-    advance_steps_kernel<<<1, kStepsPerLaunch, 0, stream>>>(ptrs, n, found_inf);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
-
 }  // namespace cuda
 
 void adam_cuda(FUSEDREG_ADAM_PARAMS) {
@@ -73,3 +54,5 @@ void adam_cuda(FUSEDREG_ADAM_PARAMS) {
 }
 
 }  // namespace fusedreg
+
+TORCH_LIBRARY_IMPL(fusedreg, CUDA, m) { m.impl("adam_", &fusedreg::adam_cuda); }

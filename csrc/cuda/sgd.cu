@@ -1,4 +1,7 @@
-// fusedreg::sgd_ on CUDA: one multi-tensor launch per up to 320 chunks; math from fusedreg_math.h.
+// fusedreg::sgd_ on CUDA: sgd_update (fusedreg_math.h) in one multi-tensor launch per up to 320 chunks, then the
+// group prox of SGD's scalar step (group.cu).
+#include <torch/library.h>
+
 #include "multi_tensor.cuh"
 
 namespace fusedreg {
@@ -24,7 +27,8 @@ __global__ void __launch_bounds__(kThreads)
 void sgd_cuda(FUSEDREG_SGD_PARAMS) {
   const bool has_momentum = momentum != 0;
   Staged st = stage("sgd_", c10::DeviceType::CUDA, params, grads,
-                    {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
+                    {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf,
+                    lr_tensor, group_l1, group_dim);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -44,3 +48,5 @@ void sgd_cuda(FUSEDREG_SGD_PARAMS) {
 }
 
 }  // namespace fusedreg
+
+TORCH_LIBRARY_IMPL(fusedreg, CUDA, m) { m.impl("sgd_", &fusedreg::sgd_cuda); }
