@@ -368,24 +368,26 @@ C10_HOST_DEVICE FR_INLINE double group_a(O c, O denom, O c2, bool has_l2) {
   return static_cast<double>(c / (has_l2 ? denom + c2 : denom));
 }
 
-// One element's terms of the metric prox's first pass: (v/a)^2 to q, v^2 to nn, a to the largest a (NaN kept).
-// V: double, or a vector of doubles on the CPU.
+// One element's terms of the metric prox's first pass: (v/a)^2 to q, v^2 to nn. V: double, or a vector of doubles
+// on the CPU. The caller keeps max a beside them, each in its cheapest form (NaN handling included).
 template <typename V>
-C10_HOST_DEVICE FR_INLINE void metric_terms(V v, V a, V& q, V& nn, V& amax) {
+C10_HOST_DEVICE FR_INLINE void metric_terms(V v, V a, V& q, V& nn) {
   const V x = v / a;
   q += x * x;
   nn += v * v;
-  amax = fr_max(amax, a);
 }
 
-// The first pass of one group: sum (v/a)^2, sum v^2 and max a.
+// The first pass of one group: sum (v/a)^2, sum v^2 and max a (NaN-propagating).
 struct MetricSums {
   double q = 0, nn = 0, amax = 0;
-  C10_HOST_DEVICE FR_INLINE void add(double v, double a) { metric_terms(v, a, q, nn, amax); }
+  C10_HOST_DEVICE FR_INLINE void add(double v, double a) {
+    metric_terms(v, a, q, nn);
+    amax = a > amax || a != a ? a : amax;
+  }
   C10_HOST_DEVICE FR_INLINE void merge(const MetricSums& o) {
     q += o.q;
     nn += o.nn;
-    amax = fr_max(amax, o.amax);
+    amax = o.amax > amax || o.amax != o.amax ? o.amax : amax;
   }
 };
 

@@ -118,18 +118,23 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
   abuf.resize(n);
   double* __restrict a = abuf.data();
   metric_a(job, g * n, n, a);
-  // The first pass in vectors, the tail into `first`, then the vectors' lanes merged in.
+  // q = sum (v/a)^2, ||v||^2 and max a (NaN-propagating, as MetricSums): vectors, then the tail into `first`,
+  // then the vectors' lanes merged in.
   MetricSums first;
   VD qv(0.0), nv(0.0), mv(0.0);
   int64_t k = 0;
-  for (; k + VD::size() <= n; k += VD::size()) metric_terms(VD::loadu(v + k), VD::loadu(a + k), qv, nv, mv);
+  for (; k + VD::size() <= n; k += VD::size()) {
+    const VD ak = VD::loadu(a + k);
+    metric_terms(VD::loadu(v + k), ak, qv, nv);
+    mv = at::vec::maximum(mv, ak);
+  }
   for (; k < n; ++k) first.add(v[k], a[k]);
   double mb[VD::size()];
   mv.store(mb);
   MetricSums vec;
   vec.q = hsum(qv);
   vec.nn = hsum(nv);
-  for (int l = 0; l < VD::size(); ++l) vec.amax = fr_max(vec.amax, mb[l]);
+  for (int l = 0; l < VD::size(); ++l) vec.amax = mb[l] > vec.amax || mb[l] != mb[l] ? mb[l] : vec.amax;
   first.merge(vec);
   double r = metric_start(first);
   newton_solve(1, &r, &s, &t, [&] {
@@ -208,14 +213,16 @@ void group_prox_columns(T* p, const GroupJob<O>& job, int64_t grain) {
     scale([&](int64_t g, int64_t) { return f[g]; });
     return;
   }
-  // a_i once, kept in opmath (it is rounded there): one transient the size of the param. The blocks' max a are
-  // merged without NaN: a NaN a_i makes q NaN, and metric_start zeroes such a column whatever max a is.
+  // a_i once, kept in opmath (it is rounded there): one transient the size of the param. max a here does not
+  // propagate NaN: a NaN a_i makes q NaN, and metric_start zeroes such a column whatever max a is.
   std::vector<O> abuf(A * row);
   O* __restrict av = abuf.data();
   sweep([&](int64_t a, double* __restrict bq, double* __restrict bn, double* __restrict bm) {
     metric_a(job, a * row, row, av + a * row);
     for_row(G, K, [&](int64_t g, int64_t j) {
-      metric_terms(val(a * row + j), static_cast<double>(av[a * row + j]), bq[g], bn[g], bm[g]);
+      const double ai = static_cast<double>(av[a * row + j]);
+      metric_terms(val(a * row + j), ai, bq[g], bn[g]);
+      bm[g] = ai > bm[g] ? ai : bm[g];
     });
   });
   std::vector<double> r(G), rk(G);
