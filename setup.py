@@ -43,10 +43,11 @@ def extensions():
     # No contraction to FMA: one rounding per operation, as eager PyTorch (fusedreg/reference.py) does.
     # -fno-math-errno: sqrt never sets errno, so loops calling it vectorize (the results are the same IEEE ones).
     cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-Wno-unknown-pragmas"] + cpu_arch_flags()
-    sources = ["csrc/module.cpp", "csrc/check.cpp", "csrc/cpu/kernels.cpp"]
+    # One file per op stem in csrc/cpu and csrc/cuda, each registering its own op's kernel.
+    sources = ["csrc/module.cpp", "csrc/check.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     kwargs = dict(name="fusedreg._C", extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
     if torch.version.cuda and CUDA_HOME and os.environ.get("FUSEDREG_NO_CUDA") != "1":
-        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
         nvcc = ["-O3", "--fmad=false", "--expt-relaxed-constexpr"]
         ext = CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     else:

@@ -1,4 +1,6 @@
-// The per-element math of every fusedreg op, written once.
+// The math of every fusedreg op, written once for the CPU and CUDA kernels (as ATen's Lerp.h): the op arguments
+// and their builders, the per-element updates and penalties, the step-dependent factors (Adam's bias corrections,
+// Adagrad's clr), and the group-lasso prox's formulas with its Newton driver and constants.
 //
 // Everything here is templated on the value type V: a scalar opmath type (float, double; host and device) or
 // at::vec::Vectorized<float/double> (CPU only; the overloads of the primitives live in cpu/vec_prims.h). The
@@ -14,6 +16,7 @@
 #include <c10/macros/Macros.h>
 
 #include <cmath>
+#include <cstdint>
 
 // Every function here runs once per element (or vector): a call that is not inlined costs more than the math.
 #if defined(__CUDACC__)
@@ -56,10 +59,14 @@ template <typename V>
 C10_HOST_DEVICE FR_INLINE V fr_div(V x, V d) { return x / d; }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The op arguments as the schema gives them (double), shared by host and device.
+// The op arguments as the schema gives them (double), shared by host and device. Each struct has one builder, its
+// parameters in the schema's order (fusedreg/_ops.py ARGS), that sets every field by name: the kernels call the
+// builders, never a brace-init, so that no two arguments can be swapped by position.
 struct PenaltyArgs {
-  double l1, l2, l0;
-  bool l1_subgradient, nonneg;
+  double l1;
+  bool l1_subgradient;
+  double l2, l0;
+  bool nonneg;
 };
 struct SgdArgs {
   double lr, momentum, dampening, weight_decay;
@@ -76,6 +83,58 @@ struct AdagradArgs {
   bool maximize;
   PenaltyArgs pen;
 };
+
+// The one place C++ builds the elementwise penalties; kernels call it as penalty_args(FUSEDREG_PENALTY_NAMES).
+inline PenaltyArgs penalty_args(double l1, bool l1_subgradient, double l2, double l0, bool nonneg) {
+  PenaltyArgs a;
+  a.l1 = l1;
+  a.l1_subgradient = l1_subgradient;
+  a.l2 = l2;
+  a.l0 = l0;
+  a.nonneg = nonneg;
+  return a;
+}
+
+inline SgdArgs sgd_args(double lr, double momentum, double dampening, double weight_decay, bool nesterov,
+                        bool maximize, bool first_step, const PenaltyArgs& pen) {
+  SgdArgs a;
+  a.lr = lr;
+  a.momentum = momentum;
+  a.dampening = dampening;
+  a.weight_decay = weight_decay;
+  a.nesterov = nesterov;
+  a.maximize = maximize;
+  a.first_step = first_step;
+  a.pen = pen;
+  return a;
+}
+
+inline AdamArgs adam_args(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                          bool amsgrad, bool maximize, const PenaltyArgs& pen) {
+  AdamArgs a;
+  a.lr = lr;
+  a.beta1 = beta1;
+  a.beta2 = beta2;
+  a.eps = eps;
+  a.weight_decay = weight_decay;
+  a.decoupled = decoupled;
+  a.amsgrad = amsgrad;
+  a.maximize = maximize;
+  a.pen = pen;
+  return a;
+}
+
+inline AdagradArgs adagrad_args(double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+                                const PenaltyArgs& pen) {
+  AdagradArgs a;
+  a.lr = lr;
+  a.lr_decay = lr_decay;
+  a.weight_decay = weight_decay;
+  a.eps = eps;
+  a.maximize = maximize;
+  a.pen = pen;
+  return a;
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Scalars rounded once to opmath O.
@@ -102,6 +161,13 @@ C10_HOST_DEVICE FR_INLINE Penalty<O> make_penalty(const PenaltyArgs& a, double s
   r.nonneg = a.nonneg;
   return r;
 }
+
+// The penalties most calls leave off (subgradient L1, L0, nonneg): the CPU kernels run a second instantiation of
+// their element loop with these fixed off (cpu/loop.h), so they are listed here, next to the fields.
+template <typename O>
+C10_HOST_DEVICE FR_INLINE bool has_rare(const Penalty<O>& p) { return p.l1_sub || p.l0 || p.nonneg; }
+template <typename O>
+C10_HOST_DEVICE FR_INLINE void clear_rare(Penalty<O>& p) { p.l1_sub = p.l0 = p.nonneg = false; }
 
 // Gradient preprocessing shared by all ops: unscale -> maximize -> subgradient L1 -> coupled weight decay.
 template <typename O>
@@ -149,6 +215,15 @@ template <typename V>
 C10_HOST_DEVICE FR_INLINE V adam_denom(V vh, V bc2_sqrt, V eps) { return fr_sqrt(vh) / bc2_sqrt + eps; }
 template <typename V>
 C10_HOST_DEVICE FR_INLINE V adagrad_denom(V sum, V eps) { return fr_sqrt(sum) + eps; }
+
+// Step-dependent factors, in double, at step t (the counter's new value). Adam's bias corrections 1 - beta^t, and
+// sqrt(1 - beta2^t), the divisor of sqrt(v_hat) in adam_denom.
+C10_HOST_DEVICE FR_INLINE double bias_correction(double beta, double step) { return 1 - ::pow(beta, step); }
+C10_HOST_DEVICE FR_INLINE double bc2_sqrt(double beta2, double step) { return ::sqrt(bias_correction(beta2, step)); }
+// Adagrad's decayed lr, clr = lr/(1 + (t-1)*lr_decay): the step of the update and of the prox.
+C10_HOST_DEVICE FR_INLINE double adagrad_clr(double lr, double lr_decay, double step) {
+  return lr / (1 + (step - 1) * lr_decay);
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // SGD: buf = g on the first step, else momentum*buf + (1-dampening)*g; nesterov g += momentum*buf, else g = buf;
@@ -209,9 +284,8 @@ C10_HOST_DEVICE FR_INLINE AdamScalars<O> make_adam(const AdamArgs& a, double ste
   s.one_minus_beta2 = O(1 - a.beta2);
   s.decoupled = a.decoupled && a.weight_decay != 0;
   s.decay = O(1 - a.lr * a.weight_decay);
-  const double bc1 = 1 - ::pow(a.beta1, step);
-  s.lr_bc1 = O(a.lr / bc1);
-  s.bc2_sqrt = O(::sqrt(1 - ::pow(a.beta2, step)));
+  s.lr_bc1 = O(a.lr / bias_correction(a.beta1, step));
+  s.bc2_sqrt = O(bc2_sqrt(a.beta2, step));
   s.eps = O(a.eps);
   s.amsgrad = a.amsgrad;
   s.gp = make_grad_prep<O>(a.decoupled ? 0.0 : a.weight_decay, a.maximize);
@@ -249,7 +323,7 @@ struct AdagradScalars {
 template <typename O>
 C10_HOST_DEVICE FR_INLINE AdagradScalars<O> make_adagrad(const AdagradArgs& a, double step) {
   AdagradScalars<O> s;
-  const double clr = a.lr / (1 + (step - 1) * a.lr_decay);
+  const double clr = adagrad_clr(a.lr, a.lr_decay, step);
   s.clr = O(clr);
   s.eps = O(a.eps);
   s.gp = make_grad_prep<O>(a.weight_decay, a.maximize);
@@ -294,13 +368,20 @@ C10_HOST_DEVICE FR_INLINE double group_a(O c, O denom, O c2, bool has_l2) {
   return static_cast<double>(c / (has_l2 ? denom + c2 : denom));
 }
 
-// The first pass of the metric prox: per group sum (v/a)^2, sum v^2 and max a.
+// One element's terms of the metric prox's first pass: (v/a)^2 to q, v^2 to nn. V: double, or a vector of doubles
+// on the CPU. The caller keeps max a beside them, each in its cheapest form (NaN handling included).
+template <typename V>
+C10_HOST_DEVICE FR_INLINE void metric_terms(V v, V a, V& q, V& nn) {
+  const V x = v / a;
+  q += x * x;
+  nn += v * v;
+}
+
+// The first pass of one group: sum (v/a)^2, sum v^2 and max a (NaN-propagating).
 struct MetricSums {
   double q = 0, nn = 0, amax = 0;
   C10_HOST_DEVICE FR_INLINE void add(double v, double a) {
-    const double x = v / a;
-    q += x * x;
-    nn += v * v;
+    metric_terms(v, a, q, nn);
     amax = a > amax || a != a ? a : amax;
   }
   C10_HOST_DEVICE FR_INLINE void merge(const MetricSums& o) {
@@ -318,6 +399,7 @@ C10_HOST_DEVICE FR_INLINE double metric_start(const MetricSums& s) {
   return r > 0 ? r : 0.0;
 }
 
+// fusedreg/reference.py's NEWTON_MAX_ITER and NEWTON_RTOL.
 constexpr int kMetricMaxIter = 100;
 constexpr double kMetricTol = 4 * 2.220446049250313e-16;  // 4 ulp of 1 in double
 
@@ -336,6 +418,21 @@ C10_HOST_DEVICE FR_INLINE bool newton_step(double s, double t, double& r) {
   const double dr = s * (::sqrt(s) - 1) / t;
   r = r + (dr > 0 ? dr : 0.0);
   return dr > kMetricTol * r;
+}
+
+// Newton's iteration on n groups at once, as the reference runs it: from r[g] = metric_start (r < 0: a zeroed
+// group, never stepped) every kept group steps until no group's step is above the tolerance, at most
+// kMetricMaxIter times. sums() writes s[g] and t[g], group g's newton_terms summed at the current r.
+template <typename Sums>
+C10_HOST_DEVICE FR_INLINE void newton_solve(int64_t n, double* r, const double* s, const double* t, const Sums& sums) {
+  bool active = false;
+  for (int64_t g = 0; g < n; ++g) active = active || r[g] >= 0;
+  for (int it = 0; it < kMetricMaxIter && active; ++it) {
+    sums();
+    active = false;
+    for (int64_t g = 0; g < n; ++g)
+      if (r[g] >= 0) active = newton_step(s[g], t[g], r[g]) || active;
+  }
 }
 
 // The factor of element i: r/(r + a_i) in a kept group (r >= 0), 0 in a zeroed one (r < 0).

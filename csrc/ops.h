@@ -10,6 +10,9 @@
 
 namespace fusedreg {
 
+// The kernels' parameters, in the schema's order (fusedreg/_ops.py ARGS). Every op ends with the penalties;
+// the elementwise ones go on to the math as penalty_args(FUSEDREG_PENALTY_NAMES), so no kernel lists them.
+#define FUSEDREG_PENALTY_NAMES l1, l1_subgradient, l2, l0, nonneg
 #define FUSEDREG_PENALTY_PARAMS                                                                      \
   double l1, bool l1_subgradient, double l2, double l0, bool nonneg, double group_l1, int64_t group_dim, \
       const std::optional<at::Tensor>&grad_scale, const std::optional<at::Tensor>&found_inf,             \

@@ -1,4 +1,7 @@
-// fusedreg::adagrad_ on CUDA.
+// fusedreg::adagrad_ on CUDA: adagrad_update (fusedreg_math.h) in multi-tensor launches, then the group prox in
+// Adagrad's metric (group.cu) and the step counters (steps.cu).
+#include <torch/library.h>
+
 #include "multi_tensor.cuh"
 
 namespace fusedreg {
@@ -31,7 +34,8 @@ void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS) {
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto dev = cuda::device_args(grad_scale, found_inf, lr_tensor, st.dtype);
-  const AdagradArgs args{lr, lr_decay, weight_decay, eps, maximize, PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
+  const AdagradArgs args =
+      adagrad_args(lr, lr_decay, weight_decay, eps, maximize, penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_adagrad_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<3>(st.lists, state_steps, [&](const cuda::TensorListMeta<3>& meta, int blocks) {
@@ -40,10 +44,11 @@ void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  cuda::group_prox(st, 2, state_steps, cuda::GroupOp{2, lr, group_l1, l2, 0.0, lr_decay, eps, group_dim},
-                   dev.inf_ptr(), dev.lr_ptr(), stream);
+  cuda::group_prox(st, 2, state_steps, args, group_l1, group_dim, dev.inf_ptr(), dev.lr_ptr(), stream);
   cuda::advance_steps(state_steps, dev.inf_ptr(), stream);
   st.finish();
 }
 
 }  // namespace fusedreg
+
+TORCH_LIBRARY_IMPL(fusedreg, CUDA, m) { m.impl("adagrad_", &fusedreg::adagrad_cuda); }

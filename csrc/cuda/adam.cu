@@ -1,4 +1,7 @@
-// fusedreg::adam_ on CUDA (Adam and AdamW); also the step-counter kernel shared with adagrad.cu.
+// fusedreg::adam_ on CUDA (Adam and AdamW): adam_update (fusedreg_math.h) in multi-tensor launches, then the
+// group prox in Adam's metric (group.cu) and the step counters (steps.cu).
+#include <torch/library.h>
+
 #include "multi_tensor.cuh"
 
 namespace fusedreg {
@@ -22,29 +25,7 @@ __global__ void __launch_bounds__(kThreads)
                       [&](O& p, O g, O* s) { adam_update(p, g, s[0], s[1], s[2], sc, has_scale, scale); });
 }
 
-constexpr int kStepsPerLaunch = 256;
-struct StepPtrs {
-  float* p[kStepsPerLaunch];
-};
-
-__global__ void advance_steps_kernel(StepPtrs steps, int n, const float* found_inf) {
-  if (skipped(found_inf)) return;
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) *steps.p[i] = *steps.p[i] + 1.0f;
-}
-
 }  // namespace
-
-void advance_steps(at::TensorList steps, const float* found_inf, cudaStream_t stream) {
-  for (size_t begin = 0; begin < steps.size(); begin += kStepsPerLaunch) {
-    StepPtrs ptrs;
-    const int n = static_cast<int>(std::min<size_t>(kStepsPerLaunch, steps.size() - begin));
-    for (int i = 0; i < n; ++i) ptrs.p[i] = steps[begin + i].data_ptr<float>();
-    advance_steps_kernel<<<1, kStepsPerLaunch, 0, stream>>>(ptrs, n, found_inf);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
-
 }  // namespace cuda
 
 void adam_cuda(FUSEDREG_ADAM_PARAMS) {
@@ -56,8 +37,8 @@ void adam_cuda(FUSEDREG_ADAM_PARAMS) {
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto dev = cuda::device_args(grad_scale, found_inf, lr_tensor, st.dtype);
-  const AdamArgs args{lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
-                      PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
+  const AdamArgs args = adam_args(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
+                                  penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_adam_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<5>(st.lists, state_steps, [&](const cuda::TensorListMeta<5>& meta, int blocks) {
@@ -66,10 +47,12 @@ void adam_cuda(FUSEDREG_ADAM_PARAMS) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  cuda::group_prox(st, amsgrad ? 4 : 3, state_steps, cuda::GroupOp{1, lr, group_l1, l2, beta2, 0.0, eps, group_dim},
-                   dev.inf_ptr(), dev.lr_ptr(), stream);
+  cuda::group_prox(st, amsgrad ? 4 : 3, state_steps, args, group_l1, group_dim, dev.inf_ptr(), dev.lr_ptr(),
+                   stream);
   cuda::advance_steps(state_steps, dev.inf_ptr(), stream);
   st.finish();
 }
 
 }  // namespace fusedreg
+
+TORCH_LIBRARY_IMPL(fusedreg, CUDA, m) { m.impl("adam_", &fusedreg::adam_cuda); }

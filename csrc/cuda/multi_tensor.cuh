@@ -1,7 +1,9 @@
-// Multi-tensor launches for the CUDA kernels (the scheme of ATen's MultiTensorApply.cuh, written for fusedreg):
-// each launch covers up to kMaxBlocks chunks of kChunk elements from up to max_tensors<N>() tensors, all
-// addresses passed by value in the kernel arguments (under the 4 KB limit). Each block runs one chunk, with
-// kILP-wide vector loads and stores when every pointer of the tensor is aligned for them. 64-bit indexing.
+// What the CUDA kernels share: multi-tensor launches (the scheme of ATen's MultiTensorApply.cuh, written for
+// fusedreg), the scalars read on the device (DeviceArgs), and the passes enqueued after an op's kernel (group_prox
+// in group.cu, advance_steps in steps.cu). Each launch covers up to kMaxBlocks chunks of kChunk elements from up to
+// max_tensors<N>() tensors, all addresses passed by value in the kernel arguments (under the 4 KB limit). Each
+// block runs one chunk, with kILP-wide vector loads and stores when every pointer of the tensor is aligned for
+// them. 64-bit indexing.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -201,20 +203,15 @@ __device__ inline Args with_lr(Args args, const double* lr) {
   return args;
 }
 
-// The group-lasso pass of one op (group.cu): kind 0 SGD (scalar step lr), 1 Adam (metric prox, sqrt(bc2) from the
-// step), 2 Adagrad (metric prox, clr from the step). Enqueued after the op's kernel and before advance_steps.
-struct GroupOp {
-  int kind;
-  double lr, group_l1, l2, beta2, lr_decay, eps;
-  int64_t group_dim;
-};
-
+// The group-lasso pass of one op (group.cu), enqueued after the op's kernel and before advance_steps: args is the
+// op's (SgdArgs: the scalar step lr; AdamArgs, AdagradArgs: the metric prox, its factors from the step counters).
 // x_list: the index in st.lists of the state the denominators come from (Adam's v_hat, Adagrad's sum); -1 for SGD.
-void group_prox(const Staged& st, int x_list, at::TensorList steps, const GroupOp& op, const float* found_inf,
-                const double* lr, cudaStream_t stream);
+template <typename Args>
+void group_prox(const Staged& st, int x_list, at::TensorList steps, const Args& args, double group_l1,
+                int64_t group_dim, const float* found_inf, const double* lr, cudaStream_t stream);
 
-// Adds 1 to every step counter unless found_inf is set (enqueued after the update kernels, which read the old
-// value and use old + 1).
+// Adds 1 to every step counter unless found_inf is set (steps.cu; enqueued after the update kernels, which read
+// the old value and use old + 1).
 void advance_steps(at::TensorList steps, const float* found_inf, cudaStream_t stream);
 
 }  // namespace cuda

@@ -1,4 +1,7 @@
-// fusedreg::sgd_ on CUDA: one multi-tensor launch per up to 320 chunks; math from fusedreg_math.h.
+// fusedreg::sgd_ on CUDA: sgd_update (fusedreg_math.h) in one multi-tensor launch per up to 320 chunks, then the
+// group prox of SGD's scalar step (group.cu).
+#include <torch/library.h>
+
 #include "multi_tensor.cuh"
 
 namespace fusedreg {
@@ -24,13 +27,14 @@ __global__ void __launch_bounds__(kThreads)
 void sgd_cuda(FUSEDREG_SGD_PARAMS) {
   const bool has_momentum = momentum != 0;
   Staged st = stage("sgd_", c10::DeviceType::CUDA, params, grads,
-                    {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
+                    {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf,
+                    lr_tensor, group_l1, group_dim);
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto dev = cuda::device_args(grad_scale, found_inf, lr_tensor, st.dtype);
-  const SgdArgs args{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
-                     PenaltyArgs{l1, l2, l0, l1_subgradient, nonneg}};
+  const SgdArgs args = sgd_args(lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
+                                penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_sgd_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
     cuda::multi_tensor_apply<3>(st.lists, {}, [&](const cuda::TensorListMeta<3>& meta, int blocks) {
@@ -39,9 +43,10 @@ void sgd_cuda(FUSEDREG_SGD_PARAMS) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  cuda::group_prox(st, -1, {}, cuda::GroupOp{0, lr, group_l1, l2, 0.0, 0.0, 0.0, group_dim}, dev.inf_ptr(),
-                   dev.lr_ptr(), stream);
+  cuda::group_prox(st, -1, {}, args, group_l1, group_dim, dev.inf_ptr(), dev.lr_ptr(), stream);
   st.finish();
 }
 
 }  // namespace fusedreg
+
+TORCH_LIBRARY_IMPL(fusedreg, CUDA, m) { m.impl("sgd_", &fusedreg::sgd_cuda); }

@@ -1,0 +1,248 @@
+// The CPU kernels' shared element loop: at::vec::Vectorized over the math of fusedreg_math.h, one
+// at::parallel_for over the flattened elements of the whole tensor list (Slot, process_range, for_each_element),
+// with the group prox of cpu/group.h fused in (for_each_element_grouped); run_update picks the loop's
+// instantiation; and the call's scalars every kernel reads (lr, found_inf, grad_scale, the step counters).
+#pragma once
+
+#include "vec_prims.h"  // first: declares the Vectorized primitives before fusedreg_math.h
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <optional>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../ops.h"
+#include "group.h"
+
+namespace fusedreg {
+// Internal linkage, as when every kernel was one file: each op's file gets its own copy, inlined as before.
+namespace {
+
+template <typename T>
+constexpr bool kReduced = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+
+// Work is split in units of kUnit elements of one tensor, so that thread boundaries fall on whole vectors.
+constexpr int64_t kUnit = 64;
+constexpr int64_t kGrainUnits = 32768 / kUnit;
+
+// One tensor's pointers (params, grads, NS optional state lists) and its scalars.
+template <typename T, typename O, int NS, typename S>
+struct Slot {
+  T* p;
+  const T* g;
+  std::array<O*, NS> s;
+  int64_t n;
+  S sc;
+};
+
+template <typename T, typename O, int NS, typename S>
+Slot<T, O, NS, S> make_slot(const Staged& st, size_t i, const S& sc) {
+  Slot<T, O, NS, S> sl;
+  sl.p = st.lists[0][i].data_ptr<T>();
+  sl.g = st.lists[1][i].const_data_ptr<T>();
+  for (int k = 0; k < NS; ++k) {
+    const at::Tensor& t = st.lists[2 + k][i];
+    sl.s[k] = t.defined() ? t.data_ptr<O>() : nullptr;
+  }
+  sl.n = st.lists[0][i].numel();
+  sl.sc = sc;
+  return sl;
+}
+
+template <bool Full, typename V, typename Ptr>
+inline V load(Ptr ptr, int64_t cnt) {
+  if constexpr (Full) {
+    return V::loadu(ptr);
+  } else {
+    return V::loadu(ptr, cnt);
+  }
+}
+
+template <bool Full, typename V, typename Ptr>
+inline void store(const V& v, Ptr ptr, int64_t cnt) {
+  if constexpr (Full) {
+    v.store(ptr);
+  } else {
+    v.store(ptr, cnt);
+  }
+}
+
+// Applies f(p, g, states) to elements [lb, le) of one tensor, a block of vectors at a time; the tail is a
+// partial block (zero-padded loads, partial stores), so every element runs the same vector code.
+template <typename T, typename O, int NS, typename S, typename F>
+void process_range(const Slot<T, O, NS, S>& sl, int64_t lb, int64_t le, const F& f) {
+  using V = Vec<O>;
+  constexpr int64_t W = V::size();
+  if constexpr (!kReduced<T>) {
+    static_assert(std::is_same_v<T, O>);
+    auto block = [&](auto full_tag, int64_t i, int64_t cnt) {
+      constexpr bool Full = decltype(full_tag)::value;
+      V p = load<Full, V>(sl.p + i, cnt);
+      V g = load<Full, V>(sl.g + i, cnt);
+      std::array<V, NS> s;
+      for (int k = 0; k < NS; ++k) s[k] = sl.s[k] ? load<Full, V>(sl.s[k] + i, cnt) : V(O(0));
+      f(p, g, s);
+      store<Full>(p, sl.p + i, cnt);
+      for (int k = 0; k < NS; ++k)
+        if (sl.s[k]) store<Full>(s[k], sl.s[k] + i, cnt);
+    };
+    int64_t i = lb;
+    for (; i + W <= le; i += W) block(std::true_type{}, i, W);
+    if (i < le) block(std::false_type{}, i, le - i);
+  } else {
+    using VT = Vec<T>;
+    constexpr int64_t W2 = VT::size();
+    static_assert(W2 == 2 * W);
+    auto block = [&](auto full_tag, int64_t i, int64_t cnt) {
+      constexpr bool Full = decltype(full_tag)::value;
+      const int64_t c0 = std::min(cnt, W), c1 = cnt - c0;
+      auto [p0, p1] = at::vec::convert_to_float<T>(load<Full, VT>(sl.p + i, cnt));
+      auto [g0, g1] = at::vec::convert_to_float<T>(load<Full, VT>(sl.g + i, cnt));
+      std::array<V, NS> s0, s1;
+      for (int k = 0; k < NS; ++k) {
+        s0[k] = sl.s[k] ? load<Full, V>(sl.s[k] + i, c0) : V(O(0));
+        s1[k] = sl.s[k] && c1 > 0 ? load<Full, V>(sl.s[k] + i + W, c1) : V(O(0));
+      }
+      f(p0, g0, s0);
+      f(p1, g1, s1);
+      store<Full>(at::vec::convert_from_float<T>(p0, p1), sl.p + i, cnt);
+      for (int k = 0; k < NS; ++k) {
+        if (!sl.s[k]) continue;
+        store<Full>(s0[k], sl.s[k] + i, c0);
+        if (c1 > 0) store<Full>(s1[k], sl.s[k] + i + W, c1);
+      }
+    };
+    int64_t i = lb;
+    for (; i + W2 <= le; i += W2) block(std::true_type{}, i, W2);
+    if (i < le) block(std::false_type{}, i, le - i);
+  }
+}
+
+// Runs f over every element of every slot, parallel over the flattened list.
+template <typename T, typename O, int NS, typename S, typename F>
+void for_each_element(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
+  std::vector<int64_t> off(slots.size() + 1, 0);  // unit offsets
+  for (size_t t = 0; t < slots.size(); ++t) off[t + 1] = off[t] + (slots[t].n + kUnit - 1) / kUnit;
+  const int64_t total = off.back();
+  if (total == 0) return;
+  at::parallel_for(0, total, kGrainUnits, [&](int64_t b, int64_t e) {
+    size_t t = std::upper_bound(off.begin(), off.end(), b) - off.begin() - 1;
+    for (; t < slots.size() && off[t] < e; ++t) {
+      const auto& sl = slots[t];
+      const int64_t lb = (std::max(b, off[t]) - off[t]) * kUnit;
+      const int64_t le = std::min((std::min(e, off[t + 1]) - off[t]) * kUnit, sl.n);
+      // A local copy of the scalars: stores through the float pointers cannot alias it, so the compiler keeps
+      // the scalars in registers instead of reloading them after every store.
+      const S sc = sl.sc;
+      if (lb < le) process_range(sl, lb, le, [&](auto& p, auto g, auto& s) { f(sc, p, g, s); });
+    }
+  });
+}
+
+// Runs f over every element of every slot, then the group prox of each job: row groups in the same parallel
+// chunk as their row's update (the row is still in cache), column groups in row-major sweeps after the whole
+// update (a column needs every row).
+template <typename T, typename O, int NS, typename S, typename F>
+void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<GroupJob<O>>& jobs,
+                              int64_t group_dim, const F& f) {
+  if (jobs.empty()) return for_each_element(slots, f);
+  std::vector<Slot<T, O, NS, S>> flat;
+  std::vector<char> fused(slots.size(), 0);
+  if (group_dim == 0)
+    for (const auto& job : jobs) fused[job.slot] = 1;
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (!fused[i]) flat.push_back(slots[i]);
+  for_each_element(flat, f);
+  for (const auto& job : jobs) {
+    const auto& sl = slots[job.slot];
+    const GroupShape& sh = job.sh;
+    if (group_dim == 0) {
+      at::parallel_for(0, sh.G, std::max<int64_t>(1, kGrainUnits * kUnit / sh.K), [&](int64_t b, int64_t e) {
+        const S sc = sl.sc;
+        for (int64_t g = b; g < e; ++g) {
+          process_range(sl, g * sh.K, (g + 1) * sh.K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
+          group_prox_row<T, O>(sl.p, job, g);
+        }
+      });
+    } else {
+      group_prox_columns<T, O>(sl.p, job, kGrainUnits * kUnit);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The options most calls leave off (maximize, the rare penalties of fusedreg_math.h, amsgrad, grad scaling,
+// Adam's large-beta1 lerp form) are fixed off at compile time in a second instantiation of the element loop:
+// testing them per vector cost 5-8% of a single-thread AdamW + L1 step (measured). The math is the same.
+template <typename S>
+constexpr bool kIsAdam = false;
+template <typename O>
+constexpr bool kIsAdam<AdamScalars<O>> = true;
+
+template <typename S>
+FR_INLINE bool is_common(const S& s) {
+  const bool common = !s.gp.maximize && !has_rare(s.pen);
+  if constexpr (kIsAdam<S>) {
+    return common && !s.amsgrad && s.lerp_small;
+  } else {
+    return common;
+  }
+}
+template <typename S>
+FR_INLINE S common(S s) {
+  s.gp.maximize = false;
+  clear_rare(s.pen);
+  if constexpr (kIsAdam<S>) {
+    s.amsgrad = false;
+    s.lerp_small = true;
+  }
+  return s;
+}
+
+// Runs update(scalars, has_scale, p, g, states) over every element (for_each_element_grouped), through the
+// common instantiation when the call allows it. The flags are the same in every slot (only step-dependent
+// scalars differ), so slots[0] decides.
+template <typename T, typename O, int NS, typename S, typename F>
+void run_update(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<GroupJob<O>>& jobs, int64_t group_dim,
+                bool has_scale, const F& update) {
+  if (!has_scale && is_common(slots[0].sc)) {
+    for_each_element_grouped(slots, jobs, group_dim,
+                             [&](const S& s, auto& p, auto g, auto& st) { update(common(s), false, p, g, st); });
+  } else {
+    for_each_element_grouped(slots, jobs, group_dim,
+                             [&](const S& s, auto& p, auto g, auto& st) { update(s, has_scale, p, g, st); });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The call's scalars, read on the host.
+
+// The op's lr: lr_tensor's value when given (it replaces the float; read on the host here, so any device).
+inline double lr_of(const std::optional<at::Tensor>& lr_tensor, double lr) {
+  return lr_tensor.has_value() ? lr_tensor->item<double>() : lr;
+}
+
+inline bool skip_step(const std::optional<at::Tensor>& found_inf) {
+  return found_inf.has_value() && found_inf->item<double>() != 0;
+}
+
+template <typename O>
+std::pair<bool, O> scale_of(const std::optional<at::Tensor>& grad_scale) {
+  if (!grad_scale.has_value()) return {false, O(1)};
+  return {true, static_cast<O>(grad_scale->item<double>())};
+}
+
+// Increments a float32 step tensor (as step.add_(1) does) and returns its new value.
+inline double advance(const at::Tensor& step) {
+  float* ptr = step.data_ptr<float>();
+  *ptr = *ptr + 1.0f;
+  return static_cast<double>(*ptr);
+}
+
+}  // namespace
+}  // namespace fusedreg
