@@ -16,7 +16,8 @@ def adagrad_piece(p_ptr, g_ptr, s_ptr, offs, mask, gs, clr, eps, weight_decay, l
     p = tl.load(p_ptr + offs, mask=mask).to(CDT)
     g = tl.load(g_ptr + offs, mask=mask).to(CDT)
     s = tl.load(s_ptr + offs, mask=mask)
-    p, s = adagrad_update(p, g, s, gs, clr, eps, weight_decay, l1, l2, l0, HAS_GS, MAXIMIZE, SUBGRAD, NONNEG)
+    p, s = adagrad_update(p, g, s, gs, clr=clr, eps=eps, weight_decay=weight_decay, l1=l1, l2=l2, l0=l0,
+                          HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD, NONNEG=NONNEG)
     store(s_ptr + offs, s, mask)
     store(p_ptr + offs, p, mask)
 
@@ -45,11 +46,13 @@ def adagrad_kernel(rows, grad_scale, found_inf, lr: tl.float64, lr_decay: tl.flo
     for start in range(0, CHUNK, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         if start + BLOCK <= n:
-            adagrad_piece(p_ptr, g_ptr, s_ptr, offs, None, gs, clr, eps, weight_decay, l1, l2, l0, CDT,
-                          HAS_GS, MAXIMIZE, SUBGRAD, NONNEG)
+            adagrad_piece(p_ptr, g_ptr, s_ptr, offs, None, gs, clr=clr, eps=eps, weight_decay=weight_decay,
+                          l1=l1, l2=l2, l0=l0, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD,
+                          NONNEG=NONNEG)
         elif start < n:
-            adagrad_piece(p_ptr, g_ptr, s_ptr, offs, offs < n, gs, clr, eps, weight_decay, l1, l2, l0, CDT,
-                          HAS_GS, MAXIMIZE, SUBGRAD, NONNEG)
+            adagrad_piece(p_ptr, g_ptr, s_ptr, offs, offs < n, gs, clr=clr, eps=eps, weight_decay=weight_decay,
+                          l1=l1, l2=l2, l0=l0, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD,
+                          NONNEG=NONNEG)
 
 
 def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,

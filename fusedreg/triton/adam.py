@@ -11,8 +11,8 @@ from .math import adam_bc2_sqrt, adam_lr_bc1, adam_update, f64, store
 
 
 @triton.jit
-def adam_piece(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, mask, gs, lr, beta1, beta2, eps, weight_decay, l1, l2, l0,
-               lr_bc1, bc2_sqrt, CDT: tl.constexpr, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr,
+def adam_piece(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, mask, gs, lr, beta1, beta2, eps, weight_decay, l1, l2,
+               l0, lr_bc1, bc2_sqrt, CDT: tl.constexpr, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr,
                SUBGRAD: tl.constexpr, NONNEG: tl.constexpr, DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr):
     p = tl.load(p_ptr + offs, mask=mask).to(CDT)
     g = tl.load(g_ptr + offs, mask=mask).to(CDT)
@@ -21,8 +21,10 @@ def adam_piece(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, mask, gs, lr, beta1, bet
     vmax = v
     if AMSGRAD:
         vmax = tl.load(x_ptr + offs, mask=mask)
-    p, m, v, vmax = adam_update(p, g, m, v, vmax, gs, lr, beta1, beta2, eps, weight_decay, l1, l2, l0, lr_bc1,
-                                bc2_sqrt, HAS_GS, MAXIMIZE, SUBGRAD, NONNEG, DECOUPLED, AMSGRAD)
+    p, m, v, vmax = adam_update(p, g, m, v, vmax, gs, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                                weight_decay=weight_decay, l1=l1, l2=l2, l0=l0, lr_bc1=lr_bc1, bc2_sqrt=bc2_sqrt,
+                                HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD, NONNEG=NONNEG,
+                                DECOUPLED=DECOUPLED, AMSGRAD=AMSGRAD)
     store(m_ptr + offs, m, mask)
     store(v_ptr + offs, v, mask)
     if AMSGRAD:
@@ -60,11 +62,15 @@ def adam_kernel(rows, grad_scale, found_inf, lr: tl.float64, beta1: tl.float64, 
     for start in range(0, CHUNK, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         if start + BLOCK <= n:
-            adam_piece(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, None, gs, lr, beta1, beta2, eps, weight_decay,
-                       l1, l2, l0, lr_bc1, bc2_sqrt, CDT, HAS_GS, MAXIMIZE, SUBGRAD, NONNEG, DECOUPLED, AMSGRAD)
+            adam_piece(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, None, gs, lr=lr, beta1=beta1, beta2=beta2,
+                       eps=eps, weight_decay=weight_decay, l1=l1, l2=l2, l0=l0, lr_bc1=lr_bc1, bc2_sqrt=bc2_sqrt,
+                       CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD, NONNEG=NONNEG,
+                       DECOUPLED=DECOUPLED, AMSGRAD=AMSGRAD)
         elif start < n:
-            adam_piece(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, offs < n, gs, lr, beta1, beta2, eps, weight_decay,
-                       l1, l2, l0, lr_bc1, bc2_sqrt, CDT, HAS_GS, MAXIMIZE, SUBGRAD, NONNEG, DECOUPLED, AMSGRAD)
+            adam_piece(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, offs < n, gs, lr=lr, beta1=beta1, beta2=beta2,
+                       eps=eps, weight_decay=weight_decay, l1=l1, l2=l2, l0=l0, lr_bc1=lr_bc1, bc2_sqrt=bc2_sqrt,
+                       CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD, NONNEG=NONNEG,
+                       DECOUPLED=DECOUPLED, AMSGRAD=AMSGRAD)
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1=0.9, beta2=0.999,

@@ -81,39 +81,55 @@ def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, gro
         c_o = c.to(CDT)
         c2 = (step * l2).to(CDT)
         eps = f64(eps).to(CDT)
-        q = tl.zeros([BLOCK], tl.float64)
-        nn = tl.zeros([BLOCK], tl.float64)
-        amax = tl.zeros([BLOCK], tl.float64)
-        for start in range(0, n, BLOCK):
-            m = start + tl.arange(0, BLOCK)
+        if n <= BLOCK:
+            # The group in one block: v and a are read once and stay in registers (the same sums as the
+            # passes below; in the interpreter, where every helper call costs, far fewer calls).
+            m = tl.arange(0, BLOCK)
             offs = offsets(gid, m, G, K)
             v = values(param, offs, m < n, CDT)
             a = metric_a(state, offs, m < n, c_o, c2, bc2_sqrt, eps, KIND, HAS_L2)
-            q += (v / a) * (v / a)
-            nn += v * v
-            amax = tl.maximum(amax, tl.where(m < n, a, 0.0), propagate_nan=tl.PropagateNan.ALL)
-        r = newton_start(tl.sum(nn, 0), tl.max(amax, 0), tl.sum(q, 0))
-        go = r >= 0
-        it = 0
-        while go & (it < NEWTON_MAX_ITER):
-            s = tl.zeros([BLOCK], tl.float64)
-            t = tl.zeros([BLOCK], tl.float64)
+            amax = tl.maximum(tl.where(m < n, a, 0.0), 0.0, propagate_nan=tl.PropagateNan.ALL)
+            r = newton_start(tl.sum(v * v, 0), tl.max(amax, 0), tl.sum((v / a) * (v / a), 0))
+            go = r >= 0
+            it = 0
+            while go & (it < NEWTON_MAX_ITER):
+                ds, dt = newton_terms(v, a, r)
+                r, go = newton_step(r, tl.sum(ds, 0), tl.sum(dt, 0))
+                it += 1
+            store(param + offs, tl.load(param + offs, mask=m < n).to(CDT) * metric_factor(r, a, CDT), m < n)
+        else:
+            q = tl.zeros([BLOCK], tl.float64)
+            nn = tl.zeros([BLOCK], tl.float64)
+            amax = tl.zeros([BLOCK], tl.float64)
             for start in range(0, n, BLOCK):
                 m = start + tl.arange(0, BLOCK)
                 offs = offsets(gid, m, G, K)
                 v = values(param, offs, m < n, CDT)
                 a = metric_a(state, offs, m < n, c_o, c2, bc2_sqrt, eps, KIND, HAS_L2)
-                ds, dt = newton_terms(v, a, r)
-                s += ds
-                t += dt
-            r, go = newton_step(r, tl.sum(s, 0), tl.sum(t, 0))
-            it += 1
-        for start in range(0, n, BLOCK):
-            m = start + tl.arange(0, BLOCK)
-            offs = offsets(gid, m, G, K)
-            f = metric_factor(r, metric_a(state, offs, m < n, c_o, c2, bc2_sqrt, eps, KIND, HAS_L2), CDT)
-            store(param + offs, tl.load(param + offs, mask=m < n).to(CDT) * f, m < n)
-
+                q += (v / a) * (v / a)
+                nn += v * v
+                amax = tl.maximum(amax, tl.where(m < n, a, 0.0), propagate_nan=tl.PropagateNan.ALL)
+            r = newton_start(tl.sum(nn, 0), tl.max(amax, 0), tl.sum(q, 0))
+            go = r >= 0
+            it = 0
+            while go & (it < NEWTON_MAX_ITER):
+                s = tl.zeros([BLOCK], tl.float64)
+                t = tl.zeros([BLOCK], tl.float64)
+                for start in range(0, n, BLOCK):
+                    m = start + tl.arange(0, BLOCK)
+                    offs = offsets(gid, m, G, K)
+                    v = values(param, offs, m < n, CDT)
+                    a = metric_a(state, offs, m < n, c_o, c2, bc2_sqrt, eps, KIND, HAS_L2)
+                    ds, dt = newton_terms(v, a, r)
+                    s += ds
+                    t += dt
+                r, go = newton_step(r, tl.sum(s, 0), tl.sum(t, 0))
+                it += 1
+            for start in range(0, n, BLOCK):
+                m = start + tl.arange(0, BLOCK)
+                offs = offsets(gid, m, G, K)
+                f = metric_factor(r, metric_a(state, offs, m < n, c_o, c2, bc2_sqrt, eps, KIND, HAS_L2), CDT)
+                store(param + offs, tl.load(param + offs, mask=m < n).to(CDT) * f, m < n)
 
 def prox(kind, params, states=None, steps=None, *, lr, group_l1, group_dim, l2, found_inf, beta2=0.0,
          lr_decay=0.0, eps=0.0):

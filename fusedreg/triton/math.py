@@ -103,7 +103,7 @@ def store(ptr, x, mask):
 # The element-wise step: gradient, optimizer update, proximal penalties
 
 @triton.jit
-def prep_grad(p, g, gs, wd, l1, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr):
+def prep_grad(p, g, gs, weight_decay, l1, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr):
     """grad / grad_scale -> negate if maximize -> + l1*sign(p) (subgradient L1) -> + wd*p (coupled decay)."""
     if HAS_GS:
         g = div(g, gs)
@@ -112,8 +112,8 @@ def prep_grad(p, g, gs, wd, l1, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SU
     if SUBGRAD:
         if l1 != 0:
             g = g + l1.to(p.dtype) * sign(p)
-    if wd != 0:
-        g = g + wd.to(p.dtype) * p
+    if weight_decay != 0:
+        g = g + weight_decay.to(p.dtype) * p
     return g
 
 
@@ -145,7 +145,7 @@ def prox(v, denom, t, l1, l2, l0, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr, H
 def sgd_update(p, g, buf, gs, lr, momentum, dampening, weight_decay, l1, l2, l0,
                HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr):
-    g = prep_grad(p, g, gs, weight_decay, l1, HAS_GS, MAXIMIZE, SUBGRAD)
+    g = prep_grad(p, g, gs, weight_decay=weight_decay, l1=l1, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD)
     if MOMENTUM:
         mu = momentum.to(p.dtype)
         if FIRST_STEP:
@@ -157,7 +157,7 @@ def sgd_update(p, g, buf, gs, lr, momentum, dampening, weight_decay, l1, l2, l0,
         else:
             g = buf
     p = p - lr.to(p.dtype) * g
-    p = prox(p, 1.0, lr, l1, l2, l0, SUBGRAD, NONNEG, False)
+    p = prox(p, 1.0, lr, l1=l1, l2=l2, l0=l0, SUBGRAD=SUBGRAD, NONNEG=NONNEG, HAS_DENOM=False)
     return p, buf
 
 
@@ -186,11 +186,11 @@ def adam_update(p, g, m, v, vmax, gs, lr, beta1, beta2, eps, weight_decay, l1, l
     """The scalars fp64, but lr_bc1 and bc2_sqrt already rounded to the compute dtype."""
     dt = p.dtype
     if DECOUPLED:
-        g = prep_grad(p, g, gs, 0.0, l1, HAS_GS, MAXIMIZE, SUBGRAD)
+        g = prep_grad(p, g, gs, weight_decay=0.0, l1=l1, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD)
         if weight_decay != 0:
             p = p * (1.0 - lr * weight_decay).to(dt)
     else:
-        g = prep_grad(p, g, gs, weight_decay, l1, HAS_GS, MAXIMIZE, SUBGRAD)
+        g = prep_grad(p, g, gs, weight_decay=weight_decay, l1=l1, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD)
     m = lerp(m, g, (1.0 - beta1).to(dt))
     v = v * beta2.to(dt) + (1.0 - beta2).to(dt) * g * g
     vhat = v
@@ -199,7 +199,7 @@ def adam_update(p, g, m, v, vmax, gs, lr, beta1, beta2, eps, weight_decay, l1, l
         vhat = vmax
     denom = adam_denom(vhat, bc2_sqrt, eps.to(dt))
     p = p - lr_bc1 * div(m, denom)
-    p = prox(p, denom, lr, l1, l2, l0, SUBGRAD, NONNEG, True)
+    p = prox(p, denom, lr, l1=l1, l2=l2, l0=l0, SUBGRAD=SUBGRAD, NONNEG=NONNEG, HAS_DENOM=True)
     return p, m, v, vmax
 
 
@@ -219,11 +219,11 @@ def adagrad_update(p, g, s, gs, clr, eps, weight_decay, l1, l2, l0,
                    HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr):
     """clr from adagrad_clr, all scalars fp64."""
     dt = p.dtype
-    g = prep_grad(p, g, gs, weight_decay, l1, HAS_GS, MAXIMIZE, SUBGRAD)
+    g = prep_grad(p, g, gs, weight_decay=weight_decay, l1=l1, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD)
     s = s + g * g
     denom = adagrad_denom(s, eps.to(dt))
     p = p - clr.to(dt) * div(g, denom)
-    p = prox(p, denom, clr, l1, l2, l0, SUBGRAD, NONNEG, True)
+    p = prox(p, denom, clr, l1=l1, l2=l2, l0=l0, SUBGRAD=SUBGRAD, NONNEG=NONNEG, HAS_DENOM=True)
     return p, s
 
 

@@ -20,8 +20,9 @@ def sgd_piece(p_ptr, g_ptr, b_ptr, offs, mask, gs, lr, momentum, dampening, weig
     if MOMENTUM:
         if not FIRST_STEP:
             buf = tl.load(b_ptr + offs, mask=mask)
-    p, buf = sgd_update(p, g, buf, gs, lr, momentum, dampening, weight_decay, l1, l2, l0,
-                        HAS_GS, MAXIMIZE, SUBGRAD, NONNEG, MOMENTUM, NESTEROV, FIRST_STEP)
+    p, buf = sgd_update(p, g, buf, gs, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        l1=l1, l2=l2, l0=l0, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD, NONNEG=NONNEG,
+                        MOMENTUM=MOMENTUM, NESTEROV=NESTEROV, FIRST_STEP=FIRST_STEP)
     if MOMENTUM:
         store(b_ptr + offs, buf, mask)
     store(p_ptr + offs, p, mask)
@@ -51,11 +52,13 @@ def sgd_kernel(rows, grad_scale, found_inf, lr: tl.float64, momentum: tl.float64
     for start in range(0, CHUNK, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         if start + BLOCK <= n:
-            sgd_piece(p_ptr, g_ptr, b_ptr, offs, None, gs, lr, momentum, dampening, weight_decay, l1, l2, l0, CDT,
-                      HAS_GS, MAXIMIZE, SUBGRAD, NONNEG, MOMENTUM, NESTEROV, FIRST_STEP)
+            sgd_piece(p_ptr, g_ptr, b_ptr, offs, None, gs, lr=lr, momentum=momentum, dampening=dampening,
+                      weight_decay=weight_decay, l1=l1, l2=l2, l0=l0, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE,
+                      SUBGRAD=SUBGRAD, NONNEG=NONNEG, MOMENTUM=MOMENTUM, NESTEROV=NESTEROV, FIRST_STEP=FIRST_STEP)
         elif start < n:
-            sgd_piece(p_ptr, g_ptr, b_ptr, offs, offs < n, gs, lr, momentum, dampening, weight_decay, l1, l2, l0,
-                      CDT, HAS_GS, MAXIMIZE, SUBGRAD, NONNEG, MOMENTUM, NESTEROV, FIRST_STEP)
+            sgd_piece(p_ptr, g_ptr, b_ptr, offs, offs < n, gs, lr=lr, momentum=momentum, dampening=dampening,
+                      weight_decay=weight_decay, l1=l1, l2=l2, l0=l0, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE,
+                      SUBGRAD=SUBGRAD, NONNEG=NONNEG, MOMENTUM=MOMENTUM, NESTEROV=NESTEROV, FIRST_STEP=FIRST_STEP)
 
 
 def sgd_(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
