@@ -41,7 +41,8 @@ def values(param, offs, mask, CDT: tl.constexpr):
     return tl.load(param + offs, mask=mask, other=0.0).to(CDT).to(tl.float64)
 
 
-@triton.jit
+# Unspecialized shape arguments: a 1 would become a constexpr (A is 1 for rows) and each shape class recompile.
+@triton.jit(do_not_specialize=["A", "G", "K"])
 def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, group_l1: tl.float64,
                  l2: tl.float64, beta2: tl.float64, lr_decay: tl.float64, eps: tl.float64,
                  CDT: tl.constexpr, KIND: tl.constexpr, HAS_L2: tl.constexpr, HAS_FI: tl.constexpr,
@@ -63,8 +64,7 @@ def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, gro
         else:
             step = adagrad_clr(lr, f64(lr_decay), count)
     c = step * group_l1 * tl.sqrt(size.to(tl.float64))
-    if step * group_l1 == 0:
-        n = 0
+    n = tl.where(step * group_l1 == 0, 0, n)  # nothing to shrink (lr = 0 included); n stays int64
     if KIND == SGD:
         c = c / (1.0 + step * l2)
         ss = tl.zeros([BLOCK], tl.float64)
