@@ -60,7 +60,7 @@ def _load_triton():
     global _triton
     if _triton is None:
         try:
-            _triton = (importlib.import_module("fusedreg.triton_ops"), "")
+            _triton = (importlib.import_module("fusedreg.triton"), "")
         except Exception as e:
             _triton = (None, f"Triton is not usable here ({type(e).__name__}: {e})")
     return _triton

@@ -1,11 +1,10 @@
-"""The Triton backend (fusedreg.triton_ops) against the reference (fusedreg.reference).
+"""The Triton backend (fusedreg.triton) against the reference (fusedreg.reference).
 
-Without CUDA the kernels run on CPU tensors in Triton's interpreter (triton_ops interprets CPU tensors by
-itself, so no TRITON_INTERPRET is needed and nothing here changes the process environment), with small
-BLOCK/CHUNK so that a 1000-element tensor spans several chunks, each with a full and a masked piece. With
-CUDA the same tests run on CUDA tensors at larger sizes. The reference always runs on CPU copies: on CUDA,
-torch divides by a 0-dim CPU scalar as a multiplication by its reciprocal, so a CUDA run of the reference is
-not the formula the kernels implement.
+Without CUDA the kernels run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1, as scripts/test.sh
+sets it; without it these tests are skipped), with small BLOCK/CHUNK so that a 1000-element tensor spans
+several chunks, each with a full and a masked piece. With CUDA the same tests run on CUDA tensors at larger
+sizes. The reference always runs on CPU copies: on CUDA, torch divides by a 0-dim CPU scalar as a
+multiplication by its reciprocal, so a CUDA run of the reference is not the formula the kernels implement.
 
 fp32/fp64: every tensor within tolerances.STEP of the reference. bf16/fp16: every tensor's error against an
 fp64 run of the reference at most twice the error of the reference run in that precision. The exact-zero
@@ -19,9 +18,12 @@ import torch
 from fusedreg import reference as R
 from tolerances import STEP, rel_err
 
-T = pytest.importorskip("fusedreg.triton_ops", reason="Triton is not importable here")
+T = pytest.importorskip("fusedreg.triton", reason="Triton is not importable here")
+from fusedreg.triton import launch  # noqa: E402
 
 CUDA = torch.cuda.is_available()
+if not CUDA and not launch.INTERPRET:
+    pytest.skip("no CUDA, and TRITON_INTERPRET=1 was not set", allow_module_level=True)
 DEV = torch.device("cuda") if CUDA else torch.device("cpu")
 SHAPES = [(0,), (1,), (7,), (100_003,) if CUDA else (1000,), (257, 129) if CUDA else (13, 17)]
 LOWP = (torch.bfloat16, torch.float16)
@@ -31,8 +33,8 @@ GROUP_SHAPES = SHAPES + [(3, 4, 5), (2, 300), (300, 2)]  # 3-D; rows and columns
 @pytest.fixture(autouse=True)
 def _small_chunks(monkeypatch):
     # Interpreter only (CPU tensors): several chunks per tensor, full and masked pieces in every chunk.
-    monkeypatch.setattr(T, "INTERPRET_BLOCK", 128)
-    monkeypatch.setattr(T, "INTERPRET_CHUNK", 256)
+    monkeypatch.setattr(launch, "INTERPRET_BLOCK", 128)
+    monkeypatch.setattr(launch, "INTERPRET_CHUNK", 256)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -75,12 +77,13 @@ PEN = dict(l1=0.0, sub=False, l2=0.0, l0=0.0, nonneg=False, group_l1=0.0, group_
 
 def call(fn, op, L, grads, o, first_step=False, grad_scale=None, found_inf=None):
     pen = (o["l1"], o["sub"], o["l2"], o["l0"], o["nonneg"], o["group_l1"], o["group_dim"], grad_scale, found_inf)
+    # The contract: a state list that its option leaves unused is empty.
     if op == "sgd":
-        fn(L["p"], grads, L["buf"], o["lr"], o["momentum"], o["dampening"], o["wd"], o["nesterov"], o["maximize"],
-           first_step, *pen)
+        fn(L["p"], grads, L["buf"] if o["momentum"] else [], o["lr"], o["momentum"], o["dampening"], o["wd"],
+           o["nesterov"], o["maximize"], first_step, *pen)
     elif op == "adam":
-        fn(L["p"], grads, L["m"], L["v"], L["vmax"], L["step"], o["lr"], o["beta1"], o["beta2"], o["eps"], o["wd"],
-           o["decoupled"], o["amsgrad"], o["maximize"], *pen)
+        fn(L["p"], grads, L["m"], L["v"], L["vmax"] if o["amsgrad"] else [], L["step"], o["lr"], o["beta1"],
+           o["beta2"], o["eps"], o["wd"], o["decoupled"], o["amsgrad"], o["maximize"], *pen)
     else:
         fn(L["p"], grads, L["sum"], L["step"], o["lr"], o["lr_decay"], o["wd"], o["eps"], o["maximize"], *pen)
 
@@ -190,8 +193,8 @@ def test_float64_matches_reference(op, kw):
     compare(op, o, torch.float64, tri, ref, None)
 
 
-def test_many_tensors_mixed_dtypes_in_one_call():
-    # 40 tensors of assorted sizes, fp32 and bf16 params in one list: one launch per dtype combination.
+def test_many_tensors_in_one_call():
+    # 40 tensors of assorted sizes, fp32 and bf16 params: one call (one launch) per dtype, as functional groups.
     gen = _gen(1)
     sizes = [int(n) for n in torch.randint(0, 300 if not CUDA else 5000, (40,), generator=gen)]
     dts = [torch.float32 if i % 3 else torch.bfloat16 for i in range(40)]
@@ -201,8 +204,11 @@ def test_many_tensors_mixed_dtypes_in_one_call():
     tri, ref = copy_state(L0, DEV), copy_state(L0)
     for _ in range(2):
         grads = [torch.randn(n, generator=gen).to(d) for n, d in zip(sizes, dts)]
-        call(T.adam_, "adam", tri, [g.to(DEV) for g in grads], o)
-        call(R.adam_, "adam", ref, grads, o)
+        for d in (torch.float32, torch.bfloat16):
+            idx = [i for i in range(40) if dts[i] == d]
+            pick = lambda L: {k: [v[i] for i in idx] for k, v in L.items()}  # noqa: E731
+            call(T.adam_, "adam", pick(tri), [grads[i].to(DEV) for i in idx], o)
+            call(R.adam_, "adam", pick(ref), [grads[i] for i in idx], o)
     for k in ("p", "m", "v", "vmax", "step"):
         for a, b in zip(tri[k], ref[k]):
             tol = 1e-2 if b.dtype == torch.bfloat16 else STEP[torch.float32]
@@ -331,20 +337,18 @@ def test_tables_are_cached_and_hyperparameters_change_freely():
     L = copy_state(make_state("adam", SHAPES, torch.float32, _gen(4)), DEV)
     grads = [torch.randn(s).to(DEV) for s in SHAPES]
     call(T.adam_, "adam", L, grads, opts("adam"))
-    n = len(T._CACHE)
+    n = len(launch._cache)
     for lr, l1 in ((0.02, 0.0), (0.03, 0.1), (0.001, 1e-5)):
         call(T.adam_, "adam", L, grads, opts("adam", lr=lr, l1=l1))
-    assert len(T._CACHE) == n
+    assert len(launch._cache) == n
     if CUDA:  # one compiled variant for all those hyperparameters
-        kernel = T._kernels(False)["_adam_kernel"]
+        kernel = T.adam.adam_kernel
         caches = getattr(kernel, "device_caches", None)
         if caches and all(isinstance(c, tuple) and isinstance(c[0], dict) for c in caches.values()):
             assert sum(len(c[0]) for c in caches.values()) == 1
 
 
 def test_registered_custom_ops_match():
-    if not T._REGISTERED:
-        pytest.skip("custom op registration unavailable")
     o = opts("adagrad", lr_decay=0.01, l1=0.01)
     L0 = make_state("adagrad", SHAPES, torch.float32, _gen(5))
     a, b = copy_state(L0, DEV), copy_state(L0)
@@ -356,8 +360,6 @@ def test_registered_custom_ops_match():
 
 def test_torch_compile_sees_one_custom_op():
     # Under torch.compile the entry points dispatch to the registered custom op, which dynamo keeps whole.
-    if not T._REGISTERED:
-        pytest.skip("custom op registration unavailable")
     o = opts("adam", l1=0.01, amsgrad=True)
     L0 = make_state("adam", SHAPES, torch.float32, _gen(6))
     a, b = copy_state(L0, DEV), copy_state(L0)
@@ -377,12 +379,13 @@ def test_torch_compile_sees_one_custom_op():
 
 def test_bad_input():
     p = [torch.zeros(3, device=DEV)]
-    with pytest.raises(ValueError, match="one entry per param"):
+    # The contract's errors (fusedreg._ops.check)
+    with pytest.raises(RuntimeError, match="one per param"):
         T.sgd_(p, [], [], 0.1, 0.0, 0.0, 0.0, False, False, False, 0.0, False, 0.0, 0.0, False)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(RuntimeError, match="shape"):
         T.sgd_(p, [torch.zeros(4, device=DEV)], [], 0.1, 0.0, 0.0, 0.0, False, False, False, 0.0, False, 0.0, 0.0,
                False)
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(RuntimeError, match="float32, float64"):
         q = [torch.zeros(3, dtype=torch.int32, device=DEV)]
         T.sgd_(q, q, [], 0.1, 0.0, 0.0, 0.0, False, False, False, 0.0, False, 0.0, 0.0, False)
     T.sgd_([], [], [], 0.1, 0.0, 0.0, 0.0, False, False, False, 0.0, False, 0.0, 0.0, False)  # empty: a no-op
