@@ -216,7 +216,8 @@ def test_matches_reference_big(backend, config, dtype):
 @pytest.mark.parametrize("backend,config,dtype", [on(b, c, d) for b in BACKENDS for c in GRID for d in DTYPES])
 def test_found_inf_changes_nothing(backend, config, dtype):
     gen = seeded(config, "found_inf")
-    case, _ = make(config, dtype, SIZES["many"], gen)
+    # Triton's interpreter still launches the group programs that found_inf stops: fewer tensors there
+    case, _ = make(config, dtype, SIZES["many" if backend != "triton" else "mixed"], gen)
     mine = case.clone(device=DEVICE[backend])
     before = mine.clone()
     over = {"first_step": True} if case.op == "sgd_" else {}
