@@ -20,6 +20,8 @@ REDUCED_FACTOR = 2.0
 # The lr of every case that names none (the schema has no default for it).
 LR = {"sgd_": 0.1, "adam_": 1e-2, "adagrad_": 0.1}
 SHAPES = ((5, 4), (7,), (0,))
+# The state lists that hold squares or sums of squares (random ones are drawn >= 0); the others are signed.
+NONNEG = ("exp_avg_sqs", "max_exp_avg_sqs", "state_sums")
 
 
 def opmath(dtype):
@@ -143,8 +145,10 @@ def build(op, shapes=SHAPES, dtype=torch.float32, device="cpu", gen=None, scale=
         elif a.role == "grad":
             lists[a.name] = [(torch.randn(s, generator=gen, dtype=torch.float64) * (scale or 1.0)).to(dtype)
                              for s in shapes]
-        else:  # a mid-training state: small and nonnegative, so that second moments and sums are valid
+        elif a.name in NONNEG:  # mid-training values
             lists[a.name] = [(torch.rand(s, generator=gen, dtype=torch.float64) * 0.1).to(od) for s in shapes]
+        else:
+            lists[a.name] = [(torch.randn(s, generator=gen, dtype=torch.float64) * 0.1).to(od) for s in shapes]
     case = Case(op, lists, kw)
     return case.clone(device=device) if device != "cpu" else case
 

@@ -2,8 +2,6 @@
 on every kernel registered for it: the C++ CPU kernels, the CUDA kernels where there is a GPU, and the Triton
 custom ops fusedreg::triton_*. The only place opcheck runs; its calls come from tests/cases.py.
 """
-import importlib
-
 import pytest
 import torch
 
@@ -33,8 +31,8 @@ CASES = [(op, name) for op in VARIANTS for name in VARIANTS[op]]
 def why_not(target):
     if target == "triton":
         why = fusedreg.backends.explain()["triton"]
-        if why == "available" and not getattr(importlib.import_module("fusedreg.triton_ops"), "_REGISTERED", False):
-            why = "the Triton custom ops did not register"
+        if why == "available" and not all(hasattr(torch.ops.fusedreg, f"triton_{op}") for op in OPS):
+            why = "the Triton custom ops fusedreg::triton_* did not register"
     else:
         why = fusedreg.backends.explain()["cpp" if target == "cpu" else "cuda"]
     return "" if why == "available" else why
