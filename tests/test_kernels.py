@@ -215,7 +215,7 @@ def test_matches_reference_big(backend, config, dtype):
 
 @pytest.mark.parametrize("backend,config,dtype", [
     on(b, c, d) for b in BACKENDS for c in GRID
-    for d in (DTYPES if b != "triton" else (torch.float32, torch.bfloat16))])  # the interpreter is slow
+    for d in (DTYPES if b != "triton" else (torch.float32,))])  # the interpreter is slow
 def test_found_inf_changes_nothing(backend, config, dtype):
     gen = seeded(config, "found_inf")
     # Triton's interpreter still launches the group programs that found_inf stops: fewer tensors there
