@@ -34,6 +34,12 @@ def _ops():
     return torch.ops.fusedreg
 
 
+def scalars(op, **kw):
+    """Every scalar argument of `op` by keyword: the schema's defaults, lr = LR, then `kw`."""
+    from fusedreg import _ops
+    return {**_ops.defaults(op), "lr": LR, **kw}
+
+
 def tensors(n_states=0, requires_grad=False):
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(s, generator=gen).requires_grad_(requires_grad) for s in SHAPES]
@@ -80,8 +86,8 @@ def test_fusedreg_adamw_l1_l2_op(benchmark):
     params, grads, (m, v) = tensors(2)
     steps = [torch.zeros((), dtype=torch.float32) for _ in params]
     benchmark.extra_info["bytes_per_param"] = BYTES["adam"]
-    run(benchmark, lambda: ops.adam_(params, grads, m, v, [], steps, LR, 0.9, 0.999, 1e-8, WD, True, False, False,
-                                     L1, False, 0.0, 0.0, False, 0.0, 0, None, None))
+    kw = scalars("adam_", weight_decay=WD, decoupled=True, l1=L1)
+    run(benchmark, lambda: ops.adam_(params, grads, m, v, [], steps, **kw))
 
 
 def _torch_adamw(benchmark, rounds=30, **kw):
@@ -168,8 +174,8 @@ def test_fusedreg_sgd_momentum_l1_op(benchmark):
     ops = _ops()
     params, grads, (bufs,) = tensors(1)
     benchmark.extra_info["bytes_per_param"] = BYTES["sgd_momentum"]
-    run(benchmark, lambda: ops.sgd_(params, grads, bufs, LR, 0.9, 0.0, WD, False, False, False,
-                                    L1, False, 0.0, 0.0, False, 0.0, 0, None, None))
+    kw = scalars("sgd_", momentum=0.9, weight_decay=WD, l1=L1)
+    run(benchmark, lambda: ops.sgd_(params, grads, bufs, **kw))
 
 
 def _torch_sgd(benchmark, momentum=0.9, **kw):
@@ -199,8 +205,8 @@ def test_fusedreg_sgd_l1_op(benchmark):
     ops = _ops()
     params, grads, _ = tensors()
     benchmark.extra_info["bytes_per_param"] = BYTES["sgd"]
-    run(benchmark, lambda: ops.sgd_(params, grads, [], LR, 0.0, 0.0, WD, False, False, False,
-                                    L1, False, 0.0, 0.0, False, 0.0, 0, None, None))
+    kw = scalars("sgd_", weight_decay=WD, l1=L1)
+    run(benchmark, lambda: ops.sgd_(params, grads, [], **kw))
 
 
 @pytest.mark.benchmark(group="sgd")
@@ -269,11 +275,11 @@ def _group_adamw(group_l1, group_dim, torch_pass=False):
     ops = _ops()
     params, grads, (m, v) = tensors(2)
     steps = [torch.zeros((), dtype=torch.float32) for _ in params]
-    op_group = 0.0 if torch_pass else group_l1
+    kw = scalars("adam_", weight_decay=WD, decoupled=True, l1=L1, group_l1=0.0 if torch_pass else group_l1,
+                 group_dim=group_dim)
 
     def step():
-        ops.adam_(params, grads, m, v, [], steps, LR, 0.9, 0.999, 1e-8, WD, True, False, False, L1, False, 0.0, 0.0,
-                  False, op_group, group_dim, None, None)
+        ops.adam_(params, grads, m, v, [], steps, **kw)
         if torch_pass and group_l1:
             bc2 = 1 - 0.999 ** steps[0].item()
             for p, vv in zip(params, v):
@@ -285,8 +291,8 @@ def _group_adamw(group_l1, group_dim, torch_pass=False):
 def _group_sgd(group_l1, group_dim):
     ops = _ops()
     params, grads, (bufs,) = tensors(1)
-    return lambda: ops.sgd_(params, grads, bufs, LR, 0.9, 0.0, WD, False, False, False, L1, False, 0.0, 0.0, False,
-                            group_l1, group_dim, None, None)
+    kw = scalars("sgd_", momentum=0.9, weight_decay=WD, l1=L1, group_l1=group_l1, group_dim=group_dim)
+    return lambda: ops.sgd_(params, grads, bufs, **kw)
 
 
 GROUPS = {"none": (0.0, 0), "rows": (GROUP_L1, 0), "cols": (GROUP_L1, 1)}

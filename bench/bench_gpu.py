@@ -3,7 +3,7 @@
     python bench/bench_gpu.py --out bench_gpu.json      (bench/gpu.sh runs it on the lent GPU machine)
 
 Times are CUDA-event medians over --iters steps after --warmup steps. Compared, per dtype: fusedreg adam_ (CUDA
-kernels; and Triton if fusedreg.triton_ops has an adam_) with decoupled wd + L1 + L2, and the fusedreg.AdamW /
+kernels; and Triton where fusedreg.backends has it) with decoupled wd + L1 + L2, and the fusedreg.AdamW /
 SGD classes' step (wd + L1; what users call, Python checks included), vs torch AdamW
 fused/foreach, torch fused + a foreach soft-threshold pass, the seeds' way (loss += l1*sum|p|: abs-sum forward,
 backward, then torch fused AdamW or the AdamW torch builds by default); fusedreg sgd_ (momentum, L1, wd) vs torch SGD fused/foreach; device-to-device
@@ -17,6 +17,7 @@ import torch
 
 import fusedreg
 import fusedreg._C  # noqa: F401
+from fusedreg import _ops
 
 LAYERS, D, FF, VOCAB = 16, 1024, 4096, 32768
 SHAPES = ([(VOCAB, D)] + [(FF, D), (D, FF), (3 * D, D), (D, D)] * LAYERS + [(FF,), (D,), (D,), (D,)] * LAYERS)
@@ -66,8 +67,8 @@ def cases(dtype):
         def make():
             p, g, (m, v) = setup(dtype, 2)
             steps = [torch.zeros((), device=DEVICE) for _ in p]
-            return lambda: fn(p, g, m, v, [], steps, LR, 0.9, 0.999, 1e-8, WD, True, False, False, L1, False, L2,
-                              0.0, False, 0.0, 0, None, None)
+            kw = {**_ops.defaults("adam_"), "lr": LR, "weight_decay": WD, "decoupled": True, "l1": L1, "l2": L2}
+            return lambda: fn(p, g, m, v, [], steps, **kw)
         return make
 
     def adamw(**kw):
@@ -107,8 +108,8 @@ def cases(dtype):
 
     def fused_sgd():
         p, g, (b,) = setup(dtype, 1)
-        return lambda: ops.sgd_(p, g, b, LR, 0.9, 0.0, WD, False, False, False, L1, False, 0.0, 0.0, False, 0.0, 0,
-                                None, None)
+        kw = {**_ops.defaults("sgd_"), "lr": LR, "momentum": 0.9, "weight_decay": WD, "l1": L1}
+        return lambda: ops.sgd_(p, g, b, **kw)
 
     def sgd(**kw):
         def make():
@@ -127,10 +128,11 @@ def cases(dtype):
     out = {"fusedreg_cuda_adamw_l1_l2": (fused_adam(ops.adam_), adam_bytes),
            "fusedreg_cuda_adamw_class_l1": (optimizer("AdamW", "cuda"), adam_bytes)}
     try:
-        import fusedreg.triton_ops as tr
-        if hasattr(tr, "adam_"):
-            out["fusedreg_triton_adamw_l1_l2"] = (fused_adam(tr.adam_), adam_bytes)
-            out["fusedreg_triton_adamw_class_l1"] = (optimizer("AdamW", "triton"), adam_bytes)
+        why = fusedreg.backends.explain()["triton"]
+        if why != "available":
+            raise RuntimeError(why)
+        out["fusedreg_triton_adamw_l1_l2"] = (fused_adam(fusedreg.backends.kernel("triton", "adam_")), adam_bytes)
+        out["fusedreg_triton_adamw_class_l1"] = (optimizer("AdamW", "triton"), adam_bytes)
     except Exception as e:  # noqa: BLE001  (Triton is optional)
         print(f"triton: not benchmarked ({type(e).__name__}: {e})")
     out.update({

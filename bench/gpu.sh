@@ -28,7 +28,7 @@ for op in o.SCHEMAS:
 PY
 cat "$OUT/kernels.txt"
 
-# 2. The test suite (tests/test_cuda.py runs here; the rest runs too).
+# 2. The test suite (the cuda rows of tests/test_kernels.py and tests/test_cuda.py run here; the rest runs too).
 "$PY" -m pytest tests -q -p no:randomly -p no:cacheprovider --benchmark-disable --junitxml="$OUT/pytest.xml" \
     > "$OUT/pytest.log" 2>&1
 status pytest $?

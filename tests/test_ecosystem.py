@@ -282,36 +282,6 @@ def test_grad_scaler_on_cuda(name, cfg):
 # ---------------------------------------------------------------------------------------------------------------
 # torch.compile
 
-def op_samples(dtype=torch.float32, device="cpu"):
-    def ts(*shape):
-        return [torch.randn(s, dtype=dtype, device=device) for s in shape]
-
-    shapes = [(5, 3), (7,), (0,)]
-    steps = [torch.tensor(3.0, device=device) for _ in shapes]
-    gs, fi = torch.tensor(4.0, device=device), torch.tensor(0.0, device=device)
-    pen = (0.01, False, 0.02, 0.001, False, 0.03, 1)
-    return [
-        ("sgd_", (ts(*shapes), ts(*shapes), [], 0.1, 0.0, 0.0, 0.0, False, False, False) + pen + (None, None)),
-        ("sgd_", (ts(*shapes), ts(*shapes), ts(*shapes), 0.1, 0.9, 0.0, 0.01, True, False, False, 0.01, True,
-                  0.0, 0.0, True, 0.0, 0, gs, fi)),
-        ("adam_", (ts(*shapes), ts(*shapes), ts(*shapes), [t.abs() for t in ts(*shapes)], [], steps, 0.01, 0.9,
-                   0.999, 1e-8, 0.1, True, False, False) + pen + (gs, fi)),
-        ("adam_", (ts(*shapes), ts(*shapes), ts(*shapes), [t.abs() for t in ts(*shapes)],
-                   [t.abs() for t in ts(*shapes)], [s.clone() for s in steps], 0.01, 0.9, 0.999, 1e-8, 0.0, False,
-                   True, True) + pen + (None, None)),
-        ("adagrad_", (ts(*shapes), ts(*shapes), [t.abs() for t in ts(*shapes)], [s.clone() for s in steps], 0.1,
-                      0.01, 0.01, 1e-10, False) + pen + (gs, torch.tensor(1.0, device=device))),
-    ]
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
-@pytest.mark.parametrize("i", range(5), ids=["sgd", "sgd-momentum", "adamw", "adam-amsgrad", "adagrad-inf"])
-def test_opcheck(i, device):
-    """Schema, fake kernel and AOT dispatch of every op (on the kernel registered for the device)."""
-    name, args = op_samples(device=device)[i]
-    torch.library.opcheck(getattr(torch.ops.fusedreg, name).default, args)
-
-
 COMPILE_BACKENDS = [b for b in ("torch", "cpp") if b in fusedreg.backends.available()]
 
 

@@ -1,60 +1,68 @@
-"""torch.library.opcheck for every fusedreg op on its CPU kernel (schema mutations, fake kernel, autograd
-registration, AOT dispatch). Skips when fusedreg._C is not built."""
+"""torch.library.opcheck (schema mutations, fake kernel, autograd registration, AOT dispatch) of every fusedreg op
+on every kernel registered for it: the C++ CPU kernels, the CUDA kernels where there is a GPU, and the Triton
+custom ops fusedreg::triton_*. The only place opcheck runs; its calls come from tests/cases.py.
+"""
 import pytest
 import torch
 
-import fusedreg._ops  # noqa: F401  (the schemas, before the kernels register)
+import fusedreg
+from fusedreg import _ops
+from cases import OPS, build
 
-try:
-    import fusedreg._C  # noqa: F401
-    HAVE_C = True
-except ImportError:
-    HAVE_C = False
+TARGETS = ("cpu", "cuda", "triton")
 
-pytestmark = pytest.mark.skipif(not HAVE_C, reason="fusedreg._C is not built")
-
-
-def _tensors(dtype, n=3):
-    shapes = [(5, 4), (7,), (0,)][:n]
-    od = torch.float64 if dtype == torch.float64 else torch.float32
-    params = [torch.randn(s).to(dtype) for s in shapes]
-    grads = [torch.randn(s).to(dtype) for s in shapes]
-    return params, grads, lambda: [torch.rand(s, dtype=od) for s in shapes], \
-        lambda: [torch.zeros((), dtype=torch.float32) for _ in shapes]
-
-
-def _amp(amp):
-    # grad_scale, found_inf and (with them) lr_tensor: the tensor arguments that are None in a plain call.
-    return (torch.tensor(2.0), torch.tensor(0.0), torch.tensor(0.02, dtype=torch.float64)) if amp else (None,) * 3
+# Per op, hyperparameters that switch on every option at least once (AMP tensors: the amp axis below).
+VARIANTS = {
+    "sgd_": {"plain": dict(weight_decay=1e-2, l1=0.1, l2=0.01, group_l1=0.05),
+             "momentum": dict(momentum=0.9, weight_decay=0.01, nesterov=True, l1=0.01, l1_subgradient=True,
+                              nonneg=True)},
+    "adam_": {"adamw": dict(lr=1e-3, weight_decay=1e-2, decoupled=True, l1=0.1, l2=0.01, l0=0.001, nonneg=True,
+                            group_l1=0.05, group_dim=1),
+              "amsgrad": dict(amsgrad=True, maximize=True, l1=0.01, l2=0.02, l0=0.001, group_l1=0.03)},
+    "adagrad_": {"plain": dict(lr_decay=0.01, weight_decay=1e-2, maximize=True, l1=0.1, l1_subgradient=True,
+                               group_l1=0.05),
+                 # a step that found_inf skips
+                 "found_inf": dict(l1=0.01, l2=0.02, l0=0.001, group_l1=0.03, group_dim=1,
+                                   found_inf=torch.tensor(1.0))},
+}
+CASES = [(op, name) for op in VARIANTS for name in VARIANTS[op]]
 
 
-def sgd_args(dtype, momentum, amp):
-    p, g, states, _ = _tensors(dtype)
-    return (p, g, states() if momentum else [], 0.1, momentum, 0.0, 1e-2, False, False, False,
-            0.1, False, 0.01, 0.0, False, 0.05, 0, *_amp(amp))
+def why_not(target):
+    if target == "triton":
+        why = fusedreg.backends.explain()["triton"]
+        if why == "available" and not all(hasattr(torch.ops.fusedreg, f"triton_{op}") for op in OPS):
+            why = "the Triton custom ops fusedreg::triton_* did not register"
+    else:
+        why = fusedreg.backends.explain()["cpp" if target == "cpu" else "cuda"]
+    return "" if why == "available" else why
 
 
-def adam_args(dtype, amsgrad, amp):
-    p, g, states, steps = _tensors(dtype)
-    return (p, g, states(), states(), states() if amsgrad else [], steps(), 1e-3, 0.9, 0.999, 1e-8, 1e-2, True,
-            amsgrad, False, 0.1, False, 0.01, 0.001, True, 0.05, 1, *_amp(amp))
+def params():
+    rows = []
+    for target in TARGETS:
+        why = why_not(target)
+        for op, name in CASES:
+            # Triton's interpreter is slow, and its custom ops share one implementation across dtypes
+            for dtype in (torch.float32, torch.bfloat16) if target != "triton" else (torch.float32,):
+                for amp in (False, True):
+                    rows.append(pytest.param(target, op, name, dtype, amp,
+                                             marks=pytest.mark.skipif(bool(why), reason=f"{target}: {why}"),
+                                             id=f"{target}-{op}{name}-{str(dtype)[6:]}-{'amp' if amp else 'plain'}"))
+    return rows
 
 
-def adagrad_args(dtype, _, amp):
-    p, g, states, steps = _tensors(dtype)
-    return (p, g, states(), steps(), 0.1, 0.01, 1e-2, 1e-10, True, 0.1, True, 0.0, 0.0, False, 0.05, 0, *_amp(amp))
+@pytest.mark.parametrize("target,op,name,dtype,amp", params())
+def test_opcheck(target, op, name, dtype, amp):
+    device = "cuda" if target == "cuda" or (target == "triton" and torch.cuda.is_available()) else "cpu"
+    hp = dict(VARIANTS[op][name])
+    if amp:  # grad_scale, found_inf and lr_tensor: the tensor arguments that are None in a plain call
+        hp.setdefault("found_inf", torch.tensor(0.0))
+        hp.update(grad_scale=torch.tensor(2.0), lr_tensor=torch.tensor(0.02, dtype=torch.float64))
+    case = build(op, dtype=dtype, device=device, gen=torch.Generator().manual_seed(3), **hp)
+    fn = getattr(torch.ops.fusedreg, op if target != "triton" else f"triton_{op}")
+    torch.library.opcheck(fn.default, *case.args())
 
 
-CASES = [("sgd_", sgd_args, 0.0), ("sgd_", sgd_args, 0.9), ("adam_", adam_args, False),
-         ("adam_", adam_args, True), ("adagrad_", adagrad_args, None)]
-
-
-@pytest.mark.parametrize("amp", [False, True], ids=["plain", "amp"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("op,make,variant", CASES, ids=[f"{c[0]}{c[2]}" for c in CASES])
-def test_opcheck(op, make, variant, dtype, amp):
-    torch.library.opcheck(getattr(torch.ops.fusedreg, op), make(dtype, variant, amp))
-
-
-def test_every_schema_is_covered():
-    assert {c[0] for c in CASES} == set(fusedreg._ops.SCHEMAS)
+def test_every_op_is_covered():
+    assert set(OPS) == set(_ops.SCHEMAS) == {op for op, _ in CASES}

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import fusedreg
 from fusedreg import backends
 from fusedreg import functional as F
+from cases import OPS, build, unchanged
 from tolerances import TRAJECTORY, rel_err
 
 CONFIGS = {
@@ -455,52 +456,40 @@ def test_a_valid_optimizer_step_never_takes_the_python_walk(monkeypatch):
             opt.step()
 
 
-@pytest.mark.parametrize("op", ["sgd_", "adam_", "adagrad_"])
+# The kernel-level tests below: momentum on, AdamW's decay, so that lr reaches every term of the update.
+KERNEL_HP = {"sgd_": dict(momentum=0.9), "adam_": dict(decoupled=True), "adagrad_": dict()}
+
+
+@pytest.mark.parametrize("op", OPS)
 def test_kernel_rejects_a_bad_group_dim_before_anything_moves(op, backend):
     # The kernels themselves (below fusedreg.functional's checks): Adam/Adagrad must not advance their step
     # counters, and nothing may be written, before the group arguments are checked.
-    ps, gs = [torch.randn(6, 5), torch.randn(7)], [torch.randn(6, 5), torch.randn(7)]
-    state = [torch.rand(6, 5), torch.rand(7)]
-    steps = [torch.zeros(()), torch.zeros(())]
-    lists = {"sgd_": [ps, gs, state], "adam_": [ps, gs, [s * 0.1 for s in state], state, [], steps],
-             "adagrad_": [ps, gs, state, steps]}[op]
-    scalars = {"sgd_": [0.1, 0.9, 0.0, 0.0, False, False, False],
-               "adam_": [0.01, 0.9, 0.999, 1e-8, 0.0, True, False, False],
-               "adagrad_": [0.1, 0.0, 0.0, 1e-10, False]}[op]
-    before = [[t.clone() for t in lst] for lst in lists]
+    case = build(op, [(6, 5), (7,)], init={"state_steps": 0.0}, **KERNEL_HP[op], l1=0.01, group_l1=0.5,
+                 group_dim=2)
+    before = case.clone()
     with pytest.raises(RuntimeError, match="group_dim must be 0"):
-        fusedreg.backends.kernel(backend, op)(*lists, *scalars, 0.01, False, 0.0, 0.0, False, 0.5, 2, None, None)
-    for a_list, b_list in zip(lists, before):
-        assert all(torch.equal(a, b) for a, b in zip(a_list, b_list))
+        case.call(fusedreg.backends.kernel(backend, op))
+    unchanged(case, before)
 
 
 @pytest.mark.parametrize("lr_dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("op", ["sgd_", "adam_", "adagrad_"])
+@pytest.mark.parametrize("op", OPS)
 def test_kernel_lr_tensor_replaces_the_float_lr(op, lr_dtype, backend):
     # The kernels take lr as a one-element tensor too (read on the device by the CUDA kernels: no host sync, so
     # a step can be captured in a CUDA graph); it must step exactly like the float it holds, group lasso included.
     lr = 0.01 if lr_dtype == torch.float64 else float(torch.tensor(0.01, dtype=lr_dtype))
+    hp = dict(KERNEL_HP[op], weight_decay=1e-2, l1=0.3, l2=0.01, group_l1=2.0, group_dim=1,
+              **({"lr_decay": 0.1} if op == "adagrad_" else {}))
 
     def call(lr_float, lr_tensor):
-        gen = torch.Generator().manual_seed(7)
-        ps = [torch.randn(6, 5, generator=gen), torch.randn(7, generator=gen)]
-        gs = [torch.randn(6, 5, generator=gen), torch.randn(7, generator=gen)]
-        state = [torch.rand(6, 5, generator=gen), torch.rand(7, generator=gen)]
-        steps = [torch.zeros(()), torch.ones(())]
-        lists = {"sgd_": [ps, gs, state], "adam_": [ps, gs, [s * 0.1 for s in state], state, [], steps],
-                 "adagrad_": [ps, gs, state, steps]}[op]
-        scalars = {"sgd_": [lr_float, 0.9, 0.0, 1e-2, False, False, False],
-                   "adam_": [lr_float, 0.9, 0.999, 1e-8, 1e-2, True, False, False],
-                   "adagrad_": [lr_float, 0.1, 1e-2, 1e-10, False]}[op]
-        fusedreg.backends.kernel(backend, op)(*lists, *scalars, 0.3, False, 0.01, 0.0, False, 2.0, 1, None, None,
-                                              lr_tensor)
-        return lists
+        case = build(op, [(6, 5), (7,)], gen=torch.Generator().manual_seed(7), **hp)
+        case.call(fusedreg.backends.kernel(backend, op), lr=lr_float, lr_tensor=lr_tensor)
+        return case
 
     by_float = call(lr, None)
     by_tensor = call(float("nan"), torch.tensor(lr, dtype=lr_dtype))
-    assert any(not torch.equal(a, b) for a, b in zip(call(2 * lr, None)[0], by_float[0]))  # lr matters here
-    for a_list, b_list in zip(by_tensor, by_float):
-        assert all(torch.equal(a, b) for a, b in zip(a_list, b_list))
+    assert any(not torch.equal(a, b) for a, b in zip(call(2 * lr, None).params, by_float.params))  # lr matters
+    unchanged(by_tensor, by_float)
 
 
 def test_unknown_backend_fails_before_anything_moves_functional():
