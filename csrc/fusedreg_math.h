@@ -84,8 +84,13 @@ struct AdagradArgs {
   PenaltyArgs pen;
 };
 
-// The one place C++ builds the elementwise penalties; kernels call it as penalty_args(FUSEDREG_PENALTY_NAMES).
-inline PenaltyArgs penalty_args(double l1, bool l1_subgradient, double l2, double l0, bool nonneg) {
+// The elementwise penalties as the schema orders them (fusedreg/_ops.py ELEMENTWISE): the kernels' parameters
+// (in csrc/ops.h's signatures) and their names, which every kernel hands on as penalty_args(FUSEDREG_PENALTY_NAMES).
+#define FUSEDREG_ELEMENTWISE_PARAMS double l1, bool l1_subgradient, double l2, double l0, bool nonneg
+#define FUSEDREG_PENALTY_NAMES l1, l1_subgradient, l2, l0, nonneg
+
+// The one place C++ builds the elementwise penalties.
+inline PenaltyArgs penalty_args(FUSEDREG_ELEMENTWISE_PARAMS) {
   PenaltyArgs a;
   a.l1 = l1;
   a.l1_subgradient = l1_subgradient;

@@ -8,15 +8,16 @@
 #include <utility>
 #include <vector>
 
+#include "fusedreg_math.h"
+
 namespace fusedreg {
 
-// The kernels' parameters, in the schema's order (fusedreg/_ops.py ARGS). Every op ends with the penalties;
-// the elementwise ones go on to the math as penalty_args(FUSEDREG_PENALTY_NAMES), so no kernel lists them.
-#define FUSEDREG_PENALTY_NAMES l1, l1_subgradient, l2, l0, nonneg
-#define FUSEDREG_PENALTY_PARAMS                                                                      \
-  double l1, bool l1_subgradient, double l2, double l0, bool nonneg, double group_l1, int64_t group_dim, \
-      const std::optional<at::Tensor>&grad_scale, const std::optional<at::Tensor>&found_inf,             \
-      const std::optional<at::Tensor>&lr_tensor
+// The kernels' parameters, in the schema's order (fusedreg/_ops.py ARGS). Every op ends with the penalties:
+// the elementwise ones (FUSEDREG_ELEMENTWISE_PARAMS, in fusedreg_math.h, which goes on to the math as
+// penalty_args(FUSEDREG_PENALTY_NAMES), so that no kernel lists them), then these.
+#define FUSEDREG_PENALTY_PARAMS                                                                           \
+  FUSEDREG_ELEMENTWISE_PARAMS, double group_l1, int64_t group_dim, const std::optional<at::Tensor>&grad_scale, \
+      const std::optional<at::Tensor>&found_inf, const std::optional<at::Tensor>&lr_tensor
 
 #define FUSEDREG_SGD_PARAMS                                                                          \
   at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr, double momentum, \

@@ -3,8 +3,8 @@ schemas, the fake kernels and the contract check are generated from it.
 
 The C++ extension registers CPU and CUDA kernels under these names (csrc/), the pure-PyTorch reference is the
 "default" kernel for any other device, and the fake kernels let torch.compile trace through a step. Every op
-updates its tensors in place and returns nothing. Callers pass every scalar by keyword, so no two arguments can
-be swapped silently.
+updates its tensors in place and returns nothing. The schemas make every scalar keyword-only, so no two arguments
+can be swapped silently.
 
 Per-element order inside every op (torch.optim's, then ours):
   g = grad / grad_scale  ->  g = -g if maximize  ->  g += l1*sign(p) if l1_subgradient  ->  g += wd*p (coupled)
@@ -35,13 +35,15 @@ class Arg(NamedTuple):
     when: str = ""
 
 
-# The arguments every op ends with: the penalties, AMP's two tensors and the device lr.
-PENALTY = (
+# The elementwise penalties, then the arguments every op ends with: group lasso, AMP's two tensors, the device lr.
+ELEMENTWISE = (
     Arg("l1", "float", 0.0, "λ of λ·Σ|w|: soft-threshold by t·l1 after the update (t: the element's step)"),
     Arg("l1_subgradient", "bool", False, "apply l1 as g += l1·sign(w) before the update instead"),
     Arg("l2", "float", 0.0, "TensorFlow's proximal l2: divide by 1 + t·l2 after the threshold"),
     Arg("l0", "float", 0.0, "hard threshold: w = 0 where |w| <= sqrt(2·t·l0)"),
     Arg("nonneg", "bool", False, "project onto w >= 0 last"),
+)
+PENALTY = ELEMENTWISE + (
     Arg("group_l1", "float", 0.0, "group lasso λ·Σ_g sqrt(|g|)·||w_g|| over params with dim >= 2"),
     Arg("group_dim", "int", 0, "group lasso groups: 0 rows (output neurons), 1 columns (inputs)"),
     Arg("grad_scale", "Tensor?", None, "GradScaler's scale: the kernel divides the grads by it"),
@@ -100,8 +102,11 @@ def _literal(value):
 
 def schema(op, name=None):
     """The schema string of `op` ("sgd_", ...), optionally under another name (the Triton ops reuse it)."""
-    parts = []
+    parts, keyword = [], False
     for a in ARGS[op]:
+        if not a.type.endswith("[]") and not keyword:
+            parts.append("*")  # every scalar and optional tensor by keyword: no two can be swapped silently
+            keyword = True
         parts.append(f"{a.type} {a.name}" + ("" if a.default is _REQUIRED else f"={_literal(a.default)}"))
     return f"{name or op}({', '.join(parts)}) -> ()"
 
@@ -167,17 +172,17 @@ def check(op, **kw):
                                      f"{tuple(p.shape)}, got {t.dtype} {tuple(t.shape)}")
 
 
-def _fake(op):
-    def fake(*args, **kwargs):
+def fake(op):
+    """The fake kernel of `op` (also of its Triton custom op): it checks the contract."""
+    def kernel(*args, **kwargs):
         # Positional tensor lists as the schema orders them, then the keyword-only rest.
-        kw = {**defaults(op), **dict(zip((a.name for a in ARGS[op]), args)), **kwargs}
-        check(op, **kw)
-    fake.__name__ = f"{op}fake"
-    return fake
+        check(op, **{**defaults(op), **dict(zip((a.name for a in ARGS[op]), args)), **kwargs})
+    kernel.__name__ = f"{op}fake"
+    return kernel
 
 
 SCHEMAS = {op: schema(op) for op in ARGS}
 
 for _op in ARGS:
     torch.library.define(f"{LIB}::{_op}", "(" + SCHEMAS[_op].split("(", 1)[1])
-    torch.library.register_fake(f"{LIB}::{_op}")(_fake(_op))
+    torch.library.register_fake(f"{LIB}::{_op}")(fake(_op))

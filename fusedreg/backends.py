@@ -128,7 +128,7 @@ def kernel(backend, op):
     if backend == "torch":
         return getattr(reference, op)
     if backend == "triton":
-        return getattr(_load_triton()[0], op)
+        return _load_triton()[0].OPS[op]
     return getattr(torch.ops.fusedreg, op)
 
 

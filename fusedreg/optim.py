@@ -11,6 +11,8 @@ from . import _ops
 from .precision import Work, local, locals_, no_compile
 from .reference import opmath
 
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad"]
+
 # Penalty group keys every optimizer accepts, with their defaults.
 PENALTIES = dict(l1=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0)
 # Low-precision group keys (fusedreg.precision): an fp32 master copy of bf16/fp16 params, or bf16 stochastic rounding.

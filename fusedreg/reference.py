@@ -23,8 +23,9 @@ def _skip(found_inf):
     return found_inf is not None and bool(found_inf.item())
 
 
-def _grad(p, g, grad_scale, maximize, l1, l1_subgradient, weight_decay):
-    """The gradient after AMP unscaling, maximize, subgradient L1 and coupled weight decay."""
+def _grad(p, g, grad_scale, maximize, weight_decay, l1=0.0, l1_subgradient=False, **_):
+    """The gradient after AMP unscaling, maximize, subgradient L1 and coupled weight decay (the elementwise
+    penalties come as keywords, those other than l1 unused here)."""
     g = g.to(p.dtype)
     if grad_scale is not None:
         g = g / grad_scale.to(device=g.device, dtype=g.dtype)
@@ -37,8 +38,9 @@ def _grad(p, g, grad_scale, maximize, l1, l1_subgradient, weight_decay):
     return g
 
 
-def prox(v, step, denom, l1, l1_subgradient, l2, l0, nonneg):
-    """Proximal penalties on v with per-element step step/denom (denom is 1 for SGD)."""
+def prox(v, step, denom, l1=0.0, l1_subgradient=False, l2=0.0, l0=0.0, nonneg=False):
+    """The elementwise penalties (fusedreg._ops.ELEMENTWISE) on v with per-element step step/denom (denom is 1 for
+    SGD): soft-threshold, proximal l2, hard threshold, projection on w >= 0."""
     dt = v.dtype
     if l1 != 0 and not l1_subgradient:
         thr = _scalar(step * l1, dt) / denom
@@ -55,10 +57,6 @@ def prox(v, step, denom, l1, l1_subgradient, l2, l0, nonneg):
 def _scalar(x, dtype):
     # Round a host double to opmath once, as a 0-dim tensor so torch does not re-promote it.
     return torch.tensor(x, dtype=dtype)
-
-
-def _penalties(l1, l1_subgradient, l2, l0, nonneg):
-    return dict(l1=l1, l1_subgradient=l1_subgradient, l2=l2, l0=l0, nonneg=nonneg)
 
 
 def _group(param, step, denom, group_l1, group_dim, l2):
@@ -80,18 +78,19 @@ def check_group_dim(group_dim):
         raise RuntimeError(f"fusedreg: group_dim must be 0 (rows) or 1 (columns), got {group_dim}")
 
 
-def sgd_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,
-         l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
-         lr_tensor=None):
+# Each op takes fusedreg._ops.ARGS[op] by keyword, the elementwise penalties as **pen (for prox).
+
+def sgd_(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+         maximize=False, first_step=False, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
+         lr_tensor=None, **pen):
     check_group_dim(group_dim)
     lr = op_lr(lr, lr_tensor)
     if _skip(found_inf):
         return
-    pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
     for i, (param, grad) in enumerate(zip(params, grads)):
         dt = opmath(param.dtype)
         p = param.to(dt)
-        g = _grad(p, grad.to(dt), grad_scale, maximize, l1, l1_subgradient, weight_decay)
+        g = _grad(p, grad.to(dt), grad_scale, maximize, weight_decay, **pen)
         if momentum != 0:
             buf = momentum_buffers[i]
             b = g if first_step else buf.to(dt) * _scalar(momentum, dt) + _scalar(1 - dampening, dt) * g
@@ -99,21 +98,20 @@ def sgd_(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
             g = g + _scalar(momentum, dt) * b if nesterov else b
         p = p - _scalar(lr, dt) * g
         param.copy_(prox(p, lr, 1, **pen))
-        _group(param, lr, None, group_l1, group_dim, l2)
+        _group(param, lr, None, group_l1, group_dim, pen.get("l2", 0.0))
 
 
-def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
-          weight_decay, decoupled, amsgrad, maximize, l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0,
-          group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None):
+def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1=0.9, beta2=0.999,
+          eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False, maximize=False, group_l1=0.0, group_dim=0,
+          grad_scale=None, found_inf=None, lr_tensor=None, **pen):
     check_group_dim(group_dim)
     lr = op_lr(lr, lr_tensor)
     if _skip(found_inf):
         return
-    pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
     for i, (param, grad) in enumerate(zip(params, grads)):
         dt = opmath(param.dtype)
         p = param.to(dt)
-        g = _grad(p, grad.to(dt), grad_scale, maximize, l1, l1_subgradient, 0 if decoupled else weight_decay)
+        g = _grad(p, grad.to(dt), grad_scale, maximize, 0 if decoupled else weight_decay, **pen)
         if decoupled and weight_decay != 0:
             p = p * _scalar(1 - lr * weight_decay, dt)
         state_steps[i].add_(1)
@@ -130,21 +128,19 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr
         denom = torch.sqrt(v) / _scalar(bc2_sqrt, dt) + _scalar(eps, dt)
         p = p - _scalar(lr / bc1, dt) * (m / denom)
         param.copy_(prox(p, lr, denom, **pen))
-        _group(param, lr, denom, group_l1, group_dim, l2)
+        _group(param, lr, denom, group_l1, group_dim, pen.get("l2", 0.0))
 
 
-def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize,
-             l1, l1_subgradient, l2, l0, nonneg, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
-             lr_tensor=None):
+def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
+             maximize=False, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None, **pen):
     check_group_dim(group_dim)
     lr = op_lr(lr, lr_tensor)
     if _skip(found_inf):
         return
-    pen = _penalties(l1, l1_subgradient, l2, l0, nonneg)
     for i, (param, grad) in enumerate(zip(params, grads)):
         dt = opmath(param.dtype)
         p = param.to(dt)
-        g = _grad(p, grad.to(dt), grad_scale, maximize, l1, l1_subgradient, weight_decay)
+        g = _grad(p, grad.to(dt), grad_scale, maximize, weight_decay, **pen)
         state_steps[i].add_(1)
         clr = lr / (1 + (float(state_steps[i].item()) - 1) * lr_decay)
         s = state_sums[i].to(dt) + g * g
@@ -152,7 +148,7 @@ def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay,
         denom = torch.sqrt(s) + _scalar(eps, dt)
         p = p - _scalar(clr, dt) * (g / denom)
         param.copy_(prox(p, clr, denom, **pen))
-        _group(param, clr, denom, group_l1, group_dim, l2)
+        _group(param, clr, denom, group_l1, group_dim, pen.get("l2", 0.0))
 
 
 # ----------------------------------------------------------------------------------------------------------------

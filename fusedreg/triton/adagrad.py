@@ -7,26 +7,26 @@ import triton.language as tl
 from .. import _ops, reference
 from . import group, launch
 from .launch import STEP, chunk_row, col
-from .math import adagrad_clr, adagrad_update, f64, store
+from .math import adagrad_clr, adagrad_update, f64, penalties, store
 
 
 @triton.jit
-def adagrad_piece(p_ptr, g_ptr, s_ptr, offs, mask, gs, clr, eps, weight_decay, l1, l2, l0, CDT: tl.constexpr,
-                  HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr):
+def adagrad_piece(p_ptr, g_ptr, s_ptr, offs, mask, gs, clr, eps, weight_decay, pen, CDT: tl.constexpr,
+                  HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr):
     p = tl.load(p_ptr + offs, mask=mask).to(CDT)
     g = tl.load(g_ptr + offs, mask=mask).to(CDT)
     s = tl.load(s_ptr + offs, mask=mask)
-    p, s = adagrad_update(p, g, s, gs, clr=clr, eps=eps, weight_decay=weight_decay, l1=l1, l2=l2, l0=l0,
-                          HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD, NONNEG=NONNEG)
+    p, s = adagrad_update(p, g, s, gs, clr=clr, eps=eps, weight_decay=weight_decay, pen=pen,
+                          HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN)
     store(s_ptr + offs, s, mask)
     store(p_ptr + offs, p, mask)
 
 
 @triton.jit
 def adagrad_kernel(rows, grad_scale, found_inf, lr: tl.float64, lr_decay: tl.float64, weight_decay: tl.float64,
-                   eps: tl.float64, l1: tl.float64, l2: tl.float64, l0: tl.float64,
+                   eps: tl.float64, pen,
                    P_DT: tl.constexpr, CDT: tl.constexpr, HAS_GS: tl.constexpr, HAS_FI: tl.constexpr,
-                   MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr,
+                   MAXIMIZE: tl.constexpr, PEN: tl.constexpr,
                    ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     row, n = chunk_row(rows, found_inf, HAS_FI)
     p_ptr = col(row, 0, P_DT, ALIGNED)
@@ -40,33 +40,28 @@ def adagrad_kernel(rows, grad_scale, found_inf, lr: tl.float64, lr_decay: tl.flo
     clr = adagrad_clr(f64(lr), f64(lr_decay), step)
     weight_decay = f64(weight_decay)
     eps = f64(eps)
-    l1 = f64(l1)
-    l2 = f64(l2)
-    l0 = f64(l0)
     for start in range(0, CHUNK, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         if start + BLOCK <= n:
             adagrad_piece(p_ptr, g_ptr, s_ptr, offs, None, gs, clr=clr, eps=eps, weight_decay=weight_decay,
-                          l1=l1, l2=l2, l0=l0, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD,
-                          NONNEG=NONNEG)
+                          pen=pen, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN)
         elif start < n:
             adagrad_piece(p_ptr, g_ptr, s_ptr, offs, offs < n, gs, clr=clr, eps=eps, weight_decay=weight_decay,
-                          l1=l1, l2=l2, l0=l0, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD,
-                          NONNEG=NONNEG)
+                          pen=pen, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN)
 
 
 def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-             maximize=False, l1=0.0, l1_subgradient=False, l2=0.0, l0=0.0, nonneg=False, group_l1=0.0,
-             group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None):
-    """fusedreg.reference.adagrad_ on Triton (the arguments: fusedreg._ops.ARGS["adagrad_"])."""
-    kw = locals()
+             maximize=False, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None, **pen):
+    """fusedreg.reference.adagrad_ on Triton (the arguments: fusedreg._ops.ARGS["adagrad_"]; pen: the
+    elementwise penalties)."""
+    kw = {k: v for k, v in locals().items() if k != "pen"}
     if torch.compiler.is_compiling():
-        return torch.ops.fusedreg.triton_adagrad_(**kw)
+        return torch.ops.fusedreg.triton_adagrad_(**kw, **pen)
     _ops.check("adagrad_", **kw)
     lr = float(reference.op_lr(lr, lr_tensor))
+    pens, flags = penalties(params[0].device if params else None, **pen)
     launch.run(adagrad_kernel, [params, grads, state_sums], state_steps, grad_scale, found_inf,
-               lr=lr, lr_decay=float(lr_decay), weight_decay=float(weight_decay), eps=float(eps), l1=float(l1),
-               l2=float(l2), l0=float(l0), MAXIMIZE=bool(maximize), SUBGRAD=bool(l1_subgradient),
-               NONNEG=bool(nonneg))
+               lr=lr, lr_decay=float(lr_decay), weight_decay=float(weight_decay), eps=float(eps), pen=pens, PEN=flags,
+               MAXIMIZE=bool(maximize))
     group.prox(group.ADAGRAD, params, state_sums, state_steps, lr=lr, group_l1=group_l1, group_dim=group_dim,
-               l2=l2, found_inf=found_inf, lr_decay=lr_decay, eps=eps)
+               l2=pen.get("l2", 0.0), found_inf=found_inf, lr_decay=lr_decay, eps=eps)

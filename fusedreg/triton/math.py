@@ -18,6 +18,7 @@ Numerics (reproducing fusedreg.reference)
   few ulps of fp64 from libm's pow; the step counts are integers).
 * Each penalty is skipped by a runtime branch when its strength is 0; the structural flags are constexpr.
 """
+import torch
 import triton
 import triton.language as tl
 
@@ -102,14 +103,32 @@ def store(ptr, x, mask):
 # --------------------------------------------------------------------------------------------------------------
 # The element-wise step: gradient, optimizer update, proximal penalties
 
+# The elementwise penalties reach every kernel as one pointer and one constexpr that penalties() makes, so that no
+# kernel, piece or update below lists them: a new penalty changes penalties(), prep_grad() and prox() only.
+_pens = {}
+
+
+def penalties(device, l1=0.0, l1_subgradient=False, l2=0.0, l0=0.0, nonneg=False):
+    """(pen, PEN): the strengths [l1, l2, l0] as an fp64 tensor on `device` (made once per value: a step does not
+    copy them to the device again), and the switches as constexpr bits (1: l1 as a subgradient, 2: nonneg)."""
+    key = (device, float(l1), float(l2), float(l0))
+    pen = _pens.get(key)
+    if pen is None:
+        if len(_pens) >= 64:
+            _pens.clear()
+        pen = _pens[key] = torch.tensor(key[1:], dtype=torch.float64, device=device)
+    return pen, int(bool(l1_subgradient)) | 2 * int(bool(nonneg))
+
+
 @triton.jit
-def prep_grad(p, g, gs, weight_decay, l1, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr):
+def prep_grad(p, g, gs, weight_decay, pen, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr):
     """grad / grad_scale -> negate if maximize -> + l1*sign(p) (subgradient L1) -> + wd*p (coupled decay)."""
     if HAS_GS:
         g = div(g, gs)
     if MAXIMIZE:
         g = -g
-    if SUBGRAD:
+    if PEN & 1:
+        l1 = tl.load(pen)
         if l1 != 0:
             g = g + l1.to(p.dtype) * sign(p)
     if weight_decay != 0:
@@ -118,9 +137,12 @@ def prep_grad(p, g, gs, weight_decay, l1, HAS_GS: tl.constexpr, MAXIMIZE: tl.con
 
 
 @triton.jit
-def prox(v, denom, t, l1, l2, l0, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr, HAS_DENOM: tl.constexpr):
+def prox(v, denom, t, pen, PEN: tl.constexpr, HAS_DENOM: tl.constexpr):
     """The proximal penalties with per-element step t/denom (t an fp64 scalar; no denom: SGD, denom = 1)."""
-    if not SUBGRAD:
+    l1 = tl.load(pen)
+    l2 = tl.load(pen + 1)
+    l0 = tl.load(pen + 2)
+    if (PEN & 1) == 0:
         if l1 != 0:
             thr = (t * l1).to(v.dtype)
             if HAS_DENOM:
@@ -136,16 +158,16 @@ def prox(v, denom, t, l1, l2, l0, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr, H
         if HAS_DENOM:
             s0 = div(s0, denom)
         v = tl.where(tl.abs(v) <= sqrt(s0), 0.0, v)
-    if NONNEG:
+    if PEN & 2:
         v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
     return v
 
 
 @triton.jit
-def sgd_update(p, g, buf, gs, lr, momentum, dampening, weight_decay, l1, l2, l0,
-               HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr,
+def sgd_update(p, g, buf, gs, lr, momentum, dampening, weight_decay, pen,
+               HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr,
                MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr):
-    g = prep_grad(p, g, gs, weight_decay=weight_decay, l1=l1, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD)
+    g = prep_grad(p, g, gs, weight_decay=weight_decay, pen=pen, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN)
     if MOMENTUM:
         mu = momentum.to(p.dtype)
         if FIRST_STEP:
@@ -157,7 +179,7 @@ def sgd_update(p, g, buf, gs, lr, momentum, dampening, weight_decay, l1, l2, l0,
         else:
             g = buf
     p = p - lr.to(p.dtype) * g
-    p = prox(p, 1.0, lr, l1=l1, l2=l2, l0=l0, SUBGRAD=SUBGRAD, NONNEG=NONNEG, HAS_DENOM=False)
+    p = prox(p, 1.0, lr, pen=pen, PEN=PEN, HAS_DENOM=False)
     return p, buf
 
 
@@ -180,17 +202,17 @@ def adam_denom(vhat, bc2_sqrt, eps):
 
 
 @triton.jit
-def adam_update(p, g, m, v, vmax, gs, lr, beta1, beta2, eps, weight_decay, l1, l2, l0, lr_bc1, bc2_sqrt,
-                HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr,
+def adam_update(p, g, m, v, vmax, gs, lr, beta1, beta2, eps, weight_decay, pen, lr_bc1, bc2_sqrt,
+                HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr,
                 DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr):
     """The scalars fp64, but lr_bc1 and bc2_sqrt already rounded to the compute dtype."""
     dt = p.dtype
     if DECOUPLED:
-        g = prep_grad(p, g, gs, weight_decay=0.0, l1=l1, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD)
+        g = prep_grad(p, g, gs, weight_decay=0.0, pen=pen, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN)
         if weight_decay != 0:
             p = p * (1.0 - lr * weight_decay).to(dt)
     else:
-        g = prep_grad(p, g, gs, weight_decay=weight_decay, l1=l1, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD)
+        g = prep_grad(p, g, gs, weight_decay=weight_decay, pen=pen, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN)
     m = lerp(m, g, (1.0 - beta1).to(dt))
     v = v * beta2.to(dt) + (1.0 - beta2).to(dt) * g * g
     vhat = v
@@ -199,7 +221,7 @@ def adam_update(p, g, m, v, vmax, gs, lr, beta1, beta2, eps, weight_decay, l1, l
         vhat = vmax
     denom = adam_denom(vhat, bc2_sqrt, eps.to(dt))
     p = p - lr_bc1 * div(m, denom)
-    p = prox(p, denom, lr, l1=l1, l2=l2, l0=l0, SUBGRAD=SUBGRAD, NONNEG=NONNEG, HAS_DENOM=True)
+    p = prox(p, denom, lr, pen=pen, PEN=PEN, HAS_DENOM=True)
     return p, m, v, vmax
 
 
@@ -215,15 +237,15 @@ def adagrad_denom(s, eps):
 
 
 @triton.jit
-def adagrad_update(p, g, s, gs, clr, eps, weight_decay, l1, l2, l0,
-                   HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr):
+def adagrad_update(p, g, s, gs, clr, eps, weight_decay, pen,
+                   HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr):
     """clr from adagrad_clr, all scalars fp64."""
     dt = p.dtype
-    g = prep_grad(p, g, gs, weight_decay=weight_decay, l1=l1, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD)
+    g = prep_grad(p, g, gs, weight_decay=weight_decay, pen=pen, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN)
     s = s + g * g
     denom = adagrad_denom(s, eps.to(dt))
     p = p - clr.to(dt) * div(g, denom)
-    p = prox(p, denom, clr, l1=l1, l2=l2, l0=l0, SUBGRAD=SUBGRAD, NONNEG=NONNEG, HAS_DENOM=True)
+    p = prox(p, denom, clr, pen=pen, PEN=PEN, HAS_DENOM=True)
     return p, s
 
 

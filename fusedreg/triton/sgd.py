@@ -7,13 +7,12 @@ import triton.language as tl
 from .. import _ops, reference
 from . import group, launch
 from .launch import chunk_row, col
-from .math import f64, sgd_update, store
+from .math import f64, penalties, sgd_update, store
 
 
 @triton.jit
-def sgd_piece(p_ptr, g_ptr, b_ptr, offs, mask, gs, lr, momentum, dampening, weight_decay, l1, l2, l0,
-              CDT: tl.constexpr, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr,
-              NONNEG: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr):
+def sgd_piece(p_ptr, g_ptr, b_ptr, offs, mask, gs, lr, momentum, dampening, weight_decay, pen,
+              CDT: tl.constexpr, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr):
     p = tl.load(p_ptr + offs, mask=mask).to(CDT)
     g = tl.load(g_ptr + offs, mask=mask).to(CDT)
     buf = p
@@ -21,7 +20,7 @@ def sgd_piece(p_ptr, g_ptr, b_ptr, offs, mask, gs, lr, momentum, dampening, weig
         if not FIRST_STEP:
             buf = tl.load(b_ptr + offs, mask=mask)
     p, buf = sgd_update(p, g, buf, gs, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        l1=l1, l2=l2, l0=l0, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, SUBGRAD=SUBGRAD, NONNEG=NONNEG,
+                        pen=pen, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN,
                         MOMENTUM=MOMENTUM, NESTEROV=NESTEROV, FIRST_STEP=FIRST_STEP)
     if MOMENTUM:
         store(b_ptr + offs, buf, mask)
@@ -30,9 +29,9 @@ def sgd_piece(p_ptr, g_ptr, b_ptr, offs, mask, gs, lr, momentum, dampening, weig
 
 @triton.jit
 def sgd_kernel(rows, grad_scale, found_inf, lr: tl.float64, momentum: tl.float64, dampening: tl.float64,
-               weight_decay: tl.float64, l1: tl.float64, l2: tl.float64, l0: tl.float64,
+               weight_decay: tl.float64, pen,
                P_DT: tl.constexpr, CDT: tl.constexpr, HAS_GS: tl.constexpr, HAS_FI: tl.constexpr,
-               MAXIMIZE: tl.constexpr, SUBGRAD: tl.constexpr, NONNEG: tl.constexpr, MOMENTUM: tl.constexpr,
+               MAXIMIZE: tl.constexpr, PEN: tl.constexpr, MOMENTUM: tl.constexpr,
                NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr,
                ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     row, n = chunk_row(rows, found_inf, HAS_FI)
@@ -46,33 +45,33 @@ def sgd_kernel(rows, grad_scale, found_inf, lr: tl.float64, momentum: tl.float64
     momentum = f64(momentum)
     dampening = f64(dampening)
     weight_decay = f64(weight_decay)
-    l1 = f64(l1)
-    l2 = f64(l2)
-    l0 = f64(l0)
     for start in range(0, CHUNK, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         if start + BLOCK <= n:
             sgd_piece(p_ptr, g_ptr, b_ptr, offs, None, gs, lr=lr, momentum=momentum, dampening=dampening,
-                      weight_decay=weight_decay, l1=l1, l2=l2, l0=l0, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE,
-                      SUBGRAD=SUBGRAD, NONNEG=NONNEG, MOMENTUM=MOMENTUM, NESTEROV=NESTEROV, FIRST_STEP=FIRST_STEP)
+                      weight_decay=weight_decay, pen=pen, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE,
+                      PEN=PEN, MOMENTUM=MOMENTUM, NESTEROV=NESTEROV, FIRST_STEP=FIRST_STEP)
         elif start < n:
             sgd_piece(p_ptr, g_ptr, b_ptr, offs, offs < n, gs, lr=lr, momentum=momentum, dampening=dampening,
-                      weight_decay=weight_decay, l1=l1, l2=l2, l0=l0, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE,
-                      SUBGRAD=SUBGRAD, NONNEG=NONNEG, MOMENTUM=MOMENTUM, NESTEROV=NESTEROV, FIRST_STEP=FIRST_STEP)
+                      weight_decay=weight_decay, pen=pen, CDT=CDT, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE,
+                      PEN=PEN, MOMENTUM=MOMENTUM, NESTEROV=NESTEROV, FIRST_STEP=FIRST_STEP)
 
 
 def sgd_(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-         maximize=False, first_step=False, l1=0.0, l1_subgradient=False, l2=0.0, l0=0.0, nonneg=False,
-         group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None):
-    """fusedreg.reference.sgd_ on Triton (the arguments: fusedreg._ops.ARGS["sgd_"])."""
-    kw = locals()
+         maximize=False, first_step=False, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
+         lr_tensor=None, **pen):
+    """fusedreg.reference.sgd_ on Triton (the arguments: fusedreg._ops.ARGS["sgd_"]; pen: the elementwise
+    penalties)."""
+    kw = {k: v for k, v in locals().items() if k != "pen"}
     if torch.compiler.is_compiling():
-        return torch.ops.fusedreg.triton_sgd_(**kw)
+        return torch.ops.fusedreg.triton_sgd_(**kw, **pen)
     _ops.check("sgd_", **kw)
     lr = float(reference.op_lr(lr, lr_tensor))
     on = momentum != 0
+    pens, flags = penalties(params[0].device if params else None, **pen)
     launch.run(sgd_kernel, [params, grads, momentum_buffers if on else params], [], grad_scale, found_inf,
                lr=lr, momentum=float(momentum), dampening=float(dampening), weight_decay=float(weight_decay),
-               l1=float(l1), l2=float(l2), l0=float(l0), MAXIMIZE=bool(maximize), SUBGRAD=bool(l1_subgradient),
-               NONNEG=bool(nonneg), MOMENTUM=on, NESTEROV=bool(nesterov), FIRST_STEP=bool(first_step) and on)
-    group.prox(group.SGD, params, lr=lr, group_l1=group_l1, group_dim=group_dim, l2=l2, found_inf=found_inf)
+               pen=pens, PEN=flags, MAXIMIZE=bool(maximize), MOMENTUM=on, NESTEROV=bool(nesterov),
+               FIRST_STEP=bool(first_step) and on)
+    group.prox(group.SGD, params, lr=lr, group_l1=group_l1, group_dim=group_dim, l2=pen.get("l2", 0.0),
+               found_inf=found_inf)
