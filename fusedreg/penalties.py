@@ -146,14 +146,8 @@ class SparsityRow:
     n_cols: "int | None"
 
 
-class Sparsity:
-    """Exact-zero counts per tensor (`rows`) and overall (`overall`, `zeros`, `numel`); prints as a table."""
-
-    def __init__(self, rows):
-        self.rows = list(rows)
-        self.numel = sum(r.numel for r in self.rows)
-        self.zeros = sum(r.zeros for r in self.rows)
-        self.overall = self.zeros / self.numel if self.numel else 0.0
+class _Rows:
+    """A table of per-tensor rows (each with a .name): len, iteration, and indexing by position or by name."""
 
     def __len__(self):
         return len(self.rows)
@@ -168,6 +162,17 @@ class Sparsity:
                     return r
             raise KeyError(key)
         return self.rows[key]
+
+
+class Sparsity(_Rows):
+    """Exact-zero counts per tensor (`rows`) and overall (`overall`, `zeros`, `numel`); prints as a table."""
+
+    def __init__(self, rows):
+        self.rows = list(rows)
+        self.numel = sum(r.numel for r in self.rows)
+        self.zeros = sum(r.zeros for r in self.rows)
+        self.overall = self.zeros / self.numel if self.numel else 0.0
+
 
     def as_dict(self):
         return {r.name: r for r in self.rows}
@@ -284,27 +289,13 @@ class LambdaMaxRow:
     group_max: "float | None"
 
 
-class LambdaMaxReport:
+class LambdaMaxReport(_Rows):
     """Per-tensor λ_max from one batch's gradients (`lambda_max`); prints as a table. With `l1` (or an
     optimizer) given, each row also shows l1 / l1_max: at >= 1 every weight of that tensor that reaches zero
     stays there, and one well above 1 zeroes the tensor within a few steps."""
 
     def __init__(self, rows, l1=None, group_dim=0):
         self.rows, self.l1, self.group_dim = list(rows), l1, group_dim
-
-    def __iter__(self):
-        return iter(self.rows)
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            for r in self.rows:
-                if r.name == key:
-                    return r
-            raise KeyError(key)
-        return self.rows[key]
 
     @property
     def overall(self):
