@@ -76,12 +76,13 @@ class _Fused(torch.optim.Optimizer):
     def _extra(self, group):
         return {}
 
-    def _check(self, group):
-        """Validate one group's hyperparameters (at construction and again before every step)."""
+    def _check(self, group, scalars=None):
+        """Validate one group's hyperparameters (at construction and again before every step, with the op's
+        scalars the step has made of them)."""
         if group.get("differentiable"):
             raise ValueError("differentiable=True is not supported: fusedreg's step is one fused kernel that "
                              "autograd does not differentiate through")
-        F.check_args(l1_mode=group["l1_mode"], **self._scalars(group))
+        F.check_args(l1_mode=group["l1_mode"], **(scalars or self._scalars(group)))
 
     def _state_keys(self, group):
         """(keys a stepped param's state must have in this group, optional keys) for load_state_dict."""
@@ -91,24 +92,25 @@ class _Fused(torch.optim.Optimizer):
         """Create the state of params that have none yet (the None entries of `lists`, which it fills)."""
         raise NotImplementedError
 
-    def _read(self, params, scalars):
+    def _read(self, params, scalars, sharded):
         """The op's state lists for params as their state holds them (None where there is none yet); raises
-        where a param's state is broken (some of the keys created together, not all)."""
+        where a param's state is broken (some of the keys created together, not all). sharded: DTensor params,
+        whose state goes to the kernels as local shards."""
         used = F.used(self._op, scalars)
-        lists = {name: [] for name in self._state}
-        keys = [(lists[name], key) for name, key in self._state.items() if name in used]
+        keys = [(name, key) for name, key in self._state.items() if name in used]
         state = self.state
-        for p in params:
-            st = state.get(p, _EMPTY)
-            for ts, key in keys:
-                ts.append(st.get(key))
-        if any(t is None for ts in lists.values() for t in ts):  # first steps (or broken state): look closer
-            for i, p in enumerate(params):
-                st = state.get(p, _EMPTY)
+        sts = [state.get(p, _EMPTY) for p in params]
+        try:  # every step after the first: all there
+            lists = {name: [st[key] for st in sts] for name, key in keys}
+        except KeyError:  # first steps (or broken state): look closer
+            for i, st in enumerate(sts):
                 missing = [k for k in self._keys if k not in st]
                 if st and 0 < len(missing) < len(self._keys):
                     raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
-        return {name: locals_(ts) for name, ts in lists.items()}
+            lists = {name: [st.get(key) for st in sts] for name, key in keys}
+        if sharded:
+            lists = {name: locals_(ts) for name, ts in lists.items()}
+        return {name: lists.get(name, []) for name in self._state}
 
     def _run(self, params, names, lists, scalars, grad_scale, found_inf):
         F.launch(self._op, names, lists, grad_scale, found_inf, **scalars)
@@ -129,11 +131,12 @@ class _Fused(torch.optim.Optimizer):
     def _fused_step(self, grad_scale, found_inf):
         # Check every group completely (hyperparameters, params, grads, state, backend) before any is stepped, so
         # that a step that raises changes nothing; lazy state is created only after that.
-        F.check_args(grad_scale=grad_scale, found_inf=found_inf)
+        if grad_scale is not None or found_inf is not None:
+            F.check_args(grad_scale=grad_scale, found_inf=found_inf)
         plans = []
         for group in self.param_groups:
-            self._check(group)
             scalars = self._scalars(group)
+            self._check(group, scalars)
             params = [p for p in group["params"] if p.grad is not None]
             if group["master_weights"] or group["stochastic_rounding"]:
                 # The kernels will get fp32 copies: check the params and grads themselves too, so that e.g. an
@@ -141,7 +144,7 @@ class _Fused(torch.optim.Optimizer):
                 F.check_tensors(locals_(params), grads=locals_([p.grad for p in params]))
             # What the kernels update: local shards of DTensors, fp32 masters or temporaries (fusedreg.precision).
             work = Work(params, self.state, group)
-            lists = self._read(params, scalars)
+            lists = self._read(params, scalars, work.sharded)
             used = F.used(self._op, scalars)
             F.check_tensors(work.tensors, grads=work.grads, missing_ok=tuple(lists),
                             **{name: ts for name, ts in lists.items() if name in used})

@@ -91,7 +91,8 @@ class Work:
             raise ValueError("choose one of master_weights and stochastic_rounding, not both")
         self.tensors, self.grads, self._writeback, self._new = [], [], [], {}
         dtensor = _dtensor_type()
-        if not master and not sr and (dtensor is None or not any(isinstance(p, dtensor) for p in params)):
+        self.sharded = dtensor is not None and any(isinstance(p, dtensor) for p in params)  # DTensor params
+        if not master and not sr and not self.sharded:
             # The common case, on every step: the kernels update the params themselves.
             self.tensors, self.grads = list(params), [p.grad for p in params]
             return
