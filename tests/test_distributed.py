@@ -63,6 +63,10 @@ def _worker(rank, port, wrappers, backends, out):
         torch.save(results, os.path.join(out, "results.pt"))
     dist.barrier()
     dist.destroy_process_group()
+    # Every check has passed and rank 0 has saved its results. Leave without the interpreter's teardown: there,
+    # gloo's threads can still hold tensors whose release needs the GIL, and about one run in fifteen here ended
+    # in "terminate called without an active exception" (SIGABRT) after destroy_process_group had returned.
+    os._exit(0)
 
 
 def _run_wrapper(rank, wrapper, backends, out, results):
