@@ -203,10 +203,9 @@ def launch(op, names, lists, grad_scale=None, found_inf=None, **scalars):
             found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
 
 
-def op_lists(op, lists, scalars):
-    """The op's tensor lists as its kernels take them: a list whose option is off (momentum_buffers without
-    momentum, max_exp_avg_sqs without amsgrad) is empty."""
-    on = used(op, scalars)
+def op_lists(op, lists, on):
+    """The op's tensor lists as its kernels take them: a list not in `on` (used's answer: momentum_buffers
+    without momentum, max_exp_avg_sqs without amsgrad) is empty."""
     return {a.name: list(lists[a.name]) if a.name in on else [] for a in _ops.ARGS[op] if a.role}
 
 
@@ -222,8 +221,9 @@ def _stateless(op, doc):
     def step(*tensors, backend="auto", l1_mode="prox", **scalars):
         step.__signature__.bind(*tensors, **scalars)  # a misspelt or missing argument is a TypeError here
         check_args(l1_mode=l1_mode, **scalars)
-        lists = op_lists(op, dict(zip(names, tensors)), scalars)
-        check_tensors(**{k: ts for k, ts in lists.items() if k in used(op, scalars)})
+        on = used(op, scalars)
+        lists = op_lists(op, dict(zip(names, tensors)), on)
+        check_tensors(**{k: ts for k, ts in lists.items() if k in on})
         launch(op, resolve(backend, lists["params"]), lists, l1_subgradient=l1_mode == "subgradient", **scalars)
 
     # The signature users see: the op's tensor lists, then its scalars by keyword (l1_mode for l1_subgradient,

@@ -92,11 +92,10 @@ class _Fused(torch.optim.Optimizer):
         """Create the state of params that have none yet (the None entries of `lists`, which it fills)."""
         raise NotImplementedError
 
-    def _read(self, params, scalars, sharded):
-        """The op's state lists for params as their state holds them (None where there is none yet); raises
-        where a param's state is broken (some of the keys created together, not all). sharded: DTensor params,
-        whose state goes to the kernels as local shards."""
-        used = F.used(self._op, scalars)
+    def _read(self, params, used, sharded):
+        """The op's state lists for params as their state holds them (None where there is none yet; empty for
+        the lists not in `used`); raises where a param's state is broken (some of the keys created together, not
+        all). sharded: DTensor params, whose state goes to the kernels as local shards."""
         keys = [(name, key) for name, key in self._state.items() if name in used]
         state = self.state
         sts = [state.get(p, _EMPTY) for p in params]
@@ -144,8 +143,8 @@ class _Fused(torch.optim.Optimizer):
                 F.check_tensors(locals_(params), grads=locals_([p.grad for p in params]))
             # What the kernels update: local shards of DTensors, fp32 masters or temporaries (fusedreg.precision).
             work = Work(params, self.state, group)
-            lists = self._read(params, scalars, work.sharded)
             used = F.used(self._op, scalars)
+            lists = self._read(params, used, work.sharded)
             F.check_tensors(work.tensors, grads=work.grads, missing_ok=tuple(lists),
                             **{name: ts for name, ts in lists.items() if name in used})
             plans.append((group, params, work, lists, scalars, F.resolve(self.backend, work.tensors)))
