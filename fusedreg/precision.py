@@ -14,9 +14,10 @@ every param that has a grad to a *work* tensor (the tensor the kernel updates) a
                         and state; the state itself is created as DTensors, like torch.optim's, so
                         torch.distributed.checkpoint can save and reshard it.
 
-Elementwise penalties (everything but group lasso, weight decay included) only read the element they update, so running them on
-local shards is exact under any sharding. Group lasso needs whole groups: it is exact when each group lies
-inside one shard (group_dim == the sharded dim, e.g. Shard(0) rows with group_dim=0) and raises otherwise.
+Elementwise penalties (everything but group lasso, weight decay included) only read the element they update,
+so running them on local shards is exact under any sharding. Group lasso needs whole groups: it is exact when
+each group lies inside one shard (group_dim == the sharded dim, e.g. Shard(0) rows with group_dim=0) and raises
+otherwise.
 """
 import sys
 

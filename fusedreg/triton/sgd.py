@@ -12,7 +12,8 @@ from .math import f64, penalties, sgd_update, store
 
 @triton.jit
 def sgd_piece(p_ptr, g_ptr, b_ptr, offs, mask, gs, lr, momentum, dampening, weight_decay, pen,
-              CDT: tl.constexpr, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr, MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr):
+              CDT: tl.constexpr, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr,
+              MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr):
     p = tl.load(p_ptr + offs, mask=mask).to(CDT)
     g = tl.load(g_ptr + offs, mask=mask).to(CDT)
     buf = p
