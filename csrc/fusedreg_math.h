@@ -1,6 +1,6 @@
 // The math of every fusedreg op, written once for the CPU and CUDA kernels (as ATen's Lerp.h): the op arguments
-// and their builders, the per-element updates and penalties, the step-dependent factors (Adam's bias corrections,
-// Adagrad's clr), and the group-lasso prox's formulas with its Newton driver and constants.
+// and their builders, the per-element updates (SGD, Adam, Adagrad, FTRL) and penalties, the step-dependent factors
+// (Adam's bias corrections, Adagrad's clr), and the group-lasso prox's formulas with its Newton driver and constants.
 //
 // Everything here is templated on the value type V: a scalar opmath type (float, double; host and device) or
 // at::vec::Vectorized<float/double> (CPU only; the overloads of the primitives live in cpu/vec_prims.h). The
@@ -35,6 +35,8 @@ C10_HOST_DEVICE FR_INLINE float fr_abs(float x) { return ::fabsf(x); }
 C10_HOST_DEVICE FR_INLINE double fr_abs(double x) { return ::fabs(x); }
 C10_HOST_DEVICE FR_INLINE float fr_neg(float x) { return -x; }
 C10_HOST_DEVICE FR_INLINE double fr_neg(double x) { return -x; }
+C10_HOST_DEVICE FR_INLINE float fr_pow(float x, float e) { return ::powf(x, e); }
+C10_HOST_DEVICE FR_INLINE double fr_pow(double x, double e) { return ::pow(x, e); }
 C10_HOST_DEVICE FR_INLINE float fr_fmadd(float a, float b, float c) { return ::fmaf(a, b, c); }
 C10_HOST_DEVICE FR_INLINE double fr_fmadd(double a, double b, double c) { return ::fma(a, b, c); }
 template <typename T>
@@ -80,6 +82,11 @@ struct AdamArgs {
 };
 struct AdagradArgs {
   double lr, lr_decay, weight_decay, eps;
+  bool maximize;
+  PenaltyArgs pen;
+};
+struct FtrlArgs {
+  double lr, lr_power, beta, l2_shrinkage;
   bool maximize;
   PenaltyArgs pen;
 };
@@ -136,6 +143,18 @@ inline AdagradArgs adagrad_args(double lr, double lr_decay, double weight_decay,
   a.lr_decay = lr_decay;
   a.weight_decay = weight_decay;
   a.eps = eps;
+  a.maximize = maximize;
+  a.pen = pen;
+  return a;
+}
+
+inline FtrlArgs ftrl_args(double lr, double lr_power, double beta, double l2_shrinkage, bool maximize,
+                          const PenaltyArgs& pen) {
+  FtrlArgs a;
+  a.lr = lr;
+  a.lr_power = lr_power;
+  a.beta = beta;
+  a.l2_shrinkage = l2_shrinkage;
   a.maximize = maximize;
   a.pen = pen;
   return a;
@@ -343,6 +362,63 @@ C10_HOST_DEVICE FR_INLINE void adagrad_update(V& p, V g, V& sum, const AdagradSc
   const V denom = adagrad_denom(sum, V(s.eps));
   p = p - V(s.clr) * (g / denom);
   p = prox(p, denom, s.pen);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// FTRL-Proximal (TensorFlow's ApplyFtrlV2 with Keras's beta): g_s = g + 2*l2_shrinkage*w; n' = n + g*g;
+// sigma = (n'^-p - n^-p)/lr; z = z + (g_s - sigma*w); q = (beta + n'^-p)/lr + 2*l2; w = 0 where |z| <= l1, else
+// -(z - sign(z)*l1)/q; n = n'; then l0 and nonneg with the element's step 1/q (prox with denom q). p = lr_power;
+// n^-p is sqrt(n) for p = -0.5 (TensorFlow's case) and 1 for p = 0.
+enum class FtrlPower : int { kSqrt, kOne, kPow };
+
+template <typename O>
+struct FtrlScalars {
+  O lr, neg_power, beta, shrink, l1, l2x2;  // shrink: 2*l2_shrinkage; l1: 0 when l1 is a subgradient
+  FtrlPower power;
+  bool has_shrink;
+  GradPrep<O> gp;
+  Penalty<O> pen;  // the subgradient l1, l0 and nonneg (the closed form has l1 and l2)
+};
+
+template <typename O>
+C10_HOST_DEVICE FR_INLINE FtrlScalars<O> make_ftrl(const FtrlArgs& a) {
+  FtrlScalars<O> s;
+  s.lr = O(a.lr);
+  s.neg_power = O(-a.lr_power);
+  s.power = a.lr_power == -0.5 ? FtrlPower::kSqrt : (a.lr_power == 0 ? FtrlPower::kOne : FtrlPower::kPow);
+  s.beta = O(a.beta);
+  s.shrink = O(2 * a.l2_shrinkage);
+  s.has_shrink = a.l2_shrinkage != 0;
+  s.l1 = O(a.pen.l1_subgradient ? 0.0 : a.pen.l1);
+  s.l2x2 = O(2 * a.pen.l2);
+  s.gp = make_grad_prep<O>(0.0, a.maximize);
+  s.pen = make_penalty<O>(a.pen, 1.0);
+  s.pen.l1_prox = false;
+  s.pen.l2 = false;
+  return s;
+}
+
+template <typename V, typename O>
+C10_HOST_DEVICE FR_INLINE V ftrl_power(V n, const FtrlScalars<O>& s) {
+  if (s.power == FtrlPower::kSqrt) return fr_sqrt(n);
+  if (s.power == FtrlPower::kOne) return V(O(1));
+  return fr_pow(n, V(s.neg_power));
+}
+
+template <typename V, typename O>
+C10_HOST_DEVICE FR_INLINE void ftrl_update(V& p, V g, V& n, V& z, const FtrlScalars<O>& s, bool has_scale, O scale) {
+  g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
+  const V gs = s.has_shrink ? g + V(s.shrink) * p : g;
+  const V n_new = n + g * g;
+  const V pn = ftrl_power(n_new, s);
+  const V sigma = (pn - ftrl_power(n, s)) / V(s.lr);
+  z = z + (gs - sigma * p);
+  const V q = (V(s.beta) + pn) / V(s.lr) + V(s.l2x2);
+  const V az = fr_abs(z);
+  // The select makes the zeros (also where q is 0, as TensorFlow's); elsewhere |z| - l1 > 0 takes -z's sign.
+  p = fr_where_le(az, V(s.l1), V(O(0)), fr_signed(az - V(s.l1), fr_neg(z)) / q);
+  n = n_new;
+  p = prox(p, q, s.pen);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

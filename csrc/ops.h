@@ -33,12 +33,23 @@ namespace fusedreg {
   at::TensorList params, at::TensorList grads, at::TensorList state_sums, at::TensorList state_steps,   \
       double lr, double lr_decay, double weight_decay, double eps, bool maximize, FUSEDREG_PENALTY_PARAMS
 
+#define FUSEDREG_FTRL_PARAMS                                                                         \
+  at::TensorList params, at::TensorList grads, at::TensorList accumulators, at::TensorList linears, double lr, \
+      double lr_power, double beta, double l2_shrinkage, bool maximize, FUSEDREG_PENALTY_PARAMS
+
 void sgd_cpu(FUSEDREG_SGD_PARAMS);
 void adam_cpu(FUSEDREG_ADAM_PARAMS);
 void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS);
 void sgd_cuda(FUSEDREG_SGD_PARAMS);
 void adam_cuda(FUSEDREG_ADAM_PARAMS);
 void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS);
+void ftrl_cpu(FUSEDREG_FTRL_PARAMS);
+void ftrl_cuda(FUSEDREG_FTRL_PARAMS);
+
+// FTRL's closed form has no group-lasso step: refused before anything changes (fusedreg/reference.py says it too).
+inline void check_ftrl_group(double group_l1) {
+  TORCH_CHECK(group_l1 == 0, "fusedreg: Ftrl does not support group lasso (group_l1 must be 0, got ", group_l1, ")");
+}
 
 inline at::ScalarType opmath_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 

@@ -11,6 +11,8 @@ Per-element order inside every op (torch.optim's, then ours):
   -> optimizer update (AdamW: p *= 1 - lr*wd first)  ->  proximal penalties with the element's step t:
   soft-threshold by t*l1 (unless subgradient), divide by 1 + t*l2, zero where |p| <= sqrt(2*t*l0), max(p, 0).
   t = lr for SGD, lr/denom for Adam (denom = sqrt(v_hat) + eps), clr/(sqrt(sum) + eps) for Adagrad.
+FTRL instead computes w from its state in closed form (reference.ftrl_), its l1/l2 inside it, then l0 and nonneg
+with t = 1/quadratic.
 Then, when group_l1 > 0, the group-lasso prox on every param with dim >= 2 (groups: rows for group_dim 0,
 columns for 1), in the same metric (reference.group_prox), applied to the param as just written.
 When found_inf is given and nonzero, nothing changes and no step counter advances.
@@ -91,6 +93,21 @@ ARGS = {
         Arg("lr_decay", "float", 0.0),
         Arg("weight_decay", "float", 0.0, "coupled L2: g += weight_decay·w"),
         Arg("eps", "float", 1e-10),
+        Arg("maximize", "bool", False),
+    ) + PENALTY,
+    # FTRL-Proximal (TensorFlow's ApplyFtrlV2, Keras's beta): its l1 and l2 are the closed form's (l2 adds 2·l2 to
+    # the quadratic term: the penalty l2·Σw², TensorFlow's l2_regularization_strength), l0 and nonneg the exact
+    # argmin of the same per-element objective; group lasso is refused (group_l1 must be 0).
+    "ftrl_": (
+        _PARAMS, _GRADS,
+        Arg("accumulators", "Tensor(b!)[]", doc="n, the sum of squared grads (starts at the optimizer's "
+                                                 "initial_accumulator_value)", role="state"),
+        Arg("linears", "Tensor(c!)[]", doc="z, the linear term (starts at 0)", role="state"),
+        _LR,
+        Arg("lr_power", "float", -0.5, "the per-element step is lr/n^(-lr_power); <= 0 (-0.5: Adagrad's)"),
+        Arg("beta", "float", 0.0, "Keras's beta: adds beta/lr to the quadratic term"),
+        Arg("l2_shrinkage", "float", 0.0, "TensorFlow's l2_shrinkage_regularization_strength: z sees "
+                                          "g + 2·l2_shrinkage·w (the accumulator g²)"),
         Arg("maximize", "bool", False),
     ) + PENALTY,
 }

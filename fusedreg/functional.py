@@ -1,4 +1,4 @@
-"""Stateless fused steps over lists of tensors: `sgd`, `adam`, `adagrad`, and the checks every step makes.
+"""Stateless fused steps over lists of tensors: `sgd`, `adam`, `adagrad`, `ftrl`, and the checks every step makes.
 
 Each step takes its op's arguments (fusedreg._ops.ARGS: the tensor lists, then every scalar by keyword), with
 `l1_mode` in place of the op's `l1_subgradient`, `lr` a number or a one-element tensor, and `backend`. It checks
@@ -21,7 +21,8 @@ from . import _ops, backends, reference
 
 L1_MODES = ("prox", "subgradient")
 # The float arguments of the ops that must be >= 0 (betas have their own range).
-_NONNEG = {a.name for args in _ops.ARGS.values() for a in args if a.type == "float"} - {"beta1", "beta2"}
+_NONNEG = ({a.name for args in _ops.ARGS.values() for a in args if a.type == "float"}
+           - {"beta1", "beta2", "lr_power"})
 
 
 def check_nonneg(name, value):
@@ -48,6 +49,15 @@ def check_args(**kw):
                 raise ValueError(f"Invalid {name} value: {value} (must be in [0, 1))")
         elif name in _NONNEG:
             check_nonneg(name, value)
+    if "lr_power" in kw:  # FTRL's own rules (TensorFlow's): it divides by lr, and n^(-lr_power) must not blow up
+        lr_power = float(kw["lr_power"])
+        if not lr_power <= 0:
+            raise ValueError(f"Invalid lr_power value: {kw['lr_power']} (must be <= 0)")
+        lr = kw.get("lr", 1.0)
+        if not (torch.is_tensor(lr) and lr.device.type != "cpu") and float(lr) == 0:
+            raise ValueError("Invalid lr value: 0 (Ftrl divides by lr: it must be > 0)")
+        if kw.get("group_l1", 0) != 0:
+            raise ValueError(f"Ftrl does not support group lasso (group_l1 must be 0, got {kw['group_l1']})")
     if kw.get("l1_mode", "prox") not in L1_MODES:
         raise ValueError(f"Invalid l1_mode {kw['l1_mode']!r}; choose one of {L1_MODES}")
     group_dim = kw.get("group_dim", 0)
@@ -220,7 +230,7 @@ def _stateless(op, doc):
 
     def step(*tensors, backend="auto", l1_mode="prox", **scalars):
         step.__signature__.bind(*tensors, **scalars)  # a misspelt or missing argument is a TypeError here
-        check_args(l1_mode=l1_mode, **scalars)
+        check_args(l1_mode=l1_mode, **{**_DEFAULTS[op], **scalars})  # defaults too: the op's rules may need them
         on = used(op, scalars)
         lists = op_lists(op, dict(zip(names, tensors)), on)
         check_tensors(**{k: ts for k, ts in lists.items() if k in on})
@@ -253,6 +263,11 @@ with step lr to every param with dim >= 2.""")
 adam = _stateless("adam_", """One Adam (decoupled=False) or AdamW (decoupled=True) step with fused penalties;
 advances state_steps. group_l1 > 0 also applies the group-lasso prox in Adam's metric (per-element step lr/denom,
 denom = sqrt(v_hat) + eps from the just-updated state; see reference.group_prox) to every param with dim >= 2.""")
+
+ftrl = _stateless("ftrl_", """One FTRL-Proximal step (TensorFlow's / Keras's Ftrl; fusedreg.Ftrl documents the
+math): accumulators start at the initial accumulator value, linears at 0. l1 and l2 are the closed form's
+(l2 adds 2*l2 to the quadratic term), l0 and nonneg the exact argmin with them; l1_mode="subgradient" adds
+l1*sign(w) to the gradient instead; group_l1 must be 0.""")
 
 adagrad = _stateless("adagrad_", """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is
 TensorFlow's proximal l2. group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step

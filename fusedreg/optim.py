@@ -1,4 +1,5 @@
-"""Drop-in replacements for torch.optim.SGD / Adam / AdamW / Adagrad with fused penalties.
+"""Drop-in replacements for torch.optim.SGD / Adam / AdamW / Adagrad with fused penalties, and Ftrl
+(FTRL-Proximal, TensorFlow's / Keras's, which torch.optim lacks).
 
 The classes keep torch.optim's signatures, group keys and state layout (so state_dicts move both ways) and
 delegate every update to fusedreg.functional. Penalty keys (l1, l1_mode, ...) may differ per param group.
@@ -11,7 +12,7 @@ from . import _ops
 from .precision import Work, local, locals_, no_compile
 from .reference import opmath
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad"]
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "Ftrl"]
 
 # Penalty group keys every optimizer accepts, with their defaults.
 PENALTIES = dict(l1=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0)
@@ -392,6 +393,54 @@ class Adagrad(_Fused):
                                         memory_format=torch.preserve_format)
             if lists is not None:
                 lists["state_sums"][i], lists["state_steps"][i] = local(st["sum"]), local(st["step"])
+
+
+class Ftrl(_Fused):
+    """FTRL-Proximal (McMahan et al., KDD 2013) as TensorFlow's FtrlOptimizer / Keras's Ftrl, fused. Per element,
+    with the accumulator n (from initial_accumulator_value) and the linear term z (from 0):
+
+        g_s = g + 2*l2_shrinkage*w;  n' = n + g^2;  sigma = (n'^(-lr_power) - n^(-lr_power)) / lr;
+        z += g_s - sigma*w;  w = 0 if |z| <= l1 else -(z - sign(z)*l1) / ((beta + n'^(-lr_power))/lr + 2*l2)
+
+    l1 and l2 are FTRL's own (TensorFlow's l1_/l2_regularization_strength: the penalty l1*sum|w| + l2*sum w^2,
+    applied by the closed form); l2_shrinkage is l2_shrinkage_regularization_strength, beta Keras's beta.
+    l1_mode="subgradient" adds l1*sign(w) to g instead (then the closed form's l1 is 0); l0 and nonneg are the
+    exact argmin of the same per-element objective (w = 0 where |w| <= sqrt(2*l0/q), q the denominator above;
+    w = max(w, 0)). group_l1 is refused. lr_power = -0.5 is Adagrad's step (from w = 0 with no penalties the same
+    steps as torch.optim.Adagrad with eps=0), 0 plain SGD's. State per param, in opmath: "accumulator" (n) and
+    "linear" (z), made on the param's first step."""
+    _defaults = dict(lr_power=-0.5, initial_accumulator_value=0.1, beta=0.0, l2=0.0, l2_shrinkage=0.0,
+                     maximize=False)
+    _op = "ftrl_"
+    _state = dict(accumulators="accumulator", linears="linear")
+    _keys = ("accumulator", "linear")
+
+    def __init__(self, params, lr=1e-3, lr_power=-0.5, initial_accumulator_value=0.1, beta=0.0, *, l1=0.0,
+                 l2=0.0, l2_shrinkage=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0,
+                 maximize=False, backend="auto", master_weights=False, stochastic_rounding=False, foreach=None,
+                 differentiable=False, fused=None):
+        self.backend = backend
+        super().__init__(params, dict(lr=lr, lr_power=lr_power, initial_accumulator_value=initial_accumulator_value,
+                                      beta=beta, l1=l1, l2=l2, l2_shrinkage=l2_shrinkage, l1_mode=l1_mode, l0=l0,
+                                      nonneg=nonneg, group_l1=group_l1, group_dim=group_dim, maximize=maximize,
+                                      master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                                      foreach=foreach, differentiable=differentiable, fused=fused))
+
+    def _check(self, group, scalars=None):
+        F.check_nonneg("initial_accumulator_value", group["initial_accumulator_value"])
+        super()._check(group, scalars)
+
+    def _state_keys(self, group):
+        return self._keys, ()
+
+    def _init_group(self, group, params, lists):
+        for i, p in enumerate(params):
+            if lists["accumulators"][i] is None:
+                st = self.state[p]
+                st["accumulator"] = torch.full_like(p, group["initial_accumulator_value"], dtype=opmath(p.dtype),
+                                                    memory_format=torch.preserve_format)
+                st["linear"] = _zeros_state(p)
+                lists["accumulators"][i], lists["linears"][i] = local(st["accumulator"]), local(st["linear"])
 
 
 def _zeros_state(p):

@@ -113,6 +113,11 @@ GRID = {
                                                               l1_subgradient=True, l0=0.5, nonneg=True, scale=True)),
     "adagrad_group_rows_l1_l2": ("adagrad_", dict(lr_decay=0.01, l1=0.2, l2=0.5, group_l1=0.3)),
     "adagrad_group_cols_scaled": ("adagrad_", dict(weight_decay=1e-2, group_l1=0.3, group_dim=1, scale=True)),
+    "ftrl_plain": ("ftrl_", dict()),
+    "ftrl_l1_l2_shrink_beta": ("ftrl_", dict(beta=0.5, l2_shrinkage=0.05, l1=0.05, l2=0.1)),
+    "ftrl_power_max_l0_nonneg_scaled": ("ftrl_", dict(lr_power=-0.7, maximize=True, l1=0.02, l0=1e-3,
+                                                      nonneg=True, scale=True)),
+    "ftrl_sgd_power_subgrad": ("ftrl_", dict(lr_power=0.0, l1=0.05, l1_subgradient=True, l2=0.1)),
 }
 # name -> (op, hyperparameters, size): every size in one call. These run on every backend (on Triton at
 # float32/bf16/fp16, or float64 only for the f64_ ones); GRID runs size by size on cpp and cuda only, where a
@@ -141,6 +146,12 @@ MIXED_GRID = {
     "adam_amsgrad_group_cols": ("adam_", dict(amsgrad=True, l2=0.1, group_l1=0.5, group_dim=1), "group"),
     "adagrad_group_rows": ("adagrad_", dict(l1=0.01, l2=0.1, group_l1=0.05), "mixed"),
     "adagrad_group_cols": ("adagrad_", dict(group_l1=0.5, group_dim=1), "group"),
+    "ftrl_default": ("ftrl_", dict(), "mixed"),
+    "ftrl_l1_l2_shrink_beta": ("ftrl_", dict(beta=0.5, l2_shrinkage=0.05, l1=0.05, l2=0.1), "mixed"),
+    "ftrl_power_max_l0_nonneg_scaled": ("ftrl_", dict(lr_power=-0.7, maximize=True, l1=0.02, l0=1e-3, nonneg=True,
+                                                      grad_scale=8.0), "mixed"),
+    "ftrl_sgd_power_subgrad": ("ftrl_", dict(lr_power=0.0, l1=0.05, l1_subgradient=True), "mixed"),
+    "f64_ftrl": ("ftrl_", dict(lr_power=-0.6, beta=0.1, l2_shrinkage=0.01, l1=0.05, l2=0.1, l0=1e-3), "mixed"),
     "f64_sgd": ("sgd_", dict(momentum=0.9, weight_decay=0.01, l1=0.05, l2=0.1), "mixed"),
     "f64_adamw": ("adam_", dict(amsgrad=True, decoupled=True, weight_decay=0.1, l1=0.01, l0=1e-4), "mixed"),
     "f64_adagrad": ("adagrad_", dict(lr_decay=0.01, l1=0.01, l2=0.1, l0=1e-3), "mixed"),
@@ -235,11 +246,12 @@ def test_found_inf_changes_nothing(backend, config, dtype):
 @pytest.mark.parametrize("backend,op", each(BACKENDS, *OPS))
 def test_found_inf_zero_runs_the_step(backend, op):
     case = build(op, SIZES["mixed"], torch.float32, device=DEVICE[backend], gen=seeded(op, "fi0"), scale=2.0,
-                 weight_decay=0.1, l1=0.01, **({"momentum": 0.9} if op == "sgd_" else {}))
+                 l1=0.01, **({"momentum": 0.9} if op == "sgd_" else {}),
+                 **({"l2_shrinkage": 0.1} if op == "ftrl_" else {"weight_decay": 0.1}))
     before = case.clone()
     case.call(kernel(backend, op))
     assert not torch.equal(case.params[-1], before.params[-1])
-    for name in ("state_steps",) if op != "sgd_" else ():
+    for name in ("state_steps",) if op in ("adam_", "adagrad_") else ():
         assert all(s.item() == b.item() + 1 for s, b in zip(case.lists[name], before.lists[name]))
 
 
@@ -250,6 +262,7 @@ HP = {
                   group_dim=1),
     "adagrad_": dict(lr_decay=0.01, weight_decay=1e-2, maximize=True, l1=0.7, l2=0.3, nonneg=True,
                      group_l1=0.05),
+    "ftrl_": dict(lr_power=-0.6, beta=0.2, l2_shrinkage=0.01, maximize=True, l1=0.2, l2=0.3, l0=1e-3, nonneg=True),
 }
 
 
@@ -654,3 +667,33 @@ def test_torch_compile_sees_one_triton_custom_op(backend):
         compiled(mine.args()[0], lr)
         ref.call(ref_kernel("adam_"), lr=lr)
     compare(mine, ref)
+
+
+# FTRL's zeros come from its state: w = 0 where |z| <= l1 (then l0 on w, with the step 1/q). With a zero grad the
+# accumulator does not move (sigma = 0) and z is kept exactly, so z placed a few ulps around l1 (and w = -z/q
+# around the l0 threshold) tests the comparisons themselves, in the state's precision.
+FTRL_THRESHOLDS = {
+    # lr = 1/2, n = 1, beta = l2 = 0: q = 2. l1 = 1/4: zero where |z| <= 1/4.
+    "l1": (dict(lr=0.5, l1=0.25), 0.25),
+    # l0 = 1/4: zero where |w| = |z|/2 <= sqrt(2*l0/q) = 1/2, i.e. |z| <= 1.
+    "l0": (dict(lr=0.5, l0=0.25), 1.0),
+}
+
+
+@pytest.mark.parametrize("backend,penalty,dtype", [on(b, pen, d) for b in BACKENDS for pen in FTRL_THRESHOLDS
+                                                   for d in DTYPES])
+def test_ftrl_exact_zeros_at_threshold(backend, penalty, dtype):
+    hp, zthr = FTRL_THRESHOLDS[penalty]
+    state = torch.float64 if dtype == torch.float64 else torch.float32
+    z = ulp_neighbours(zthr, state)
+    case = build("ftrl_", [z.shape], dtype, gen=seeded("ftrl", penalty), init={"accumulators": 1.0}, **hp)
+    case.lists["linears"][0] = z.clone()
+    case.lists["grads"][0] = torch.zeros(z.shape, dtype=dtype)
+    mine, ref = case.clone(device=DEVICE[backend]), case.clone()
+    mine.call(kernel(backend, "ftrl_"))
+    ref.call(ref_kernel("ftrl_"))
+    assert torch.equal(ref.lists["linears"][0], z), "the construction must keep z exactly"
+    if dtype != torch.float16:  # fp16 flushes the few-ulp w beside the l1 threshold to 0 on the way out
+        assert torch.equal(ref.params[0] == 0, z.abs() <= zthr)
+    assert 0 < (ref.params[0] == 0).sum() < z.numel()
+    assert torch.equal(mine.params[0].cpu(), ref.params[0])

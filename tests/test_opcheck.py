@@ -24,6 +24,8 @@ VARIANTS = {
                  # a step that found_inf skips
                  "found_inf": dict(l1=0.01, l2=0.02, l0=0.001, group_l1=0.03, group_dim=1,
                                    found_inf=torch.tensor(1.0))},
+    "ftrl_": {"plain": dict(beta=0.5, l2_shrinkage=0.01, l1=0.1, l2=0.02, l0=0.001, nonneg=True),
+              "power_max_subgrad": dict(lr_power=-0.7, maximize=True, l1=0.01, l1_subgradient=True)},
 }
 CASES = [(op, name) for op in VARIANTS for name in VARIANTS[op]]
 

@@ -375,3 +375,141 @@ def test_functional_rejects_mismatched_grads_before_touching_anything(backend):
         fusedreg.functional.sgd(params, [torch.ones(4), torch.ones(3)], [torch.zeros(4)], lr=0.1, momentum=0.9,
                                 backend=backend)
     assert all(torch.equal(p, torch.ones_like(p)) for p in params)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Ftrl: against an fp64 implementation of TensorFlow's / Keras's formula written here (numpy, Keras's clip form),
+# and the two known equivalences.
+
+def ftrl_fp64(w0, grads, dtype, lr, lr_power=-0.5, initial_accumulator_value=0.1, beta=0.0, l1=0.0, l2=0.0,
+              l2_shrinkage=0.0, l0=0.0, nonneg=False, maximize=False, l1_mode="prox"):
+    """Keras's Ftrl step in fp64, per param: linear += g_s - (n'^-p - n^-p)/lr * w; quadratic = n'^-p/lr + 2*(l2 +
+    beta/(2*lr)); w = (clip(linear, -l1, l1) - linear)/quadratic; then w = 0 where the l0 term makes 0 the better
+    argmin (w^2*quadratic/2 <= l0), w = max(w, 0) for nonneg; w is stored in `dtype` after every step."""
+    w = w0.double().numpy()
+    n = np.full_like(w, initial_accumulator_value)
+    z = np.zeros_like(w)
+    for g in grads:
+        g = -g.double().numpy() if maximize else g.double().numpy()
+        thr = l1
+        if l1_mode == "subgradient":
+            g, thr = g + l1 * np.sign(w), 0.0
+        n_new = n + g * g
+        z = z + (g + 2 * l2_shrinkage * w) - (n_new ** -lr_power - n ** -lr_power) / lr * w
+        quad = n_new ** -lr_power / lr + 2 * (l2 + beta / (2 * lr))
+        w = (np.clip(z, -thr, thr) - z) / quad
+        if l0:
+            w = np.where(w * w * quad / 2 <= l0, 0.0, w)
+        if nonneg:
+            w = np.maximum(w, 0.0)
+        n = n_new
+        w = torch.from_numpy(w).to(dtype).double().numpy()
+    return torch.from_numpy(w), torch.from_numpy(n), torch.from_numpy(z)
+
+
+FTRL_CONFIGS = [
+    dict(lr=0.1),
+    dict(lr=0.05, beta=0.5, l1=1.0, l2=0.01, l2_shrinkage=0.02),
+    dict(lr=0.2, lr_power=-0.3, initial_accumulator_value=0.5, l1=2.0, maximize=True, l0=1e-2, nonneg=True),
+    dict(lr=0.1, lr_power=0.0, l1=0.02, l2=0.1),
+    dict(lr=0.1, lr_power=-0.8, initial_accumulator_value=0.0, l1=0.01, l1_mode="subgradient"),
+]
+FTRL_TOL = {torch.float64: TRAJECTORY[torch.float64], torch.float32: TRAJECTORY[torch.float32],
+            torch.bfloat16: 2.0 ** -6, torch.float16: 2.0 ** -9}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("cfg", FTRL_CONFIGS, ids=[f"ftrl-{i}" for i in range(len(FTRL_CONFIGS))])
+def test_ftrl_matches_an_fp64_implementation_of_the_formula(cfg, dtype, backend):
+    gen = torch.Generator().manual_seed(5)
+    shapes = ((7, 5), (33,), (1,))
+    ps = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype)) for s in shapes]
+    w0 = [p.detach().clone() for p in ps]
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes] for _ in range(12)]
+    opt = fusedreg.Ftrl(ps, **cfg, backend=backend)
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+    for i, p in enumerate(ps):
+        w, n, z = ftrl_fp64(w0[i], [gs[i] for gs in grads], dtype, **cfg)
+        st = opt.state[p]
+        assert set(st) == {"accumulator", "linear"}
+        assert st["accumulator"].dtype == st["linear"].dtype == (torch.float64 if dtype == torch.float64
+                                                                  else torch.float32)
+        assert torch.equal(p.detach() == 0, w == 0), f"param {i}: exact-zero set differs"
+        # z (and w = -(z -/+ l1)/q) can cancel down to far below the unit-size terms it sums: errors are held
+        # against the larger of the tensor's largest value and the terms' size (1 for z, lr for w)
+        for got, want, floor in ((p, w, cfg["lr"]), (st["accumulator"], n, 1.0), (st["linear"], z, 1.0)):
+            err = (got.detach().double() - want).abs().max().item()
+            assert err <= FTRL_TOL[dtype] * max(want.abs().max().item(), floor), (i, err)
+    if cfg.get("l1", 0) >= 1:
+        assert any((p == 0).any() for p in ps) and not all((p == 0).all() for p in ps)  # the penalty made zeros
+
+
+def linreg(dtype):
+    model = torch.nn.Linear(6, 3).to(dtype)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("init", [0.1, 0.0])
+def test_ftrl_with_lr_power_minus_half_steps_like_adagrad_from_zero(dtype, init, backend):
+    ref_model, our_model = linreg(dtype), linreg(dtype)
+    # eps=0 and a zero accumulator: Adagrad's first step divides by sqrt(g^2) (a zero grad would give 0/0: none here)
+    ref = train(ref_model, torch.optim.Adagrad(ref_model.parameters(), lr=0.05, initial_accumulator_value=init,
+                                               eps=0))
+    ours = train(our_model, fusedreg.Ftrl(our_model.parameters(), lr=0.05, lr_power=-0.5,
+                                          initial_accumulator_value=init, backend=backend))
+    assert rel_err(ours, ref) <= TRAJECTORY[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_ftrl_with_lr_power_zero_steps_like_plain_sgd_from_zero(dtype, backend):
+    ref_model, our_model = linreg(dtype), linreg(dtype)
+    ref = train(ref_model, torch.optim.SGD(ref_model.parameters(), lr=0.05))
+    ours = train(our_model, fusedreg.Ftrl(our_model.parameters(), lr=0.05, lr_power=0.0, backend=backend))
+    assert rel_err(ours, ref) <= TRAJECTORY[dtype]
+
+
+def test_ftrl_state_dict_round_trip_and_param_groups(backend):
+    a, b = mlp(torch.float32), mlp(torch.float32)
+    groups = lambda m: [dict(params=[m[0].weight, m[2].weight], l1=0.01), dict(params=[m[0].bias, m[2].bias],
+                                                                              lr_power=-0.7)]  # noqa: E731
+    opt_a = fusedreg.Ftrl(groups(a), lr=0.1, l2=0.01, beta=0.1, backend=backend)
+    train(a, opt_a, steps=5)
+    b.load_state_dict(a.state_dict())
+    opt_b = fusedreg.Ftrl(groups(b), lr=0.5, backend=backend)
+    sd = opt_a.state_dict()
+    assert all(set(st) == {"accumulator", "linear"} for st in sd["state"].values())
+    opt_b.load_state_dict(sd)
+    assert opt_b.param_groups[0]["l1"] == 0.01 and opt_b.param_groups[1]["lr_power"] == -0.7
+    assert opt_b.param_groups[0]["lr"] == 0.1 and opt_b.param_groups[0]["beta"] == 0.1
+    train(a, opt_a, steps=5)
+    train(b, opt_b, steps=5)
+    assert torch.equal(flat(a), flat(b))
+    assert (a[0].weight == 0).any() and not (a[0].bias == 0).any()
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(lr_power=0.5), "lr_power"), (dict(lr_power=float("nan")), "lr_power"), (dict(lr=0.0), "lr"),
+    (dict(initial_accumulator_value=-0.1), "initial_accumulator_value"), (dict(beta=-1.0), "beta"),
+    (dict(l1=-1.0), "l1"), (dict(l2=-1.0), "l2"), (dict(l2_shrinkage=-1.0), "l2_shrinkage"),
+    (dict(l0=-1.0), "l0"), (dict(group_l1=0.1), "group lasso")], ids=str)
+def test_ftrl_bad_hyperparameters(kw, match, backend):
+    with pytest.raises(ValueError, match=match):
+        fusedreg.Ftrl(mlp(torch.float32).parameters(), **{"lr": 0.1, **kw})
+    # the same value edited into a group after construction fails at step, before anything moves
+    model = mlp(torch.float32)
+    opt = fusedreg.Ftrl([dict(params=model[0].parameters()), dict(params=model[2].parameters())], lr=0.1,
+                        l1=0.01, backend=backend)
+    train(model, opt, steps=2)
+    X, y = data(torch.float32)
+    ((model(X) - y) ** 2).mean().backward()
+    snap = snapshot(model, opt)
+    opt.param_groups[1].update(kw)
+    with pytest.raises(ValueError, match=match):
+        opt.step()
+    assert_untouched(model, opt, snap)

@@ -27,8 +27,10 @@ CONFIGS = {
     "Adam": dict(lr=0.01, amsgrad=True, l1=0.01),
     "AdamW": dict(lr=0.01, l1=0.01, weight_decay=0.1),
     "Adagrad": dict(lr=0.05, l1=0.01, l2=0.01, lr_decay=0.01),
+    "Ftrl": dict(lr=0.05, l1=0.01, l2=0.01, l2_shrinkage=0.01, beta=0.1),
 }
 NAMES = list(CONFIGS)
+TORCH_NAMES = [n for n in NAMES if hasattr(torch.optim, n)]  # torch.optim has no Ftrl
 
 
 def params(dtype=torch.float32, seed=0, shapes=((16, 6), (16,), (3, 16), (3,))):
@@ -88,6 +90,7 @@ HYPER = {
     "Adam": ["lr", "eps", "beta1", "beta2", "weight_decay", "l1", "l0", "group_l1"],
     "AdamW": ["lr", "eps", "beta1", "beta2", "weight_decay", "l1", "l0", "group_l1"],
     "Adagrad": ["lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value", "l1", "l2", "l0", "group_l1"],
+    "Ftrl": ["lr", "initial_accumulator_value", "beta", "l1", "l2", "l2_shrinkage", "l0", "group_l1"],
 }
 BAD_HYPER = [(n, k, v) for n in HYPER for k in HYPER[n] for v in (-0.5, float("nan"))]
 
@@ -120,7 +123,7 @@ def test_hyperparameter_edited_to_a_bad_value_fails_at_step_before_any_group_mov
         for value in (-1.0, float("nan")):
             group = opt.param_groups[1]  # the second group: the first must not have been stepped either
             saved = copy.deepcopy({k: v for k, v in group.items() if k != "params"})
-            if key.startswith("beta"):
+            if key in ("beta1", "beta2"):
                 b = list(group["betas"])
                 b[key == "beta2"] = value
                 group["betas"] = tuple(b)
@@ -135,7 +138,8 @@ def test_hyperparameter_edited_to_a_bad_value_fails_at_step_before_any_group_mov
 FUNCTIONAL_BAD = [("sgd", "lr"), ("sgd", "momentum"), ("sgd", "dampening"), ("sgd", "weight_decay"), ("sgd", "l1"),
                   ("sgd", "l2"), ("sgd", "l0"), ("adam", "lr"), ("adam", "eps"), ("adam", "beta1"),
                   ("adam", "beta2"), ("adam", "l1"), ("adagrad", "lr"), ("adagrad", "lr_decay"), ("adagrad", "eps"),
-                  ("adagrad", "l2")]
+                  ("adagrad", "l2"), ("ftrl", "lr"), ("ftrl", "beta"), ("ftrl", "l2_shrinkage"), ("ftrl", "l1"),
+                  ("ftrl", "l2"), ("ftrl", "l0")]
 
 
 def functional_call(op, ps, gs, backend, **kw):
@@ -150,6 +154,9 @@ def functional_call(op, ps, gs, backend, **kw):
         state["max_exp_avg_sqs"] = [x.clone() for x in o] if kw.get("amsgrad") else []
         F.adam(ps, gs, state["exp_avgs"], state["exp_avg_sqs"], state["max_exp_avg_sqs"], steps, **{"lr": 0.1, **kw},
                backend=backend)
+    elif op == "ftrl":
+        state = dict(accumulators=[x + 0.1 for x in o], linears=o)
+        F.ftrl(ps, gs, state["accumulators"], o, **{"lr": 0.1, **kw}, backend=backend)
     else:
         state = dict(state_sums=o, state_steps=steps)
         F.adagrad(ps, gs, o, steps, **{"lr": 0.1, **kw}, backend=backend)
@@ -182,7 +189,7 @@ def test_sparse_gradient_is_rejected_and_nothing_moves(name, backend):
     _step_and_expect(ps, opt, RuntimeError, "sparse")
 
 
-@pytest.mark.parametrize("op", ["sgd", "adam", "adagrad"])
+@pytest.mark.parametrize("op", ["sgd", "adam", "adagrad", "ftrl"])
 def test_functional_rejects_sparse_and_mismatched_grads(op, backend):
     ps = [torch.ones(4), torch.ones(3)]
     for gs, match in (([torch.ones(4), torch.ones(3).to_sparse()], "sparse"),
@@ -305,7 +312,7 @@ def test_non_contiguous_params_in_an_optimizer(name, backend):
     assert all(torch.equal(a, b) for a, b in zip(views, dense))
 
 
-@pytest.mark.parametrize("op", ["sgd", "adam", "adagrad"])
+@pytest.mark.parametrize("op", ["sgd", "adam", "adagrad", "ftrl"])
 def test_overlapping_or_aliased_params_are_rejected(op, backend):
     ok = torch.ones(3)
     expanded = torch.zeros(1).expand(4)        # four elements, one memory location
@@ -457,7 +464,7 @@ def test_a_valid_optimizer_step_never_takes_the_python_walk(monkeypatch):
 
 
 # The kernel-level tests below: momentum on, AdamW's decay, so that lr reaches every term of the update.
-KERNEL_HP = {"sgd_": dict(momentum=0.9), "adam_": dict(decoupled=True), "adagrad_": dict()}
+KERNEL_HP = {"sgd_": dict(momentum=0.9), "adam_": dict(decoupled=True), "adagrad_": dict(), "ftrl_": dict()}
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -478,8 +485,10 @@ def test_kernel_lr_tensor_replaces_the_float_lr(op, lr_dtype, backend):
     # The kernels take lr as a one-element tensor too (read on the device by the CUDA kernels: no host sync, so
     # a step can be captured in a CUDA graph); it must step exactly like the float it holds, group lasso included.
     lr = 0.01 if lr_dtype == torch.float64 else float(torch.tensor(0.01, dtype=lr_dtype))
-    hp = dict(KERNEL_HP[op], weight_decay=1e-2, l1=0.3, l2=0.01, group_l1=2.0, group_dim=1,
-              **({"lr_decay": 0.1} if op == "adagrad_" else {}))
+    hp = dict(KERNEL_HP[op], l1=0.3, l2=0.01, **({"lr_decay": 0.1} if op == "adagrad_" else {}),
+              # FTRL has no weight decay nor group lasso: its shrinkage and beta carry lr instead
+              **(dict(l2_shrinkage=0.1, beta=0.5) if op == "ftrl_" else dict(weight_decay=1e-2, group_l1=2.0,
+                                                                             group_dim=1)))
 
     def call(lr_float, lr_tensor):
         case = build(op, [(6, 5), (7,)], gen=torch.Generator().manual_seed(7), **hp)
@@ -548,7 +557,8 @@ def _load_then_step(ps, opt, sd, match):
 
 
 STATE_KEYS = {"SGD": ["momentum_buffer"], "Adam": ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-              "AdamW": ["step", "exp_avg", "exp_avg_sq"], "Adagrad": ["step", "sum"]}
+              "AdamW": ["step", "exp_avg", "exp_avg_sq"], "Adagrad": ["step", "sum"],
+              "Ftrl": ["accumulator", "linear"]}
 MISSING = [(n, k) for n in STATE_KEYS for k in STATE_KEYS[n]]
 
 
@@ -595,7 +605,7 @@ def test_bad_state_tensor_in_a_later_group_moves_no_earlier_group_at_step(name, 
 
 
 OTHER = [("SGD", "Adam"), ("Adam", "SGD"), ("Adagrad", "Adam"), ("Adam", "Adagrad"), ("SGD", "Adagrad"),
-         ("Adagrad", "SGD")]
+         ("Adagrad", "SGD"), ("Ftrl", "Adagrad"), ("Adagrad", "Ftrl"), ("Ftrl", "Adam")]
 
 
 @pytest.mark.parametrize("src,dst", OTHER,
@@ -619,7 +629,7 @@ def test_state_dict_with_another_group_layout_is_rejected(backend):
 # ------------------------------------------------------------------------------------------------------------
 # Non-finite gradients
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TORCH_NAMES)
 def test_nonfinite_gradients_propagate_like_torch_optim(name, backend):
     """Without GradScaler nothing is skipped: NaN/inf gradients reach params and state, exactly where
     torch.optim's do (documented in fusedreg.functional)."""
@@ -696,6 +706,8 @@ RESUME_CONFIGS = [
     ("AdamW", "float32", dict(lr=0.01, weight_decay=0.1, l1=0.001)),
     ("AdamW", "float64", dict(lr=0.01, amsgrad=True, group_l1=0.01, group_dim=1)),
     ("Adagrad", "float32", dict(lr=0.05, lr_decay=0.01, l1=0.01, l2=0.01, initial_accumulator_value=0.1)),
+    ("Ftrl", "float32", dict(lr=0.05, l1=0.01, l2=0.01, l2_shrinkage=0.01, beta=0.1)),
+    ("Ftrl", "bfloat16", dict(lr=0.05, lr_power=-0.7, l1=0.01, l0=1e-4, nonneg=True)),
 ]
 
 _RESUME = textwrap.dedent('''

@@ -21,6 +21,8 @@ C10_ALWAYS_INLINE Vec<T> fr_abs(const Vec<T>& x) { return x.abs(); }
 template <typename T>
 C10_ALWAYS_INLINE Vec<T> fr_neg(const Vec<T>& x) { return x.neg(); }
 template <typename T>
+C10_ALWAYS_INLINE Vec<T> fr_pow(const Vec<T>& x, const Vec<T>& e) { return x.pow(e); }
+template <typename T>
 C10_ALWAYS_INLINE Vec<T> fr_fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) { return at::vec::fmadd(a, b, c); }
 // NaN-propagating, like torch.maximum.
 template <typename T>

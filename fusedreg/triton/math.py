@@ -249,6 +249,45 @@ def adagrad_update(p, g, s, gs, clr, eps, weight_decay, pen,
     return p, s
 
 
+@triton.jit
+def ftrl_power(n, neg_power, POWER: tl.constexpr):
+    """n^(-lr_power), neg_power = -lr_power in fp64: sqrt for -0.5 (POWER 0), 1 for 0 (POWER 1), else (POWER 2)
+    exp2(e*log2(n)) in fp64, with e rounded to the compute dtype first (libdevice's pow does not run under the
+    interpreter; in fp64 this is within an fp32 rounding of pow, and a few fp64 ulps for fp64 params)."""
+    if POWER == 0:
+        r = sqrt(n)
+    elif POWER == 1:
+        r = tl.full(n.shape, 1.0, n.dtype)
+    else:
+        e = neg_power.to(n.dtype).to(tl.float64)
+        r = tl.exp2(e * tl.log2(n.to(tl.float64))).to(n.dtype)
+    return r
+
+
+@triton.jit
+def ftrl_update(p, g, n, z, gs, lr, neg_power, beta, l2_shrinkage, l1, l2, pen, pen_prox,
+                HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr, POWER: tl.constexpr):
+    """FTRL-Proximal (fusedreg.reference.ftrl_), all scalars fp64; l1 is the closed form's (0 for a subgradient
+    l1), pen_prox the penalties with l1 = l2 = 0 (l0 and nonneg with the step 1/q)."""
+    dt = p.dtype
+    g = prep_grad(p, g, gs, weight_decay=0.0, pen=pen, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN)
+    g_s = g
+    if l2_shrinkage != 0:
+        g_s = g + (2.0 * l2_shrinkage).to(dt) * p
+    n_new = n + g * g
+    pn = ftrl_power(n_new, neg_power, POWER)
+    lr = lr.to(dt)
+    sigma = div(pn - ftrl_power(n, neg_power, POWER), lr)
+    z = z + (g_s - sigma * p)
+    q = div(beta.to(dt) + pn, lr) + (2.0 * l2).to(dt)
+    az = tl.abs(z)
+    l1 = l1.to(dt)
+    # The select makes the zeros (also where q is 0, as TensorFlow's).
+    w = tl.where(az <= l1, 0.0, div(-(sign(z) * (az - l1)), q))
+    w = prox(w, q, 1.0, pen=pen_prox, PEN=PEN, HAS_DENOM=True)
+    return w, n_new, z
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The group prox (fusedreg.reference.group_prox): group sums in fp64, per-element factors in the compute dtype
 

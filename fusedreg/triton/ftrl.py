@@ -1,0 +1,79 @@
+"""FTRL-Proximal (TensorFlow's / Keras's Ftrl, fusedreg.reference.ftrl_) on Triton: the kernel, one chunk per
+program, and the host entry `ftrl_`."""
+import torch
+import triton
+import triton.language as tl
+
+from .. import _ops, reference
+from . import launch
+from .launch import chunk_row, col
+from .math import f64, ftrl_update, penalties, store
+
+
+@triton.jit
+def ftrl_piece(p_ptr, g_ptr, n_ptr, z_ptr, offs, mask, gs, lr, neg_power, beta, l2_shrinkage, l1, l2, pen, pen_prox,
+               CDT: tl.constexpr, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr,
+               POWER: tl.constexpr):
+    p = tl.load(p_ptr + offs, mask=mask).to(CDT)
+    g = tl.load(g_ptr + offs, mask=mask).to(CDT)
+    n = tl.load(n_ptr + offs, mask=mask)
+    z = tl.load(z_ptr + offs, mask=mask)
+    p, n, z = ftrl_update(p, g, n, z, gs, lr=lr, neg_power=neg_power, beta=beta, l2_shrinkage=l2_shrinkage, l1=l1,
+                          l2=l2, pen=pen, pen_prox=pen_prox, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN, POWER=POWER)
+    store(n_ptr + offs, n, mask)
+    store(z_ptr + offs, z, mask)
+    store(p_ptr + offs, p, mask)
+
+
+@triton.jit
+def ftrl_kernel(rows, grad_scale, found_inf, lr: tl.float64, neg_power: tl.float64, beta: tl.float64,
+                l2_shrinkage: tl.float64, l1: tl.float64, l2: tl.float64, pen, pen_prox,
+                P_DT: tl.constexpr, CDT: tl.constexpr, HAS_GS: tl.constexpr, HAS_FI: tl.constexpr,
+                MAXIMIZE: tl.constexpr, PEN: tl.constexpr, POWER: tl.constexpr,
+                ALIGNED: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    row, n = chunk_row(rows, found_inf, HAS_FI)
+    p_ptr = col(row, 0, P_DT, ALIGNED)
+    g_ptr = col(row, 1, P_DT, ALIGNED)
+    n_ptr = col(row, 2, CDT, ALIGNED)
+    z_ptr = col(row, 3, CDT, ALIGNED)
+    gs = 1.0
+    if HAS_GS:
+        gs = tl.load(grad_scale).to(CDT)
+    lr = f64(lr)
+    neg_power = f64(neg_power)
+    beta = f64(beta)
+    l2_shrinkage = f64(l2_shrinkage)
+    l1 = f64(l1)
+    l2 = f64(l2)
+    for start in range(0, CHUNK, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        if start + BLOCK <= n:
+            ftrl_piece(p_ptr, g_ptr, n_ptr, z_ptr, offs, None, gs, lr=lr, neg_power=neg_power, beta=beta,
+                       l2_shrinkage=l2_shrinkage, l1=l1, l2=l2, pen=pen, pen_prox=pen_prox, CDT=CDT, HAS_GS=HAS_GS,
+                       MAXIMIZE=MAXIMIZE, PEN=PEN, POWER=POWER)
+        elif start < n:
+            ftrl_piece(p_ptr, g_ptr, n_ptr, z_ptr, offs, offs < n, gs, lr=lr, neg_power=neg_power, beta=beta,
+                       l2_shrinkage=l2_shrinkage, l1=l1, l2=l2, pen=pen, pen_prox=pen_prox, CDT=CDT, HAS_GS=HAS_GS,
+                       MAXIMIZE=MAXIMIZE, PEN=PEN, POWER=POWER)
+
+
+def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_shrinkage=0.0, maximize=False,
+          group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None, **pen):
+    """fusedreg.reference.ftrl_ on Triton (the arguments: fusedreg._ops.ARGS["ftrl_"]; pen: the elementwise
+    penalties)."""
+    kw = {k: v for k, v in locals().items() if k != "pen"}
+    if torch.compiler.is_compiling():
+        return torch.ops.fusedreg.triton_ftrl_(**kw, **pen)
+    _ops.check("ftrl_", **kw)
+    reference.check_ftrl_group(group_l1)
+    lr = float(reference.op_lr(lr, lr_tensor))
+    device = params[0].device if params else None
+    pens, flags = penalties(device, **pen)
+    # l0 and nonneg after the closed form, which has l1 and l2 itself: the prox's own l1 and l2 are off
+    pen_prox, _ = penalties(device, l0=pen.get("l0", 0.0))
+    l1 = 0.0 if pen.get("l1_subgradient") else float(pen.get("l1", 0.0))
+    power = 0 if lr_power == -0.5 else 1 if lr_power == 0 else 2
+    launch.run(ftrl_kernel, [params, grads, accumulators, linears], [], grad_scale, found_inf,
+               lr=lr, neg_power=-float(lr_power), beta=float(beta), l2_shrinkage=float(l2_shrinkage), l1=l1,
+               l2=float(pen.get("l2", 0.0)), pen=pens, pen_prox=pen_prox, PEN=flags, POWER=power,
+               MAXIMIZE=bool(maximize))
