@@ -6,7 +6,8 @@ Workload: 25.2M fp32 params in 34 tensors (16 x 1024x1024, 16 x 1024, 2 x 4096x1
     .venv/bin/python bench/bench_cpu.py bench/cpu.json      # the markdown table of bench/README.md
 
 pytest-benchmark times; nothing here asserts a time. The roofline is a streaming `a += b` (torch._foreach_add_)
-over the same tensors; effective bandwidth = bytes/param x params / median (SGD 12, SGD-momentum 20, Adam 28 B).
+over the same tensors; effective bandwidth = bytes/param x params / median (SGD 12, SGD-momentum 20, Adam 28 B,
+FTRL 28, Adagrad 20: FTRL is timed against torch's fused Adagrad, torch.optim having no FTRL).
 fusedreg is timed as its optimizer classes (`fusedreg.AdamW(...).step()`, as users call it) and, in the `_op`
 rows, as the bare op. The paired group alternates fusedreg and torch's fused step in one loop and keeps the
 median of the per-pair time ratios, which drifts far less with this VM's memory bandwidth than a ratio of two
@@ -25,7 +26,8 @@ import torch
 SHAPES = [(1024, 1024)] * 16 + [(1024,)] * 16 + [(4096, 1024)] * 2
 NUMEL = sum(torch.Size(s).numel() for s in SHAPES)
 LR, WD, L1 = 1e-3, 1e-2, 1e-4
-BYTES = {"adam": 28, "sgd_momentum": 20, "sgd": 12, "copy": 12}
+# FTRL: p, n and z read and written, g read (28); Adagrad: p and sum read and written, g read (20).
+BYTES = {"adam": 28, "sgd_momentum": 20, "sgd": 12, "copy": 12, "ftrl": 28, "adagrad": 20}
 
 
 def _ops():
@@ -214,6 +216,40 @@ def test_torch_sgd_fused(benchmark):
     _torch_sgd(benchmark, momentum=0.0, fused=True)
 
 
+# ---- FTRL: bytes/param 28, against torch's fused Adagrad (20; torch.optim has no FTRL) --------------------
+
+def _fusedreg_ftrl():
+    import fusedreg
+    return fusedreg.Ftrl(_with_grads(), lr=LR, l1=L1, backend="cpp").step
+
+
+def _torch_adagrad_fused():
+    return torch.optim.Adagrad(_with_grads(), lr=LR, initial_accumulator_value=0.1, fused=True).step
+
+
+@pytest.mark.benchmark(group="ftrl")
+def test_fusedreg_ftrl_l1(benchmark):
+    benchmark.extra_info["bytes_per_param"] = BYTES["ftrl"]
+    run(benchmark, _fusedreg_ftrl())
+
+
+@pytest.mark.benchmark(group="ftrl")
+def test_fusedreg_ftrl_l1_op(benchmark):
+    ops = _ops()
+    params, grads, (n, z) = tensors(2)
+    for t in n:
+        t.fill_(0.1)
+    benchmark.extra_info["bytes_per_param"] = BYTES["ftrl"]
+    kw = scalars("ftrl_", l1=L1)
+    run(benchmark, lambda: ops.ftrl_(params, grads, n, z, **kw))
+
+
+@pytest.mark.benchmark(group="ftrl")
+def test_torch_adagrad_fused(benchmark):
+    benchmark.extra_info["bytes_per_param"] = BYTES["adagrad"]
+    run(benchmark, _torch_adagrad_fused())
+
+
 # ---- paired: fusedreg's step / another step, alternated in one loop -----------------------------------------
 
 PAIRS = {
@@ -223,6 +259,7 @@ PAIRS = {
                                                                             weight_decay=WD, fused=True).step),
     "sgd_l1": (lambda: _fusedreg_sgd(0.0), lambda: torch.optim.SGD(_with_grads(), lr=LR, weight_decay=WD,
                                                                    fused=True).step),
+    "ftrl_l1_vs_adagrad": (_fusedreg_ftrl, _torch_adagrad_fused),
     "adamw_l1_l2_vs_seeds_way": (_fusedreg_adamw, _seeds_step),
     "adamw_l1_l2_vs_seeds_way_fused": (_fusedreg_adamw, lambda: _seeds_step(fused=True)),
 }
@@ -245,7 +282,7 @@ def test_paired(benchmark, pair):
             times[name] = time.perf_counter() - t0
         ratios.append(times["ours"] / times["torch"])
 
-    benchmark.extra_info["bytes_per_param"] = 2 * BYTES["adam" if "adam" in pair else
+    benchmark.extra_info["bytes_per_param"] = 2 * BYTES["adam" if "adam" in pair else "ftrl" if "ftrl" in pair else
                                                      "sgd_momentum" if "momentum" in pair else "sgd"]
     # Many short rounds: the per-round ratio scatters by +-5% here, so the median of 200 moves by < 1%.
     run(benchmark, both, rounds=40 if "seeds" in pair else 200)
@@ -331,7 +368,7 @@ def table(path):
     roof = "roofline_a_plus_eq_b"
     roof_bw = BYTES["copy"] * NUMEL / med(roof) if roof in rows else float("nan")
     base = {"adamw": "torch_adamw_fused", "sgd": "torch_sgd_momentum_fused", "roofline": None,
-            "group_lasso": "group_adamw_l1[none]", "paired": None}
+            "group_lasso": "group_adamw_l1[none]", "paired": None, "ftrl": "torch_adagrad_fused"}
     out = [f"threads: {torch.get_num_threads()}, params: {NUMEL:,} fp32 in {len(SHAPES)} tensors", "",
            "| benchmark | median (ms) | vs baseline | bytes/param | effective GB/s | of roofline |",
            "| --- | ---: | ---: | ---: | ---: | ---: |"]

@@ -117,6 +117,27 @@ def cases(dtype):
             return opt.step
         return make
 
+    def ftrl(fn):
+        def make():
+            p, g, (n, z) = setup(dtype, 2)
+            for t in n:
+                t.fill_(0.1)
+            kw = {**_ops.defaults("ftrl_"), "lr": LR, "l1": L1}
+            return lambda: fn(p, g, n, z, **kw)
+        return make
+
+    def ftrl_class(backend):
+        def make():
+            _, opt = torch_opt(fusedreg.Ftrl, dtype, lr=LR, l1=L1, backend=backend if DEVICE == "cuda" else "auto")
+            return opt.step
+        return make
+
+    def adagrad(**kw):
+        def make():
+            _, opt = torch_opt(torch.optim.Adagrad, dtype, lr=LR, initial_accumulator_value=0.1, **kw)
+            return opt.step
+        return make
+
     def copy():
         a, b, _ = setup(dtype, 0)
         return lambda: torch._foreach_copy_(a, b)
@@ -125,14 +146,19 @@ def cases(dtype):
         a, b, _ = setup(dtype, 0)
         return lambda: torch._foreach_add_(a, b)
 
+    ftrl_bytes = 3 * esz + 16 if dtype != torch.float32 else 28  # p, g read; p written; n, z read+written fp32
+    adagrad_bytes = 3 * esz + 8 if dtype != torch.float32 else 20
     out = {"fusedreg_cuda_adamw_l1_l2": (fused_adam(ops.adam_), adam_bytes),
-           "fusedreg_cuda_adamw_class_l1": (optimizer("AdamW", "cuda"), adam_bytes)}
+           "fusedreg_cuda_adamw_class_l1": (optimizer("AdamW", "cuda"), adam_bytes),
+           "fusedreg_cuda_ftrl_l1": (ftrl(ops.ftrl_), ftrl_bytes),
+           "fusedreg_cuda_ftrl_class_l1": (ftrl_class("cuda"), ftrl_bytes)}
     try:
         why = fusedreg.backends.explain()["triton"]
         if why != "available":
             raise RuntimeError(why)
         out["fusedreg_triton_adamw_l1_l2"] = (fused_adam(fusedreg.backends.kernel("triton", "adam_")), adam_bytes)
         out["fusedreg_triton_adamw_class_l1"] = (optimizer("AdamW", "triton"), adam_bytes)
+        out["fusedreg_triton_ftrl_l1"] = (ftrl(fusedreg.backends.kernel("triton", "ftrl_")), ftrl_bytes)
     except Exception as e:  # noqa: BLE001  (Triton is optional)
         print(f"triton: not benchmarked ({type(e).__name__}: {e})")
     out.update({
@@ -145,6 +171,7 @@ def cases(dtype):
         "fusedreg_cuda_sgd_class_momentum_l1": (optimizer("SGD", "cuda", momentum=0.9), sgd_bytes),
         "torch_sgd_momentum_fused": (sgd(fused=True), sgd_bytes),
         "torch_sgd_momentum_foreach": (sgd(foreach=True), sgd_bytes),
+        "torch_adagrad_fused": (adagrad(fused=True), adagrad_bytes),
         "copy_d2d": (copy, 2 * esz),
         "a_plus_eq_b": (add, 3 * esz),
     })
@@ -179,13 +206,15 @@ def main():
     for dt, rows in result["results"].items():
         base = rows.get("torch_adamw_fused", {}).get("median_ms")
         sbase = rows.get("torch_sgd_momentum_fused", {}).get("median_ms")
-        print(f"\n### {dt}\n\n| case | median (ms) | vs torch fused | GB/s |\n| --- | ---: | ---: | ---: |")
+        fbase = rows.get("torch_adagrad_fused", {}).get("median_ms")
+        print(f"\n### {dt}\n\n| case | median (ms) | vs torch fused (FTRL: vs fused Adagrad) | GB/s |\n"
+              "| --- | ---: | ---: | ---: |")
         for name, r in rows.items():
             if "error" in r:
                 print(f"| {name} | error: {r['error'][:80]} | | |")
                 continue
-            ref = sbase if "sgd" in name else base
-            ratio = f"{r['median_ms'] / ref:.2f}x" if ref and ("adam" in name or "sgd" in name or "seeds" in name) \
+            ref = sbase if "sgd" in name else fbase if ("ftrl" in name or "adagrad" in name) else base
+            ratio = f"{r['median_ms'] / ref:.2f}x" if ref and any(k in name for k in ("adam", "sgd", "seeds", "ftrl")) \
                 else ""
             print(f"| {name} | {r['median_ms']:.2f} | {ratio} | {r['GBps']:.0f} |")
 

@@ -45,7 +45,7 @@ from fusedreg import backends
 from tolerances import STEP
 
 BACKENDS = [b for b in backends.available() if b != "cuda"]
-OPS = ("sgd", "adam", "adagrad")
+OPS = ("sgd", "adam", "adagrad", "ftrl")
 
 _FULL = int(os.environ.get("FUSEDREG_FUZZ_EXAMPLES", "0") or 0)
 _FULL_TRITON = int(os.environ.get("FUSEDREG_FUZZ_EXAMPLES_TRITON", "0") or 0) or _FULL
@@ -145,6 +145,14 @@ def cases(draw, op):
                  eps=draw(_hp(0.0, 1e-30, 1e-8, 1e-3, 1.0, lo=0.0, hi=1.0)),
                  decoupled=draw(st.booleans()), amsgrad=draw(st.booleans()),
                  step0=draw(st.sampled_from([0, 1, 2, 9, 1000]) | st.integers(0, 2**24 - 2)))
+    elif op == "ftrl":
+        # lr >= 1e-3 and lr_power >= -0.75: sigma*w (up to n^0.75/lr * |w|) stays inside fp32's range
+        c.update(weight_decay=0.0, lr=draw(_hp(1e-3, 0.1, 1.0, 1e3, lo=1e-3, hi=2.0)),
+                 # (an exponent under 1e-9 becomes 0, as _hp does: opmath would round it to 0)
+                 lr_power=draw(st.sampled_from([-0.5, -0.5, 0.0, -0.75, -0.25])
+                               | st.floats(-0.75, 0.0).map(lambda x: 0.0 if x > -1e-9 else x)),
+                 beta=draw(_hp(0.0, 0.0, 0.1, 1.0, lo=0.0, hi=2.0)),
+                 l2_shrinkage=draw(_hp(0.0, 0.0, 1e-3, 1.0, lo=0.0, hi=2.0)))
     else:
         c.update(lr=draw(_hp(0.0, 1e-12, 1e-3, 0.1, 1.0, 1e3, lo=0.0, hi=2.0)),
                  lr_decay=draw(_hp(0.0, 0.0, 1e-2, 1.0, 1e3, lo=0.0, hi=1.0)),
@@ -172,7 +180,7 @@ def _values(gen, numel, dtype, mode, zero_frac, square=False):
 def build(c):
     """Concrete tensors for a case: params, grads, state (in opmath, like fusedreg.optim creates it)."""
     gen = torch.Generator().manual_seed(c["seed"])
-    t = dict(params=[], grads=[], bufs=[], m=[], v=[], vmax=[], sums=[], steps=[])
+    t = dict(params=[], grads=[], bufs=[], m=[], v=[], vmax=[], sums=[], steps=[], n=[], z=[])
     for shape, dt in c["tensors"]:
         numel = math.prod(shape)
         O = opmath(dt)
@@ -194,9 +202,12 @@ def build(c):
             t["v"].append(val(square=True).to(O))
             t["vmax"].append((t["v"][-1].double() * (1 + torch.rand(shape, generator=gen, dtype=torch.float64))
                               * (torch.rand(shape, generator=gen) < 0.8)).to(O))
+        elif c["op"] == "ftrl":
+            t["n"].append(val(square=True, zero_frac=0.1).to(O))
+            t["z"].append(val().to(O))
         else:
             t["sums"].append(val(square=True, zero_frac=0.1).to(O))
-        if c["op"] != "sgd":
+        if c["op"] in ("adam", "adagrad"):
             t["steps"].append(torch.tensor(float(c["step0"]), dtype=torch.float32))
     return t
 
@@ -247,6 +258,44 @@ def _grad(c, p, g):
     return g, Mg
 
 
+def _ftrl_power(x, Mx, e):
+    """x^e and its magnitude: x's relative error times e, pow's own rounding, and e's rounding to opmath
+    (x^(e(1+u)) = x^e * (1 + e*u*ln x))."""
+    if e == 0:
+        return torch.ones_like(x), torch.zeros_like(x)
+    v = x ** e
+    pos = x > 0
+    rel = 1 + torch.where(pos, e * Mx / torch.where(pos, x, 1.0) + e * torch.log(torch.where(pos, x, 1.0)).abs(),
+                          0.0)
+    return v, v * rel
+
+
+def ftrl_oracle(c, p, g, Mg, n0, z0, O):
+    """FTRL-Proximal (TensorFlow's formula) in fp64 with magnitudes: {name: (value, M, boundary, l0b, alt)}."""
+    none = torch.zeros_like(p, dtype=torch.bool)
+    lr, e, l2s = c["lr"], -c["lr_power"], c["l2_shrinkage"]
+    gs, Mgs = g + 2 * l2s * p, Mg + 2 * l2s * p.abs()
+    n1, Mn1 = n0 + g * g, n0 + Mg * Mg
+    pn1, Mpn1 = _ftrl_power(n1, Mn1, e)
+    pn0, Mpn0 = _ftrl_power(n0, n0, e)
+    sigma, Msig = (pn1 - pn0) / lr, (Mpn1 + Mpn0) / lr
+    z, Mz = z0 + (gs - sigma * p), z0.abs() + Mgs + Msig * p.abs()
+    q, Mq = (c["beta"] + pn1) / lr + 2 * c["l2"], (c["beta"] + Mpn1) / lr + 2 * c["l2"]
+    thr = c["l1"] if c["l1_mode"] == "prox" else 0.0
+    band = 2 * STEP[O]
+    w = torch.where(z.abs() <= thr, torch.zeros_like(z), -(torch.sign(z) * (z.abs() - thr)) / q)
+    Mw = (Mz + thr) / q + w.abs() * Mq / q
+    near = (z.abs() - thr).abs() <= band * (Mz + thr)
+    alt, near0 = w, none
+    if c["l0"]:
+        cut = torch.sqrt(2 * c["l0"] / q)
+        near0 = (w.abs() - cut).abs() <= band * (Mw + cut * Mq / q)
+        w = torch.where(w.abs() <= cut, torch.zeros_like(w), w)
+    if c["nonneg"]:
+        w, alt = torch.clamp_min(w, 0), torch.clamp_min(alt, 0)
+    return dict(n=(n1, Mn1, none, none, n1), z=(z, Mz, none, none, z), params=(w, Mw, near | near0, near0, alt))
+
+
 def oracle(c, t, i):
     """fp64 results for tensor i. Returns {name: (value, M, boundary, l0_boundary, alt)} and (upd, targets):
     v = p_eff - upd and the thresholds on |v| (valid where the update does not depend on p)."""
@@ -256,6 +305,8 @@ def oracle(c, t, i):
     out = {}
     none = torch.zeros_like(p, dtype=torch.bool)
     scale = 1.0
+    if c["op"] == "ftrl":
+        return ftrl_oracle(c, p, g, Mg, f(t["n"][i]), f(t["z"][i]), opmath(t["params"][i].dtype)), None
     if c["op"] == "sgd":
         lr, mu, tau = c["lr"], c["momentum"], c["dampening"]
         d, Md = g, Mg
@@ -321,8 +372,8 @@ def oracle(c, t, i):
 
 def place(c, t):
     """Move a fraction of the params so v = p_eff - upd lands at or a few ulps beside a threshold."""
-    if not c["place"] or c["weight_decay"] and not (c["op"] == "adam" and c["decoupled"]):
-        return
+    if not c["place"] or c["weight_decay"] and not (c["op"] == "adam" and c["decoupled"]) or c["op"] == "ftrl":
+        return  # FTRL's thresholds are on z, which the state sets: tests/test_kernels.py places z there
     if c["l1"] and c["l1_mode"] == "subgradient":
         return
     gen = torch.Generator().manual_seed(c["seed"] + 1)
@@ -346,10 +397,15 @@ def place(c, t):
 
 def run(c, t, backend):
     fn = getattr(fusedreg.functional, c["op"])
-    kw = dict(weight_decay=c["weight_decay"], maximize=c["maximize"], l1=c["l1"], l1_mode=c["l1_mode"],
+    kw = dict(maximize=c["maximize"], l1=c["l1"], l1_mode=c["l1_mode"],
               l2=c["l2"], l0=c["l0"], nonneg=c["nonneg"], backend=backend,
               grad_scale=None if c["grad_scale"] is None else torch.tensor(c["grad_scale"]),
               found_inf=None if c["found_inf"] is None else torch.tensor(c["found_inf"]))
+    if c["op"] == "ftrl":
+        fn(t["params"], t["grads"], t["n"], t["z"], lr=c["lr"], lr_power=c["lr_power"], beta=c["beta"],
+           l2_shrinkage=c["l2_shrinkage"], **kw)
+        return
+    kw["weight_decay"] = c["weight_decay"]
     if c["op"] == "sgd":
         fn(t["params"], t["grads"], t["bufs"] if c["momentum"] else [], lr=c["lr"], momentum=c["momentum"],
            dampening=c["dampening"], nesterov=c["nesterov"], first_step=c["first_step"], **kw)

@@ -261,6 +261,8 @@ def ftrl_power(n, neg_power, POWER: tl.constexpr):
     else:
         e = neg_power.to(n.dtype).to(tl.float64)
         r = tl.exp2(e * tl.log2(n.to(tl.float64))).to(n.dtype)
+        if e == 0:  # a tiny lr_power that opmath rounds to 0: pow(n, 0) = 1, also for n = 0 (0 * log2(0) is NaN)
+            r = tl.full(n.shape, 1.0, n.dtype)
     return r
 
 
