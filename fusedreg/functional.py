@@ -49,13 +49,9 @@ def check_args(**kw):
                 raise ValueError(f"Invalid {name} value: {value} (must be in [0, 1))")
         elif name in _NONNEG:
             check_nonneg(name, value)
-    if "lr_power" in kw:  # FTRL's own rules (TensorFlow's): it divides by lr, and n^(-lr_power) must not blow up
-        lr_power = float(kw["lr_power"])
-        if not lr_power <= 0:
+    if "lr_power" in kw:  # FTRL's own rules: n^(-lr_power) must not blow up (TensorFlow's), no group lasso
+        if not float(kw["lr_power"]) <= 0:
             raise ValueError(f"Invalid lr_power value: {kw['lr_power']} (must be <= 0)")
-        lr = kw.get("lr", 1.0)
-        if not (torch.is_tensor(lr) and lr.device.type != "cpu") and float(lr) == 0:
-            raise ValueError("Invalid lr value: 0 (Ftrl divides by lr: it must be > 0)")
         if kw.get("group_l1", 0) != 0:
             raise ValueError(f"Ftrl does not support group lasso (group_l1 must be 0, got {kw['group_l1']})")
     if kw.get("l1_mode", "prox") not in L1_MODES:

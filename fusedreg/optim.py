@@ -408,7 +408,8 @@ class Ftrl(_Fused):
     exact argmin of the same per-element objective (w = 0 where |w| <= sqrt(2*l0/q), q the denominator above;
     w = max(w, 0)). group_l1 is refused. lr_power = -0.5 is Adagrad's step (from w = 0 with no penalties the same
     steps as torch.optim.Adagrad with eps=0), 0 plain SGD's. State per param, in opmath: "accumulator" (n) and
-    "linear" (z), made on the param's first step."""
+    "linear" (z), made on the param's first step. lr = 0 takes no step (TensorFlow needs lr > 0; FTRL divides by
+    it), which is what torch.distributed.checkpoint's state initialization (an lr = 0 step) needs."""
     _defaults = dict(lr_power=-0.5, initial_accumulator_value=0.1, beta=0.0, l2=0.0, l2_shrinkage=0.0,
                      maximize=False)
     _op = "ftrl_"

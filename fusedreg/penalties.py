@@ -100,6 +100,13 @@ def _tensor_penalty(w, l1, half_l2, group_l1, group_dim, l0):
     return acc
 
 
+def _ftrl(group):
+    """An Ftrl group's penalty in penalty()'s terms: FTRL's l2 is the penalty l2·Σw² (TensorFlow's
+    l2_regularization_strength) and l2_shrinkage adds 2·l2_shrinkage·w to the gradient, l2_shrinkage·Σw²."""
+    return dict(l1=group["l1"], weight_decay=0, group_l1=0, group_dim=0, l0=group["l0"],
+                l2=2 * (group["l2"] + group["l2_shrinkage"]))
+
+
 @torch.no_grad()
 def penalty(params_or_model, *, l1=None, weight_decay=None, group_l1=None, group_dim=None, l2=None, l0=None):
     """The value of the penalty the optimizers apply, as a 0-dim fp64 tensor (not differentiable, for logging):
@@ -110,12 +117,14 @@ def penalty(params_or_model, *, l1=None, weight_decay=None, group_l1=None, group
     p[i]) or columns (group_dim=1, p[:, j]) of tensors with dim >= 2; 1-D tensors add no group term.
     Given an optimizer and no keywords, each param group's own l1, weight_decay, group_l1, group_dim (and
     Adagrad's l2, l0) are used, so `loss + fusedreg.penalty(opt)` is the objective being minimized (for AdamW
-    the decoupled weight decay is reported as 1/2*wd*||w||^2, which is only what it approximates).
+    the decoupled weight decay is reported as 1/2*wd*||w||^2, which is only what it approximates; for Ftrl,
+    whose l2 is TensorFlow's, l2*||w||^2, and l2_shrinkage*||w||^2).
     Per tensor: one fp64 elementwise pass and one reduction; the result lives on the first tensor's device.
     """
     given = dict(l1=l1, weight_decay=weight_decay, group_l1=group_l1, group_dim=group_dim, l2=l2, l0=l0)
     if isinstance(params_or_model, torch.optim.Optimizer) and all(v is None for v in given.values()):
-        settings = [(g["params"], {k: g.get(k, 0) for k in given}) for g in params_or_model.param_groups]
+        settings = [(g["params"], {k: g.get(k, 0) for k in given} if "lr_power" not in g else _ftrl(g))
+                    for g in params_or_model.param_groups]
     else:
         settings = [([t for _, t in _named(params_or_model)], {k: (0 if v is None else v) for k, v in given.items()})]
     total, device = None, None

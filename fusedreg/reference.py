@@ -168,11 +168,12 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
         g_s = g + 2*l2_shrinkage*w;  n' = n + g^2;  sigma = (n'^-p - n^-p)/lr;  z += g_s - sigma*w;
         q = (beta + n'^-p)/lr + 2*l2;  w = 0 where |z| <= l1, else -(z - sign(z)*l1)/q;  n = n'
     (p = lr_power; g after unscaling, maximize and a subgradient l1, which then leaves the closed form's l1 at 0),
-    then l0 and nonneg with the element's step 1/q: the exact argmin of the same per-element objective."""
+    then l0 and nonneg with the element's step 1/q: the exact argmin of the same per-element objective. lr = 0
+    changes nothing (TensorFlow needs lr > 0; torch.distributed.checkpoint makes state with an lr = 0 step)."""
     check_group_dim(group_dim)
     check_ftrl_group(group_l1)
     lr = op_lr(lr, lr_tensor)
-    if _skip(found_inf):
+    if _skip(found_inf) or lr == 0:  # lr = 0 takes no step (FTRL divides by lr; DCP's state init steps with 0)
         return
     l1 = 0.0 if pen.get("l1_subgradient") else pen.get("l1", 0.0)
     for i, (param, grad) in enumerate(zip(params, grads)):

@@ -26,6 +26,7 @@ CASES = [
     ("AdamW", dict(lr=0.02, l1=0.05, weight_decay=0.01, amsgrad=True), ("ddp", "fsdp")),
     ("Adagrad", dict(lr=0.1, l1=0.02, l2=0.01), ("ddp", "fsdp")),
     ("Adam", dict(lr=0.02, group_l1=0.05, group_dim=0), ("ddp", "fsdp")),  # FSDP2 shards rows: Shard(0)
+    ("Ftrl", dict(lr=0.1, l1=0.02, l2=0.01, beta=0.1, lr_power=-0.6), ("ddp", "fsdp")),
 ]
 
 

@@ -697,3 +697,16 @@ def test_ftrl_exact_zeros_at_threshold(backend, penalty, dtype):
         assert torch.equal(ref.params[0] == 0, z.abs() <= zthr)
     assert 0 < (ref.params[0] == 0).sum() < z.numel()
     assert torch.equal(mine.params[0].cpu(), ref.params[0])
+
+
+@pytest.mark.parametrize("backend", each(BACKENDS))
+def test_ftrl_lr_zero_takes_no_step(backend):
+    # FTRL divides by lr: lr = 0 (torch.distributed.checkpoint's state initialization steps with it) changes
+    # nothing on any backend, given as a float or as lr_tensor.
+    case = build("ftrl_", SIZES["mixed"], device=DEVICE[backend], gen=seeded("ftrl", "lr0"), l1=0.01, l2_shrinkage=0.1)
+    before = case.clone()
+    case.call(kernel(backend, "ftrl_"), lr=0.0)
+    unchanged(case, before)
+    case.call(kernel(backend, "ftrl_"), lr=math.nan,
+              lr_tensor=torch.zeros((), dtype=torch.float64, device=DEVICE[backend]))
+    unchanged(case, before)

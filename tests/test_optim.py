@@ -494,7 +494,7 @@ def test_ftrl_state_dict_round_trip_and_param_groups(backend):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(lr_power=0.5), "lr_power"), (dict(lr_power=float("nan")), "lr_power"), (dict(lr=0.0), "lr"),
+    (dict(lr_power=0.5), "lr_power"), (dict(lr_power=float("nan")), "lr_power"), (dict(lr=-0.1), "lr"),
     (dict(initial_accumulator_value=-0.1), "initial_accumulator_value"), (dict(beta=-1.0), "beta"),
     (dict(l1=-1.0), "l1"), (dict(l2=-1.0), "l2"), (dict(l2_shrinkage=-1.0), "l2_shrinkage"),
     (dict(l0=-1.0), "l0"), (dict(group_l1=0.1), "group lasso")], ids=str)

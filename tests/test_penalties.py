@@ -544,6 +544,15 @@ def test_penalty_of_optimizer_uses_each_groups_keys():
         fusedreg.penalty(m, l1=-1.0)
 
 
+def test_penalty_of_ftrl_counts_its_l2_as_tensorflow_does():
+    # FTRL's l2 is l2*sum(w^2) (TensorFlow's l2_regularization_strength), its shrinkage l2_shrinkage*sum(w^2)
+    m = _model()
+    opt = fusedreg.Ftrl(m.parameters(), lr=0.1, l1=0.1, l2=0.2, l2_shrinkage=0.05)
+    w = torch.cat([p.detach().double().flatten() for p in m.parameters()])
+    expected = 0.1 * w.abs().sum() + (0.2 + 0.05) * (w * w).sum()
+    assert fusedreg.penalty(opt).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------- sparsity
 
 def test_sparsity_matches_plain_torch():

@@ -14,6 +14,7 @@ void ftrl_cpu(FUSEDREG_FTRL_PARAMS) {
   check_ftrl_group(group_l1);  // after stage()'s group_dim check, as the reference orders them
   if (skip_step(found_inf) || st.n == 0) return;
   lr = lr_of(lr_tensor, lr);
+  if (lr == 0) return;  // no step (FTRL divides by lr), as the reference
   const FtrlArgs args = ftrl_args(lr, lr_power, beta, l2_shrinkage, maximize, penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_ftrl_cpu", [&] {
     using O = at::opmath_type<scalar_t>;

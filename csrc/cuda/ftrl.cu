@@ -13,8 +13,10 @@ __global__ void __launch_bounds__(kThreads)
     ftrl_kernel(TensorListMeta<4> meta, FtrlArgs args, const O* grad_scale, const float* found_inf,
                 const double* lr) {
   if (skipped(found_inf)) return;
+  args = with_lr(args, lr);
+  if (args.lr == 0) return;  // no step (FTRL divides by lr), as the reference
   const Chunk<T, O, 4> c(meta);
-  const FtrlScalars<O> sc = make_ftrl<O>(with_lr(args, lr));
+  const FtrlScalars<O> sc = make_ftrl<O>(args);
   const bool has_scale = grad_scale != nullptr;
   const O scale = has_scale ? *grad_scale : O(1);
   chunk_loop<T, O, 2>(c.p, c.g, c.s, c.len,

@@ -67,6 +67,8 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
     _ops.check("ftrl_", **kw)
     reference.check_ftrl_group(group_l1)
     lr = float(reference.op_lr(lr, lr_tensor))
+    if lr == 0:  # no step (FTRL divides by lr), as the reference
+        return
     device = params[0].device if params else None
     pens, flags = penalties(device, **pen)
     # l0 and nonneg after the closed form, which has l1 and l2 itself: the prox's own l1 and l2 are off
