@@ -2,11 +2,11 @@
 "Ad Click Prediction: a View from the Trenches" (McMahan et al., KDD 2013). Prints held-out log-loss and the
 fraction of exact-zero weights for a range of l1 strengths (the table of README.md's Ftrl section).
 
-    .venv/bin/python bench/ftrl_click.py            # about a minute on 2 CPU cores
+    .venv/bin/python bench/ftrl_click.py            # about a minute of CPU time
 
 The data: 24 categorical fields per impression, values drawn Zipf-like per field (a few values frequent, a long
-tail rare), hashed with the field into 2^20 buckets. The true model gives a weight to 2% of the buckets (the
-others carry no signal), plus a bias setting the click rate near 15%. Training is one pass over 400,000
+tail rare), hashed with the field into 2^20 buckets. The true model gives a weight to 10% of the buckets (the
+others carry no signal), plus a bias setting the click rate near 15%. Training is one pass over 200,000
 impressions in mini-batches of 1,000, the loss summed over the batch (so l1 keeps the paper's per-impression
 scale), the gradient dense (nn.EmbeddingBag with dense gradients). fusedreg.Ftrl with the paper's settings
 (alpha = lr = 0.1, beta = 1, lr_power = -0.5), weights from zero; the bias in its own group without penalty.
