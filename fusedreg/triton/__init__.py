@@ -11,8 +11,8 @@ Each entry checks its arguments with fusedreg._ops.check (the kernels' contract)
 
 torch.compile: the ops are also registered as opaque custom ops `fusedreg::triton_sgd_`, `triton_adam_`,
 `triton_adagrad_` and `triton_ftrl_` with the schemas of fusedreg._ops (mutations declared there) and fake kernels
-that check the same contract; under compilation the entries call them by keyword. They are not `triton_op`s: the kernels write
-through addresses loaded from a table, which Inductor's kernel mutation analysis cannot see.
+that check the same contract; under compilation the entries call them by keyword. They are not `triton_op`s: the
+kernels write through addresses loaded from a table, which Inductor's kernel mutation analysis cannot see.
 """
 import importlib
 import inspect
