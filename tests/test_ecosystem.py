@@ -285,8 +285,8 @@ def test_grad_scaler_on_cuda(name, cfg):
 COMPILE_BACKENDS = [b for b in ("torch", "cpp") if b in fusedreg.backends.available()]
 
 
-@pytest.mark.parametrize("name,cfg", [("SGD", dict(momentum=0.9, l1=0.5)), ("AdamW", dict(l1=0.05))],
-                         ids=["SGD", "AdamW"])
+@pytest.mark.parametrize("name,cfg", [("SGD", dict(momentum=0.9, l1=0.5)), ("AdamW", dict(l1=0.05)),
+                                      ("Ftrl", dict(lr_power=-0.6, l1=0.05))], ids=["SGD", "AdamW", "Ftrl"])
 @pytest.mark.parametrize("backend_name", COMPILE_BACKENDS)
 def test_compiled_training_step_matches_eager_and_tensor_lr_does_not_recompile(name, cfg, backend_name):
     from torch._dynamo.testing import CompileCounter

@@ -513,3 +513,27 @@ def test_ftrl_bad_hyperparameters(kw, match, backend):
     with pytest.raises(ValueError, match=match):
         opt.step()
     assert_untouched(model, opt, snap)
+
+
+def test_ftrl_master_weights_follow_the_fp32_run(backend):
+    # bf16 params with an fp32 master: the master takes the fp32 run's steps (given the same bf16 grads), the
+    # param is the master rounded, and the state is fp32.
+    gen = torch.Generator().manual_seed(3)
+    w0 = [torch.randn(7, 5, generator=gen), torch.randn(3, generator=gen)]
+    low = [torch.nn.Parameter(w.to(torch.bfloat16)) for w in w0]
+    ref = [torch.nn.Parameter(w.to(torch.bfloat16).float()) for w in w0]
+    cfg = dict(lr=0.1, l1=0.5, l2=0.01, beta=0.1)
+    opt = fusedreg.Ftrl(low, master_weights=True, **cfg, backend=backend)
+    ref_opt = fusedreg.Ftrl(ref, **cfg, backend=backend)
+    for _ in range(8):
+        for p, r in zip(low, ref):
+            g = torch.randn(p.shape, generator=gen).to(torch.bfloat16)
+            p.grad, r.grad = g, g.float()
+        opt.step()
+        ref_opt.step()
+    for p, r in zip(low, ref):
+        st = opt.state[p]
+        assert st["master_param"].dtype == st["accumulator"].dtype == st["linear"].dtype == torch.float32
+        assert torch.equal(st["master_param"], r.detach())
+        assert torch.equal(p.detach(), r.detach().to(torch.bfloat16))
+    assert any((p == 0).any() for p in low)
