@@ -1,6 +1,7 @@
 """Backend choice (fusedreg.backends): auto order, errors that say why, the reference fallback without the
 extension, the native registration check, and the GPU scripts kept runnable on CPU."""
 import os
+import re
 import subprocess
 import sys
 
@@ -106,7 +107,7 @@ _PROBE.define("probe_(Tensor(a!)[] params) -> ()")
 @pytest.mark.skipif("cpp" not in backends.available(), reason="needs the C++ extension")
 def test_an_op_without_a_kernel_on_a_built_device_is_a_clear_error(monkeypatch):
     # A schema added before its kernel used to switch the whole native backend off without a word.
+    ops = list(backends.OPS)
     monkeypatch.setattr(backends, "OPS", backends.OPS + ("probe_",))
-    with pytest.raises(RuntimeError, match=r"CPU kernels for \['sgd_', 'adam_', 'adagrad_'\] but none for "
-                                           r"\['probe_'\]"):
+    with pytest.raises(RuntimeError, match=re.escape(f"CPU kernels for {ops} but none for ['probe_']")):
         backends._check_registered()
