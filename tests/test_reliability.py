@@ -502,7 +502,7 @@ def test_kernel_lr_tensor_replaces_the_float_lr(op, lr_dtype, backend):
 
 
 def test_unknown_backend_fails_before_anything_moves_functional():
-    for op in ("sgd", "adam", "adagrad"):
+    for op in ("sgd", "adam", "adagrad", "ftrl"):
         ps = [torch.ones(3)]
         with pytest.raises(ValueError, match="'tpu'.*auto.*cuda.*triton.*cpp.*torch"):
             functional_call(op, ps, [torch.ones(3)], "tpu")
