@@ -712,21 +712,22 @@ def test_ftrl_lr_zero_takes_no_step(backend):
     unchanged(case, before)
 
 
-@pytest.mark.parametrize("backend,lr_power", each(BACKENDS, -0.5, -0.3, 0.0))
-def test_ftrl_zero_accumulator_and_zero_grad_follow_tensorflow(backend, lr_power):
+@pytest.mark.parametrize("backend,lr_power,l1",
+                         each(BACKENDS, *[(p, l1) for p in (-0.5, -0.3, 0.0) for l1 in (0.0, 1.0)]))
+def test_ftrl_zero_accumulator_and_zero_grad_follow_tensorflow(backend, lr_power, l1):
     # initial_accumulator_value = 0 and a zero grad: n' = 0, so n'^(-lr_power) = 0 (lr_power < 0; 1 for
     # lr_power = 0: 0^0 = 1) and sigma = 0. With beta = l2 = 0 the denominator is 0 there: as TensorFlow's
     # select, w = 0 where |z| <= l1 (z = 0 with l1 = 0 too, not 0/0 = NaN), and -sign(z)*inf elsewhere.
     z = torch.tensor([0.0, 0.5, -0.5, 2.0, -2.0, 1.0])
-    case = build("ftrl_", [z.shape], init={"accumulators": 0.0}, lr_power=lr_power, l1=1.0)
+    case = build("ftrl_", [z.shape], init={"accumulators": 0.0}, lr_power=lr_power, l1=l1)
     case.lists["linears"][0] = z.clone()
     case.lists["grads"][0] = torch.zeros_like(z)
     mine = case.clone(device=DEVICE[backend])
     mine.call(kernel(backend, "ftrl_"))
     w = mine.params[0].cpu()
     if lr_power == 0:  # q = 1/lr: an ordinary step
-        want = torch.where(z.abs() <= 1.0, 0.0, -torch.sign(z) * (z.abs() - 1.0) * case.kw["lr"])
+        want = torch.where(z.abs() <= l1, 0.0, -torch.sign(z) * (z.abs() - l1) * case.kw["lr"])
     else:
-        want = torch.tensor([0.0, 0.0, 0.0, -math.inf, math.inf, 0.0])
+        want = torch.where(z.abs() <= l1, 0.0, -torch.sign(z) * math.inf)
     assert torch.equal(w, want), w
     assert torch.equal(mine.lists["linears"][0].cpu(), z) and not mine.lists["accumulators"][0].cpu().any()
