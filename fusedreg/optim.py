@@ -298,8 +298,17 @@ class Adam(_Fused):
                  master_weights=False, stochastic_rounding=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False):
         self.backend = backend
+        # torch.optim.Adam's checks in its words, so that code (and torch's own error tests) see the same errors:
+        # its foreach path cannot take tensor lr/betas, and although ours always can, foreach=True asks for it.
+        if torch.is_tensor(lr) and foreach and not capturable:
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
         if len(betas) == 2 and torch.is_tensor(betas[0]) != torch.is_tensor(betas[1]):
             raise ValueError("betas must be either both floats or both Tensors")
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+            if torch.is_tensor(beta) and foreach and not capturable:
+                raise ValueError(f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize, l1=l1, l1_mode=l1_mode, l0=l0,
                                       nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
