@@ -331,6 +331,27 @@ def test_state_dict_is_deterministic_and_loads_older_layouts(name, backend):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_named_params_state_dict_moves_both_ways_with_torch_optim(name, backend):
+    # torch.optim takes named_parameters() and keeps param_names in its groups; a named checkpoint loads into an
+    # unnamed optimizer and back.
+    for first, second in (("ours", "torch"), ("torch", "ours")):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+        makers = {"ours": ours(name, backend), "torch": theirs(name)}
+        src = makers[first](model.named_parameters(), lr=0.01)
+        x = torch.randn(5, 4)
+        for _ in range(2):
+            src.zero_grad()
+            model(x).sum().backward()
+            src.step()
+        dst = makers[second](model.parameters(), lr=0.01)
+        dst.load_state_dict(copy.deepcopy(src.state_dict()))
+        assert dst.state_dict()["param_groups"][0]["param_names"] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+        ps = list(model.parameters())
+        assert_state_close(dst, ps, src, ps, torch.float32)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_state_dict_hooks_fire(name, backend):
     ps, opt = trained(ours(name, backend), lr=0.01)
     calls = []
