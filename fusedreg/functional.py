@@ -66,9 +66,10 @@ def check_tensors(params, missing_ok=(), **lists):
     """Raise before anything changes if the lists cannot be stepped together.
 
     Every backend accepts exactly what passes here: floating params (complex ones as torch.view_as_real, which
-    is how launch hands them to the kernels) with dense strided grads of the same shape, dtype and device; state tensors (every list but grads and state_steps) of the param's shape on its
-    device in opmath (fp64 for fp64 params, else fp32: fusedreg.optim creates them so); state_steps one-element
-    float32 tensors on the param's device. Non-contiguous params, grads and state are fine (a native kernel
+    is how launch hands them to the kernels) with dense strided grads of the same shape, dtype and device; state
+    tensors (every list but grads and state_steps) of the param's shape on its device in opmath (fp64 for fp64
+    params, else fp32: fusedreg.optim creates them so); state_steps one-element float32 tensors on the param's
+    device. Non-contiguous params, grads and state are fine (a native kernel
     works on contiguous copies and writes them back). Refused: meta tensors (no data to update), tensors whose
     own elements overlap (expand()ed / stride-0 views: one element would be written several times) and a tensor
     that is updated in place appearing twice in one call (the same param twice, or state sharing a param's
@@ -79,12 +80,16 @@ def check_tensors(params, missing_ok=(), **lists):
     (fusedreg._C.lists_ok) answers for the common case, and only lists it does not vouch for take the Python
     walk below, which is the one place the errors are worded.
     """
+    states = [(name, ts) for name, ts in lists.items() if name != "grads"]
+    if _vouched(params, missing_ok, lists, states):
+        return
     if any(isinstance(p, torch.Tensor) and p.dtype.is_complex for p in params):
         # The kernels step complex tensors as view_as_real (launch): check what they will see.
         params, lists = real(params), {name: real(ts) for name, ts in lists.items()}
-    states = [(name, ts) for name, ts in lists.items() if name != "grads"]
-    if not _vouched(params, missing_ok, lists, states):
-        _walk(params, missing_ok, lists, states)
+        states = [(name, ts) for name, ts in lists.items() if name != "grads"]
+        if _vouched(params, missing_ok, lists, states):
+            return
+    _walk(params, missing_ok, lists, states)
 
 
 def _vouched(params, missing_ok, lists, states):
@@ -185,10 +190,8 @@ _NOT_COMPLEX = (("l0", lambda kw: kw.get("l0", 0) != 0), ("nonneg", lambda kw: k
 def check_complex(params, **scalars):
     """Raise ValueError when complex params come with a penalty that is not defined for them. l1 is: the prox of
     l1*|z| (launch); l0, nonneg, group lasso and subgradient l1 are not."""
-    if not any(isinstance(p, torch.Tensor) and p.dtype.is_complex for p in params):
-        return
-    bad = [name for name, on in _NOT_COMPLEX if on(scalars)]
-    if bad:
+    bad = [name for name, on in _NOT_COMPLEX if on(scalars)]  # first: the params are scanned only when needed
+    if bad and any(isinstance(p, torch.Tensor) and p.dtype.is_complex for p in params):
         raise ValueError(f"{', '.join(bad)} on complex params is not supported: l1 (prox: it shrinks the modulus "
                          f"|z|), l2, weight_decay and every optimizer option are; put the complex params in a "
                          f"param group without {', '.join(bad)}")

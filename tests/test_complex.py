@@ -177,7 +177,8 @@ def test_complex_l1_on_a_non_contiguous_param_is_written_back(name, backend):
 
 
 @pytest.mark.parametrize("name,cfg", [("SGD", dict(lr=0.05, momentum=0.9)), ("Adam", dict(lr=0.01, amsgrad=True)),
-                                      ("AdamW", dict(lr=0.01)), ("Adagrad", dict(lr=0.1, initial_accumulator_value=0.1))])
+                                      ("AdamW", dict(lr=0.01)),
+                                      ("Adagrad", dict(lr=0.1, initial_accumulator_value=0.1))])
 def test_complex_state_dict_both_ways_with_torch_optim(name, cfg, backend):
     tol = TRAJECTORY[torch.float32]
     for first in ("torch", "ours"):

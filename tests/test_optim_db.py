@@ -178,7 +178,8 @@ def test_complex_params_follow_their_real_view_and_torch_optim(name, backend):
         "cpu", torch.complex64, INFOS[name], skip=("differentiable",))
     for optim_input in all_inputs:
         g = torch.Generator().manual_seed(0)
-        zs = [torch.randn(10, 5, dtype=torch.complex64, generator=g), torch.randn(10, dtype=torch.complex64, generator=g),
+        zs = [torch.randn(10, 5, dtype=torch.complex64, generator=g),
+              torch.randn(10, dtype=torch.complex64, generator=g),
               torch.randn(10, 5, generator=g)]  # the last one real: complex and real params mixed
         rs = [torch.view_as_real(z).clone() if z.is_complex() else z.clone() for z in zs]
         ts = [z.clone() for z in zs]
