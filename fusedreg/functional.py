@@ -65,10 +65,11 @@ def check_args(**kw):
 def check_tensors(params, missing_ok=(), **lists):
     """Raise before anything changes if the lists cannot be stepped together.
 
-    Every backend accepts exactly what passes here: real floating params with dense strided grads of the same
-    shape, dtype and device; state tensors (every list but grads and state_steps) of the param's shape on its
-    device in opmath (fp64 for fp64 params, else fp32: fusedreg.optim creates them so); state_steps one-element
-    float32 tensors on the param's device. Non-contiguous params, grads and state are fine (a native kernel
+    Every backend accepts exactly what passes here: floating params (complex ones as torch.view_as_real, which
+    is how launch hands them to the kernels) with dense strided grads of the same shape, dtype and device; state
+    tensors (every list but grads and state_steps) of the param's shape on its device in opmath (fp64 for fp64
+    params, else fp32: fusedreg.optim creates them so); state_steps one-element float32 tensors on the param's
+    device. Non-contiguous params, grads and state are fine (a native kernel
     works on contiguous copies and writes them back). Refused: meta tensors (no data to update), tensors whose
     own elements overlap (expand()ed / stride-0 views: one element would be written several times) and a tensor
     that is updated in place appearing twice in one call (the same param twice, or state sharing a param's
@@ -80,8 +81,15 @@ def check_tensors(params, missing_ok=(), **lists):
     walk below, which is the one place the errors are worded.
     """
     states = [(name, ts) for name, ts in lists.items() if name != "grads"]
-    if not _vouched(params, missing_ok, lists, states):
-        _walk(params, missing_ok, lists, states)
+    if _vouched(params, missing_ok, lists, states):
+        return
+    if any(isinstance(p, torch.Tensor) and p.dtype.is_complex for p in params):
+        # The kernels step complex tensors as view_as_real (launch): check what they will see.
+        params, lists = real(params), {name: real(ts) for name, ts in lists.items()}
+        states = [(name, ts) for name, ts in lists.items() if name != "grads"]
+        if _vouched(params, missing_ok, lists, states):
+            return
+    _walk(params, missing_ok, lists, states)
 
 
 def _vouched(params, missing_ok, lists, states):
@@ -127,8 +135,6 @@ def _walk(params, missing_ok, lists, states):
         if not isinstance(p, tensor):
             raise TypeError(f"param {i} is a {type(p).__name__}, not a tensor")
         dtype, device, shape = p.dtype, p.device, p.shape
-        if dtype.is_complex:
-            raise RuntimeError(f"param {i} is complex ({dtype}); fusedreg supports real floating params only")
         if not dtype.is_floating_point:
             raise RuntimeError(f"param {i} has dtype {dtype}; fusedreg needs floating-point params")
         if device.type == "meta":
@@ -170,6 +176,55 @@ def _walk(params, missing_ok, lists, states):
             once(i, name, t, device)
 
 
+def real(ts):
+    """ts with every complex tensor as torch.view_as_real (other entries as they are)."""
+    return [torch.view_as_real(t) if isinstance(t, torch.Tensor) and t.dtype.is_complex else t for t in ts]
+
+
+# What a complex param cannot take: penalties that act on re and im apart (or on the sign of a complex number).
+_NOT_COMPLEX = (("l0", lambda kw: kw.get("l0", 0) != 0), ("nonneg", lambda kw: kw.get("nonneg", False)),
+                ("group_l1", lambda kw: kw.get("group_l1", 0) != 0),
+                ("l1_mode='subgradient'", lambda kw: kw.get("l1", 0) != 0 and kw.get("l1_subgradient", False)))
+
+
+def check_complex(params, **scalars):
+    """Raise ValueError when complex params come with a penalty that is not defined for them. l1 is: the prox of
+    l1*|z| (launch); l0, nonneg, group lasso and subgradient l1 are not."""
+    bad = [name for name, on in _NOT_COMPLEX if on(scalars)]  # first: the params are scanned only when needed
+    if bad and any(isinstance(p, torch.Tensor) and p.dtype.is_complex for p in params):
+        raise ValueError(f"{', '.join(bad)} on complex params is not supported: l1 (prox: it shrinks the modulus "
+                         f"|z|), l2, weight_decay and every optimizer option are; put the complex params in a "
+                         f"param group without {', '.join(bad)}")
+
+
+def _complex_part(args, scalars):
+    """A complex part of a launch as the real kernels take it, with the copies to write back after the kernel.
+
+    Every tensor becomes torch.view_as_real, so re and im are two real elements stepped alike: torch.optim's own
+    way, and every elementwise term (weight decay, Adagrad's proximal l2) is then the same as on the complex
+    number. l1 on a complex weight is l1*|z|, whose prox shrinks the modulus (exact zeros at |z| <= t): that is
+    the group-lasso prox on the (re, im) pairs, in the op's own metric (Adam's step differs between re and
+    im), so the kernels run their group prox on the params viewed as rows of (re, im) with group_l1 = l1/sqrt(2)
+    (group_prox weighs a group by sqrt(its size)). A tensor whose pairs cannot be viewed as rows (non-contiguous
+    layouts) goes through a contiguous copy that is written back."""
+    args = {k: real(ts) for k, ts in args.items()}
+    if scalars.get("l1", 0) == 0:
+        return args, scalars, []
+    back = []
+
+    def rows(t, write):
+        try:
+            return t.view(-1, 2)
+        except RuntimeError:
+            c = t.reshape(-1, 2).clone()
+            if write:
+                back.append((t, c))
+            return c
+
+    args = {k: ts if k == "state_steps" else [rows(t, k != "grads") for t in ts] for k, ts in args.items()}
+    return args, {**scalars, "l1": 0.0, "group_l1": scalars["l1"] / math.sqrt(2), "group_dim": 0}, back
+
+
 def resolve(backend, tensors):
     """{device: backend name} for every device of `tensors`: an unavailable backend fails before anything runs."""
     return {device: backends.resolve(backend, device) for device in {t.device for t in tensors}}
@@ -192,15 +247,20 @@ def launch(op, names, lists, grad_scale=None, found_inf=None, **scalars):
     scalars = {**_DEFAULTS[op], **scalars}
     lr = scalars.pop("lr")
     whole = len(parts) == 1
-    for (device, _), idx in parts.items():
+    for (device, dtype), idx in parts.items():
         args = lists if whole else {k: [ts[i] for i in idx] if ts else [] for k, ts in lists.items()}
+        kw, back = scalars, ()
+        if dtype.is_complex:
+            args, kw, back = _complex_part(args, scalars)
         on_device = torch.is_tensor(lr) and lr.device == device and device.type != "cpu"
         backends.kernel(names[device], op)(
-            **args, **scalars,
+            **args, **kw,
             # NaN where the kernel reads lr_tensor instead: a kernel that used the float by mistake would show it.
             lr=float("nan") if on_device else float(lr), lr_tensor=lr if on_device else None,
             grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
             found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
+        for t, c in back:
+            t.copy_(c.view_as(t))
 
 
 def op_lists(op, lists, on):
@@ -221,6 +281,7 @@ def _stateless(op, doc):
     def step(*tensors, backend="auto", l1_mode="prox", **scalars):
         step.__signature__.bind(*tensors, **scalars)  # a misspelt or missing argument is a TypeError here
         check_args(l1_mode=l1_mode, **scalars)
+        check_complex(tensors[0] if tensors else (), l1_subgradient=l1_mode == "subgradient", **scalars)
         on = used(op, scalars)
         lists = op_lists(op, dict(zip(names, tensors)), on)
         check_tensors(**{k: ts for k, ts in lists.items() if k in on})

@@ -16,6 +16,8 @@ NEWTON_RTOL = 4 * torch.finfo(torch.float64).eps
 
 
 def opmath(dtype):
+    if dtype.is_complex:  # complex params keep complex state (as torch.optim does); the kernels see it as real
+        return torch.complex128 if dtype == torch.complex128 else torch.complex64
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

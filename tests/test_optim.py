@@ -359,11 +359,6 @@ def test_bad_input_at_step_leaves_params_and_state_untouched(name, backend):
     assert_untouched(model, opt, snap)
 
 
-def test_complex_params_are_rejected():
-    with pytest.raises(ValueError, match="complex"):
-        fusedreg.Adam([torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))])
-
-
 def test_functional_rejects_mismatched_grads_before_touching_anything(backend):
     params = [torch.ones(4), torch.ones(3)]
     with pytest.raises(RuntimeError, match="does not match"):

@@ -195,18 +195,19 @@ def test_functional_rejects_sparse_and_mismatched_grads(op, backend):
         assert all(torch.equal(p, torch.ones_like(p)) for p in ps)
 
 
-def test_complex_params_are_rejected_everywhere(backend):
-    z = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+def test_integer_params_are_rejected_everywhere(backend):
+    # Complex params are stepped (tests/test_complex.py); integer ones are not.
+    z = torch.nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)
     for name in NAMES:
-        with pytest.raises(ValueError, match="complex"):
+        with pytest.raises(ValueError, match="floating-point or complex"):
             getattr(fusedreg, name)([z])
         opt = getattr(fusedreg, name)(params(), backend=backend)
-        with pytest.raises(ValueError, match="complex"):
+        with pytest.raises(ValueError, match="floating-point or complex"):
             opt.add_param_group(dict(params=[z]))
         assert len(opt.param_groups) == 1
-    ps = [torch.ones(3), torch.zeros(3, dtype=torch.complex64)]
-    with pytest.raises(RuntimeError, match="complex"):
-        functional_call("adam", ps, [torch.ones(3), torch.ones(3, dtype=torch.complex64)], backend)
+    ps = [torch.ones(3), torch.zeros(3, dtype=torch.int64)]
+    with pytest.raises(RuntimeError, match="floating-point"):
+        functional_call("adam", ps, [torch.ones(3), torch.ones(3, dtype=torch.int64)], backend)
     assert torch.equal(ps[0], torch.ones(3))
 
 
