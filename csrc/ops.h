@@ -62,7 +62,7 @@ struct StateList {
 // state lists in order (an unused list holds undefined tensors). Where the tensors of one index do not share
 // one dense layout, contiguous temporaries stand in and are copied back by finish(). With `rowmajor` (group
 // lasso: rows and columns must be where the indexing expects them) params with dim >= 2 are made contiguous.
-// With sparse grads (rows non-empty) every tensor is contiguous: element k of values row j (grads[i] flat at
+// With sparse grads (rows non-empty: distinct indices, any order) every tensor is contiguous: element k of values row j (grads[i] flat at
 // j*K + k) updates element rows[i][j]*K + k of the param and its state (K: the param's row length, row_len()).
 struct Staged {
   std::vector<std::vector<at::Tensor>> lists;
@@ -75,6 +75,20 @@ struct Staged {
     for (auto& wb : writeback) wb.first.copy_(wb.second);
   }
 };
+
+// Whether the m indices ix are distinct and in [0, n): sparse grads' rows, updated in parallel (a repeated row
+// would race) and written through (one out of range would write outside the param). One bit per row.
+inline bool distinct_rows(const int64_t* ix, int64_t m, int64_t n) {
+  std::vector<uint64_t> seen(static_cast<size_t>((n + 63) / 64), 0);
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t r = ix[j];
+    if (r < 0 || r >= n) return false;
+    const uint64_t bit = uint64_t(1) << (r & 63);
+    if (seen[r >> 6] & bit) return false;
+    seen[r >> 6] |= bit;
+  }
+  return true;
+}
 
 // Elements per dim-0 row of p (the product of its other sizes).
 inline int64_t row_len(const at::Tensor& p) {
@@ -161,14 +175,9 @@ inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList 
                   at::IntArrayRef(want), ", got ", g.scalar_type(), " ", g.sizes());
       at::Tensor rc = r.contiguous();
       if (device_type == c10::DeviceType::CPU) {
-        // Rows are updated in parallel (a duplicate would race) and an index out of range would write outside
-        // the param; on CUDA the kernels check the range, and the callers (fusedreg.functional) coalesce.
-        const int64_t* ix = rc.const_data_ptr<int64_t>();
-        const int64_t m = rc.numel(), lim = p.size(0);
-        bool ok = m == 0 || (ix[0] >= 0 && ix[m - 1] < lim);
-        for (int64_t j = 1; ok && j < m; ++j) ok = ix[j] > ix[j - 1];
-        TORCH_CHECK(ok, "fusedreg::", op, ": rows[", i, "] must be strictly increasing indices in [0, ", lim,
-                    ") (a coalesced sparse grad's)");
+        // On CUDA the kernels check the range, and the callers (fusedreg.functional) pass distinct rows.
+        TORCH_CHECK(distinct_rows(rc.const_data_ptr<int64_t>(), rc.numel(), p.size(0)), "fusedreg::", op, ": rows[",
+                    i, "] must be distinct indices in [0, ", p.size(0), ") (a coalesced sparse grad's)");
       }
       st.rows.push_back(std::move(rc));
       same_layout = p.is_contiguous() && g.is_contiguous();

@@ -11,7 +11,7 @@ Per-element order inside every op (torch.optim's, then ours):
   -> optimizer update (AdamW: p *= 1 - lr*wd first)  ->  proximal penalties with the element's step t:
   soft-threshold by t*l1 (unless subgradient), divide by 1 + t*l2, zero where |p| <= sqrt(2*t*l0), max(p, 0).
   t = lr for SGD, lr/denom for Adam (denom = sqrt(v_hat) + eps), clr/(sqrt(sum) + eps) for Adagrad.
-Sparse grads (ops with a `rows` argument): rows[i] lists, strictly increasing, the rows (index along dim 0) of
+Sparse grads (ops with a `rows` argument): rows[i] lists, distinct (in any order), the rows (index along dim 0) of
 params[i] that grads[i] holds, grads[i] being those rows' values, shape (len(rows[i]),) + params[i].shape[1:]; the
 op then reads and writes only those rows of the param and of its state, with the same per-element math (state of
 absent rows untouched; step counters advance as in a dense step). rows None (or []) means dense grads.
@@ -40,7 +40,7 @@ class Arg(NamedTuple):
 
 
 # Sparse grads, for the ops whose math is row-separable (sgd_, adagrad_): the op's last argument, keyword-only.
-ROWS = Arg("rows", "Tensor[]?", None, "None: dense grads; else one strictly increasing int64 1-D index tensor per "
+ROWS = Arg("rows", "Tensor[]?", None, "None: dense grads; else one int64 1-D tensor of distinct row indices per "
                                       "param, and grads[i] the values of those rows of params[i] (shape "
                                       "(len(rows[i]),) + params[i].shape[1:]): only those rows and their state are "
                                       "updated", role="rows")
@@ -140,8 +140,8 @@ def check(op, **kw):
     the params' shape, state in opmath with the params' shape, one-element float32 step counters, a state list
     that its option leaves unused is empty, group_dim 0 or 1, and one-element floating AMP / lr tensors. With
     rows (sparse grads): one int64 1-D index tensor per param (dim >= 1) on its device, grads[i] of shape
-    (len(rows[i]),) + params[i].shape[1:], and no group lasso. That the indices are strictly increasing and in
-    range is a property of their values, checked by the kernels that read them on the host (rows_ok)."""
+    (len(rows[i]),) + params[i].shape[1:], and no group lasso. That the indices are distinct and in range is a
+    property of their values, checked by the kernels that read them on the host (rows_ok)."""
     args = ARGS[op]
     params = kw["params"]
     n = len(params)
@@ -208,13 +208,14 @@ def check_rows(op, params, grads, rows, group_l1=0.0):
 
 
 def rows_ok(op, params, rows):
-    """Raise unless every rows[i] (a host-readable int64 1-D tensor) is strictly increasing and within
-    params[i]'s dim 0: the kernels update rows in parallel, so a duplicate would race, and an index out of range
-    would write outside the param."""
+    """Raise unless every rows[i] (a host-readable int64 1-D tensor) holds distinct indices within params[i]'s
+    dim 0: the kernels update rows in parallel, so a repeated row would race, and an index out of range would
+    write outside the param."""
     for i, (p, r) in enumerate(zip(params, rows)):
-        if r.numel() and not (int(r[0]) >= 0 and int(r[-1]) < p.shape[0] and bool((r[1:] > r[:-1]).all())):
-            raise RuntimeError(f"fusedreg::{op}: rows[{i}] must be strictly increasing indices in [0, "
-                               f"{p.shape[0]}) (a coalesced sparse grad's)")
+        if r.numel() and not (int(r.min()) >= 0 and int(r.max()) < p.shape[0] and
+                              torch.unique(r).numel() == r.numel()):
+            raise RuntimeError(f"fusedreg::{op}: rows[{i}] must be distinct indices in [0, {p.shape[0]}) (a "
+                               f"coalesced sparse grad's)")
 
 
 def fake(op):

@@ -123,7 +123,7 @@ def build(op, shapes=SHAPES, dtype=torch.float32, device="cpu", gen=None, scale=
     scale: grads times scale, with grad_scale = scale and found_inf = 0 (GradScaler's call), unless hp names them.
     init: {state name: value} fills those lists (step counters included) with the value instead of random
     mid-training values; a number fills them all.
-    rows (ops with fusedreg._ops.ROWS): one list of strictly increasing row indices per shape: sparse grads,
+    rows (ops with fusedreg._ops.ROWS): one list of distinct row indices per shape: sparse grads,
     the grads then being those rows' values.
     Values are drawn on CPU from `gen` (fp64, then rounded), so the same seed gives the same call on any device.
     """

@@ -176,11 +176,13 @@ def test_sgd_with_momentum_and_a_sparse_grad_is_the_dense_step(backend):
 
 
 @pytest.mark.parametrize("op", ["sgd", "adagrad"])
-def test_duplicate_indices_are_summed_first(op, backend):
-    # functional with an uncoalesced grad == functional with the same grad coalesced, bit for bit.
+@pytest.mark.parametrize("idx", [[4, 1, 4, 7, 1, 4], [4, 1, 9, 7, 0, 2]], ids=["repeated", "distinct"])
+def test_uncoalesced_grads_step_as_coalesced_ones(op, idx, backend):
+    # functional with an uncoalesced grad (repeated indices summed first; distinct ones in any order) ==
+    # functional with the same grad coalesced, bit for bit.
     torch.manual_seed(0)
     p = torch.randn(10, 3)
-    idx = torch.tensor([[4, 1, 4, 7, 1, 4]])
+    idx = torch.tensor([idx])
     vals = torch.randn(6, 3)
     grads = [torch.sparse_coo_tensor(idx, vals, (10, 3)), torch.sparse_coo_tensor(idx, vals, (10, 3)).coalesce()]
     outs = []
@@ -236,3 +238,23 @@ def test_refused_as_torch_refuses_and_nothing_changes(name, kw, ours, backend):
     else:
         assert torch_error(torch.optim.SGD, **kw)[0] is RuntimeError
         assert "weight_decay" in str(info.value)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["distinct_rows", "sort"])
+def test_coalescing_paths_agree_with_coalesce(native, monkeypatch):
+    # functional._coalesced: distinct indices as they are (vouched by fusedreg._C.distinct_rows), or sorted and
+    # gathered (without the extension, or on CUDA); repeated ones through coalesce(). Same rows, same values.
+    if not native:
+        monkeypatch.setattr(fusedreg.backends, "distinct_rows", lambda: None)
+    elif fusedreg.backends.distinct_rows() is None:
+        pytest.skip("no fusedreg._C")
+    gen = torch.Generator().manual_seed(0)
+    for idx in ([5, 0, 9, 3], [5, 0, 5, 3], []):
+        g = torch.sparse_coo_tensor(torch.tensor([idx], dtype=torch.int64).view(1, -1), torch.randn(len(idx), 2,
+                                                                                                  generator=gen),
+                                    (10, 2))
+        ix, vals = functional._coalesced(g)
+        want = g.coalesce()
+        order = ix[0].argsort()
+        assert torch.equal(ix[0][order], want.indices()[0])
+        assert torch.equal(vals[order], want.values())
