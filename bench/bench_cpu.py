@@ -263,17 +263,27 @@ SPARSE_PAIRS = {
 SCALING = [(100_000, TOUCHED), (TABLE, TOUCHED), (4_000_000, TOUCHED), (TABLE, 1024), (TABLE, 16384)]
 
 
+@pytest.fixture
+def one_thread():
+    # A step of ~1 ms on a shared machine: with 2 threads, a parallel region waits out whole scheduler slices for
+    # a descheduled thread (8-16 ms medians under load), which hides what the step itself costs.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.benchmark(group="sparse_scaling")
 @pytest.mark.parametrize("table,touched", SCALING, ids=[f"{t}x{r}" for t, r in SCALING])
-def test_sparse_scaling_fusedreg_adagrad_l1_l2(benchmark, table, touched):
-    benchmark.extra_info.update(table=table, touched=touched)
+def test_sparse_scaling_fusedreg_adagrad_l1_l2(benchmark, table, touched, one_thread):
+    benchmark.extra_info.update(table=table, touched=touched, threads=1)
     run(benchmark, _sparse_step(_fusedreg("Adagrad", l1=SPARSE_L1, l2=SPARSE_L2), table, touched), rounds=100)
 
 
 @pytest.mark.benchmark(group="sparse_scaling")
 @pytest.mark.parametrize("table,touched", SCALING, ids=[f"{t}x{r}" for t, r in SCALING])
-def test_sparse_scaling_torch_adagrad(benchmark, table, touched):
-    benchmark.extra_info.update(table=table, touched=touched)
+def test_sparse_scaling_torch_adagrad(benchmark, table, touched, one_thread):
+    benchmark.extra_info.update(table=table, touched=touched, threads=1)
     run(benchmark, _sparse_step(_torch("Adagrad"), table, touched), rounds=100)
 
 

@@ -62,8 +62,9 @@ struct StateList {
 // state lists in order (an unused list holds undefined tensors). Where the tensors of one index do not share
 // one dense layout, contiguous temporaries stand in and are copied back by finish(). With `rowmajor` (group
 // lasso: rows and columns must be where the indexing expects them) params with dim >= 2 are made contiguous.
-// With sparse grads (rows non-empty: distinct indices, any order) every tensor is contiguous: element k of values row j (grads[i] flat at
-// j*K + k) updates element rows[i][j]*K + k of the param and its state (K: the param's row length, row_len()).
+// With sparse grads (rows non-empty: distinct indices, in any order) every tensor is contiguous: element k of
+// values row j (grads[i] flat at j*K + k) updates element rows[i][j]*K + k of the param and its state (K: the
+// param's row length, row_len()).
 struct Staged {
   std::vector<std::vector<at::Tensor>> lists;
   std::vector<at::Tensor> rows;  // empty: dense grads
