@@ -225,6 +225,8 @@ def _state_value(p, key, value):
         return value
     if key == "step":
         return value.detach().to(device=p.device, dtype=torch.float32).clone()
+    if value.is_sparse:  # torch.optim.SGD's momentum buffer after sparse grads: ours is dense, the same values
+        value = value.to_dense()
     return value.detach().to(device=p.device, dtype=opmath(p.dtype)).clone()
 
 

@@ -258,3 +258,31 @@ def test_coalescing_paths_agree_with_coalesce(native, monkeypatch):
         order = ix[0].argsort()
         assert torch.equal(ix[0][order], want.indices()[0])
         assert torch.equal(vals[order], want.values())
+
+
+def test_sgd_momentum_checkpoints_move_both_ways(backend):
+    # torch.optim.SGD's momentum buffer after sparse grads is a sparse tensor; ours is dense. Each loads the
+    # other's state_dict and goes on along the same trajectory.
+    ours, theirs = embeddings(torch.float64)
+    kw = dict(lr=0.05, momentum=0.9)
+    opt = fusedreg.SGD(ours.parameters(), backend=backend, **kw)
+    ref = torch.optim.SGD(theirs.parameters(), foreach=False, **kw)
+    steps = list(batches(8))
+
+    def train(emb, o, part):
+        for idx, w in part:
+            o.zero_grad()
+            loss(emb, idx, w).backward()
+            o.step()
+
+    train(ours, opt, steps[:4])
+    train(theirs, ref, steps[:4])
+    assert ref.state[theirs.weight]["momentum_buffer"].is_sparse
+    swapped_ours = fusedreg.SGD(ours.parameters(), backend=backend, **kw)
+    swapped_ours.load_state_dict(ref.state_dict())
+    swapped_theirs = torch.optim.SGD(theirs.parameters(), foreach=False, **kw)
+    swapped_theirs.load_state_dict(opt.state_dict())
+    assert not swapped_ours.state[ours.weight]["momentum_buffer"].is_sparse
+    train(ours, swapped_ours, steps[4:])
+    train(theirs, swapped_theirs, steps[4:])
+    assert rel_err(ours.weight.detach(), theirs.weight.detach()) <= TRAJECTORY[torch.float64]
