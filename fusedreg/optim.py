@@ -149,6 +149,7 @@ class _Fused(torch.optim.Optimizer):
             lists = self._read(params, used, work.sharded)
             F.check_tensors(work.tensors, grads=work.grads, missing_ok=tuple(lists),
                             **{name: ts for name, ts in lists.items() if name in used})
+            F.check_sparse(self._op, work.grads, **scalars)
             plans.append((group, params, work, lists, scalars, F.resolve(self.backend, work.tensors)))
         for group, params, work, lists, scalars, names in plans:
             work.keep(self.state)
@@ -227,6 +228,8 @@ def _state_value(p, key, value):
         return value
     if key == "step":
         return value.detach().to(device=p.device, dtype=torch.float32).clone()
+    if value.is_sparse:  # torch.optim.SGD's momentum buffer after sparse grads: ours is dense, the same values
+        value = value.to_dense()
     return value.detach().to(device=p.device, dtype=opmath(p.dtype)).clone()
 
 

@@ -25,11 +25,6 @@ INFOS = {info.optim_cls.__name__: info for info in common_optimizers.optim_db
          if info.optim_cls.__name__ in fusedreg.optim.__all__}
 NAMES = list(INFOS)
 
-# Sparse gradients land in another change (issue #17 item 2). Until then these tests fail, and strict xfail makes
-# them fail loudly the day they pass: then delete this list (and its one use below).
-SPARSE_PENDING = {"SGD", "Adagrad", "Adam", "AdamW"}
-
-
 def ours(name, backend):
     return functools.partial(getattr(fusedreg, name), backend=backend)
 
@@ -230,13 +225,8 @@ def test_complex_2d_rosenbrock_equals_separate_real_params(name, backend):
 # Sparse gradients (torch's rosenbrock with uncoalesced sparse grads) against torch.optim's sparse step; Adam and
 # AdamW refuse them with torch's error.
 
-def sparse_pending(name):
-    return pytest.param(name, marks=pytest.mark.xfail(name in SPARSE_PENDING, strict=True,
-                                                      reason="sparse gradients: issue #17 item 2, another change"))
-
-
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks")
-@pytest.mark.parametrize("name", [sparse_pending(n) for n in NAMES if INFOS[n].supports_sparse])
+@pytest.mark.parametrize("name", [n for n in NAMES if INFOS[n].supports_sparse])
 def test_sparse_rosenbrock_follows_torch_optim(name, backend):
     kwargs, scheds = INFOS[name].metadata_for_sparse
     runs = []
@@ -260,7 +250,7 @@ def test_sparse_rosenbrock_follows_torch_optim(name, backend):
         assert torch.allclose(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6), k
 
 
-@pytest.mark.parametrize("name", [sparse_pending(n) for n in NAMES if not INFOS[n].supports_sparse])
+@pytest.mark.parametrize("name", [n for n in NAMES if not INFOS[n].supports_sparse])
 def test_sparse_gradients_are_refused_with_torch_optims_error(name, backend):
     p, q = torch.randn(4), torch.randn(4)
     p.grad, q.grad = torch.ones(4).to_sparse(), torch.ones(4).to_sparse()
