@@ -319,6 +319,32 @@ def test_group_sgd_momentum_l1(benchmark, group):
     run(benchmark, _group_sgd(*GROUPS[group]), rounds=15)
 
 
+@pytest.mark.benchmark(group="paired")
+@pytest.mark.parametrize("pair", [f"{opt}[{g}]" for opt in ("adamw_l1", "sgd_momentum_l1") for g in ("rows", "cols")])
+def test_group_paired(benchmark, pair):
+    """One round = the step with group lasso and the same step without it (own tensors each), in alternating
+    order; extra_info keeps the median and quartiles of the per-round ratio grouped / plain."""
+    opt, group = pair[:-1].split("[")
+    make = _group_adamw if opt == "adamw_l1" else _group_sgd
+    ours, theirs = make(*GROUPS[group]), make(*GROUPS["none"])
+    ratios = []
+
+    def both():
+        flip = len(ratios) % 2
+        times = {}
+        for name, fn in ((("plain", theirs), ("ours", ours)) if flip else (("ours", ours), ("plain", theirs))):
+            t0 = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - t0
+        ratios.append(times["ours"] / times["plain"])
+
+    benchmark.extra_info["bytes_per_param"] = 2 * BYTES["adam" if opt == "adamw_l1" else "sgd_momentum"]
+    run(benchmark, both, rounds=60)
+    ratios = ratios[2:]  # the warm-ups
+    q1, med, q3 = statistics.quantiles(ratios, n=4)
+    benchmark.extra_info.update(ratio_median=med, ratio_q1=q1, ratio_q3=q3, pairs=len(ratios))
+
+
 # ---- the table of bench/README.md from a --benchmark-json file ----------------------------------------------
 
 def table(path):

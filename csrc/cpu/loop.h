@@ -144,17 +144,32 @@ void for_each_element(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
   });
 }
 
+// Prefetches (into L2) up to 16 KiB of each of a slot's arrays from element i on: the next row's, while the group
+// prox of this one computes in cache, so that the prox does not stall the stream.
+template <typename T, typename O, int NS, typename S>
+FR_INLINE void prefetch_row(const Slot<T, O, NS, S>& sl, int64_t i, int64_t n) {
+  auto fetch = [&](const void* base, size_t bytes, int64_t count) {
+    const char* c = static_cast<const char*>(base);
+    const size_t end = std::min<size_t>(bytes * count, 16384);
+    for (size_t o = 0; o < end; o += 64) __builtin_prefetch(c + o, 1, 2);
+  };
+  fetch(sl.p + i, sizeof(T), n);
+  fetch(sl.g + i, sizeof(T), n);
+  for (int k = 0; k < NS; ++k)
+    if (sl.s[k]) fetch(sl.s[k] + i, sizeof(O), n);
+}
+
 // Runs f over every element of every slot, then the group prox of each job: row groups in the same parallel
-// chunk as their row's update (the row is still in cache), column groups in row-major sweeps after the whole
-// update (a column needs every row).
+// chunk as their row's update (the row is still in cache, and the next row is prefetched meanwhile), column
+// groups right after their own param's update (a column needs every row; the param is then still in the
+// last-level cache when it fits there).
 template <typename T, typename O, int NS, typename S, typename F>
 void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<GroupJob<O>>& jobs,
                               int64_t group_dim, const F& f) {
   if (jobs.empty()) return for_each_element(slots, f);
   std::vector<Slot<T, O, NS, S>> flat;
   std::vector<char> fused(slots.size(), 0);
-  if (group_dim == 0)
-    for (const auto& job : jobs) fused[job.slot] = 1;
+  for (const auto& job : jobs) fused[job.slot] = 1;
   for (size_t i = 0; i < slots.size(); ++i)
     if (!fused[i]) flat.push_back(slots[i]);
   for_each_element(flat, f);
@@ -166,10 +181,12 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
         const S sc = sl.sc;
         for (int64_t g = b; g < e; ++g) {
           process_range(sl, g * sh.K, (g + 1) * sh.K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
+          if (g + 1 < e) prefetch_row(sl, (g + 1) * sh.K, sh.K);
           group_prox_row<T, O>(sl.p, job, g);
         }
       });
     } else {
+      for_each_element(std::vector<Slot<T, O, NS, S>>{sl}, f);
       group_prox_columns<T, O>(sl.p, job, kGrainUnits * kUnit);
     }
   }
