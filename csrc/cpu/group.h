@@ -88,9 +88,13 @@ inline void row_sums(int64_t n, double& s, double& t, const F& terms) {
 // The metric prox in one pass: the root r from the group's moments sum v^2 a^k (k <= 3), without Newton's passes,
 // when every a of the group is small next to r; the exact passes (as the reference runs them) otherwise.
 
-// Below this max a / r the series in a/r of sum v^2/(r + a)^2 leaves out at most 5 (a/r)^4 of it: r is off by
-// ~2.5e-12 (relative) and the factor r/(r + a) by ~1e-3 times that, far below opmath's rounding.
-constexpr double kSeriesRatio = 1e-3;
+// The series in u = a/r of sum v^2/(r + a)^2 = r^-2 sum v^2 (1 - 2u + 3u^2 - 4u^3 + ...), cut after u^3, is used
+// when every u <= 1/2 (the remainder of each element's alternating series is then below its first left-out
+// term) and those terms, 5 sum v^2 a^4 / r^4, are below kSeriesTol of sum v^2: r is then off by half that
+// (relative) and the factor r/(r + a) by less, far below opmath's rounding for float (bf16, fp16) and within
+// fp64's.
+template <typename O>
+constexpr double kSeriesTol = std::is_same_v<O, double> ? 1e-15 : 1e-9;
 // The zero test from sum (v*D)^2 / c^2 (D = c/a's denominator: no division an element) is within 2^-23 (relative)
 // of the reference's sum (v/a)^2 with a = opmath(c/D); nearer to 1 than this, the exact test decides.
 constexpr double kZeroBand = 1e-6;
@@ -98,46 +102,48 @@ constexpr double kZeroBand = 1e-6;
 constexpr double kExact = -2;
 
 struct Moments {
-  double q = 0, nn = 0, m1 = 0, m2 = 0, m3 = 0, amax = 0, amin = INFINITY;
+  double q = 0, nn = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0, amax = 0, amin = INFINITY;
 };
 
 // One element's moment terms: (v*D)^2 to q, v^2 to nn, v^2 a^k to mk. V: double or a vector of doubles.
 template <typename V>
-FR_INLINE void moment_terms(V v, V d, V a, V& q, V& nn, V& m1, V& m2, V& m3) {
+FR_INLINE void moment_terms(V v, V d, V a, V& q, V& nn, V& m1, V& m2, V& m3, V& m4) {
   const V vd = v * d;
   q += vd * vd;
   const V w = v * v;
   nn += w;
-  const V wa = w * a;
-  m1 += wa;
-  const V wa2 = wa * a;
-  m2 += wa2;
-  m3 += wa2 * a;
+  const V w1 = w * a;
+  m1 += w1;
+  const V w2 = w1 * a;
+  m2 += w2;
+  const V w3 = w2 * a;
+  m3 += w3;
+  m4 += w3 * a;
 }
 
 // r of the metric prox from the group's moments, -1 for a group the prox zeroes, or kExact. c: the opmath c of
 // a = opmath(c/D); a_ok: the smallest normal opmath value (below it c/D is not rounded within 2^-24).
-inline double moment_root(const Moments& m, double c, double a_ok) {
+template <typename O>
+inline double moment_root(const Moments& m, double c) {
   const double q = m.q / (c * c);
-  if (!(m.amin >= a_ok) || !(m.amax < INFINITY) || !(m.nn < INFINITY) || !(q < INFINITY)) return kExact;
+  if (!(m.amin >= static_cast<double>(std::numeric_limits<O>::min())) || !(m.amax < INFINITY) ||
+      !(m.nn < INFINITY) || !(q < INFINITY))
+    return kExact;
   if (q <= 1 - kZeroBand) return -1;
   if (!(q > 1 + kZeroBand)) return kExact;
-  // ||v|| less the v^2-weighted mean of a: at or below the root (Jensen on 1/x^2), within (a/r)^2 of it.
+  // ||v|| less the v^2-weighted mean of a: at or below the root (Jensen on 1/x^2), so the bounds below hold at r.
   double r = std::sqrt(m.nn) - m.m1 / m.nn;
-  if (!(r > 0) || !(m.amax <= kSeriesRatio * r)) return kExact;
-  // r^2 = sum v^2 (1 + a/r)^-2 = nn - 2 m1/r + 3 m2/r^2 - 4 m3/r^3: each round shrinks the error by a/r.
-  for (int i = 0; i < 4; ++i) {
+  if (!(r > 0) || !(m.amax <= 0.5 * r)) return kExact;
+  const double u0 = 1 / r;
+  if (!(5 * m.m4 * (u0 * u0) * (u0 * u0) <= kSeriesTol<O> * m.nn)) return kExact;
+  // r^2 = nn - 2 m1/r + 3 m2/r^2 - 4 m3/r^3: each round shrinks the error by about 2 (mean a)/r.
+  for (int i = 0; i < 6; ++i) {
     const double u = 1 / r;
-    r = std::sqrt(m.nn - u * (2 * m.m1 - u * (3 * m.m2 - u * (4 * m.m3))));
+    const double next = std::sqrt(m.nn - u * (2 * m.m1 - u * (3 * m.m2 - u * (4 * m.m3))));
+    if (next == r) break;
+    r = next;
   }
   return r;
-}
-
-// r/(r + a) = 1/(1 + u) with u = a/r <= kSeriesRatio, to u^6 (no division an element).
-template <typename V>
-FR_INLINE V series_factor(V u) {
-  const V one(1.0);
-  return one - u * (one - u * (one - u * (one - u * (one - u))));
 }
 
 // v, D and a = opmath(c/D) of n elements (x: their denominators' inputs) into double panels; D and a as group_a
@@ -163,12 +169,9 @@ inline void metric_panels(const GroupJob<O>& job, const T* __restrict p, const O
   }
 }
 
-template <typename O>
-constexpr double kNormal = static_cast<double>(std::numeric_limits<O>::min());
-
 // Row panels, one set per thread: v, D, a of the row (or of a column strip's row), and the scale factors.
 struct Panels {
-  std::vector<double> v, d, a;
+  std::vector<double> v, d, a, vb, db, ab;
   double* get(std::vector<double>& b, int64_t n) {
     if (static_cast<int64_t>(b.size()) < n) b.resize(n);
     return b.data();
@@ -245,15 +248,15 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
   metric_panels(job, p, job.x + g * n, n, v, d, a);
   Moments m;
   {
-    VD q(0.0), nn(0.0), m1(0.0), m2(0.0), m3(0.0), amax(0.0), amin(INFINITY);
+    VD q(0.0), nn(0.0), m1(0.0), m2(0.0), m3(0.0), m4(0.0), amax(0.0), amin(INFINITY);
     int64_t k = 0;
     for (; k + VD::size() <= n; k += VD::size()) {
       const VD ak = VD::loadu(a + k);
-      moment_terms(VD::loadu(v + k), VD::loadu(d + k), ak, q, nn, m1, m2, m3);
-      amax = at::vec::maximum(amax, ak);
-      amin = at::vec::minimum(amin, ak);
+      moment_terms(VD::loadu(v + k), VD::loadu(d + k), ak, q, nn, m1, m2, m3, m4);
+      amax = at::vec::clamp_min(amax, ak);  // a NaN a makes q NaN, which moment_root sends to the exact passes
+      amin = at::vec::clamp_max(amin, ak);
     }
-    m.q = hsum(q), m.nn = hsum(nn), m.m1 = hsum(m1), m.m2 = hsum(m2), m.m3 = hsum(m3);
+    m.q = hsum(q), m.nn = hsum(nn), m.m1 = hsum(m1), m.m2 = hsum(m2), m.m3 = hsum(m3), m.m4 = hsum(m4);
     double hb[VD::size()], lb[VD::size()];
     amax.store(hb);
     amin.store(lb);
@@ -262,12 +265,12 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
       m.amin = lb[l] < m.amin || lb[l] != lb[l] ? lb[l] : m.amin;
     }
     for (; k < n; ++k) {
-      moment_terms(v[k], d[k], a[k], m.q, m.nn, m.m1, m.m2, m.m3);
+      moment_terms(v[k], d[k], a[k], m.q, m.nn, m.m1, m.m2, m.m3, m.m4);
       m.amax = a[k] > m.amax || a[k] != a[k] ? a[k] : m.amax;
       m.amin = a[k] < m.amin || a[k] != a[k] ? a[k] : m.amin;
     }
   }
-  double r = moment_root(m, static_cast<double>(job.c_o), kNormal<O>);
+  double r = moment_root<O>(m, static_cast<double>(job.c_o));
   if (r == kExact) {
     r = exact_root(n, v, a);
     if (r >= 0) {
@@ -279,15 +282,28 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
     for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * O(0));
     return;
   }
-  const double rinv = 1 / r;
-  for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * static_cast<O>(series_factor(a[k] * rinv)));
+  // The factor in opmath (one division an element, in float for float): within an ulp or two of the reference's
+  // rounded double.
+  const O ro = static_cast<O>(r);
+  for (int64_t k = 0; k < n; ++k) {
+    const O ak = static_cast<O>(a[k]);
+    p[k] = static_cast<T>(static_cast<O>(p[k]) * (ro / (ro + ak)));
+  }
 }
 
-// The column strip of a (A, G, K) param that one task takes: about 1 MiB of opmath param and state, and at most
-// 256 elements of a row (its lane arrays stay in L1/L2). Fixed by the shape: no result depends on the thread count.
-inline int64_t strip_groups(const GroupShape& sh) {
-  const int64_t w = std::clamp<int64_t>(131072 / std::max<int64_t>(sh.A, 1), 16, 256);
-  return std::max<int64_t>(1, w / std::max<int64_t>(sh.K, 1));
+// The columns one task takes: 256 elements of each row (a whole column for K >= 256), so that its lane arrays stay
+// in L1/L2 and each row's piece is a run of cache lines. Fixed by the shape: no result depends on the thread count.
+inline int64_t strip_groups(const GroupShape& sh) { return std::max<int64_t>(1, 256 / std::max<int64_t>(sh.K, 1)); }
+
+// A strip's rows lie a row apart, in different pages, where the hardware prefetchers stop: the strip loops
+// prefetch the piece this many rows ahead.
+constexpr int64_t kStripAhead = 8;
+// The rows a strip's first pass takes at a time.
+constexpr int64_t kStripRows = 4;
+
+inline void prefetch_piece(const void* base, int64_t bytes) {
+  const char* c = static_cast<const char*>(base);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 1, 3);
 }
 
 // The group prox of columns g0..g1 (group_dim 1) of one param, after its update: every sum of a column is made by
@@ -297,17 +313,18 @@ template <typename T, typename O>
 void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
   const int64_t A = job.sh.A, K = job.sh.K, row = job.sh.G * K, j0 = g0 * K, W = (g1 - g0) * K, ng = g1 - g0;
   thread_local std::vector<double> lanes;
-  const int64_t nl = job.x == nullptr ? 2 : 10;
-  if (static_cast<int64_t>(lanes.size()) < nl * W + 6 * ng) lanes.resize(nl * W + 6 * ng);
+  const int64_t nl = job.x == nullptr ? 2 : 8;
+  if (static_cast<int64_t>(lanes.size()) < nl * W + 2 * ng) lanes.resize(nl * W + 2 * ng);
   double* L = lanes.data();
-  std::fill(L, L + nl * W + 6 * ng, 0.0);
+  std::fill(L, L + nl * W + 2 * ng, 0.0);
   auto lane = [&](int i) { return L + i * W; };
-  double* grp = L + nl * W;  // per column: r, rinv, keep, exact, and two sums
+  double* grp = L + nl * W;  // per column: r, exact
   auto seg = [&](int64_t a) { return p + a * row + j0; };
   if (job.x == nullptr) {
     double* __restrict nn = lane(0);
     double* __restrict f = lane(1);
     for (int64_t a = 0; a < A; ++a) {
+      if (a + kStripAhead < A) prefetch_piece(seg(a + kStripAhead), W * sizeof(T));
       const T* __restrict pr = seg(a);
       for (int64_t j = 0; j < W; ++j) {
         const double v = static_cast<double>(static_cast<O>(pr[j]));
@@ -321,6 +338,7 @@ void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
       for (int64_t k = 0; k < K; ++k) f[g * K + k] = fg;
     }
     for (int64_t a = 0; a < A; ++a) {
+      if (a + kStripAhead < A) prefetch_piece(seg(a + kStripAhead), W * sizeof(T));
       T* __restrict pr = seg(a);
       for (int64_t j = 0; j < W; ++j) pr[j] = static_cast<T>(static_cast<O>(pr[j]) * static_cast<O>(f[j]));
     }
@@ -331,90 +349,118 @@ void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
   double* __restrict d = pn.get(pn.d, W);
   double* __restrict av = pn.get(pn.a, W);
   const O* x = job.x;
-  auto load = [&](int64_t a) { metric_panels(job, seg(a), x + a * row + j0, W, v, d, av); };
-  double *q = lane(0), *nn = lane(1), *m1 = lane(2), *m2 = lane(3), *m3 = lane(4), *hi = lane(5), *lo = lane(6);
-  for (int64_t j = 0; j < W; ++j) lo[j] = INFINITY;
-  for (int64_t a = 0; a < A; ++a) {
-    load(a);
-    for (int64_t j = 0; j < W; ++j) {
-      moment_terms(v[j], d[j], av[j], q[j], nn[j], m1[j], m2[j], m3[j]);
-      hi[j] = av[j] > hi[j] || av[j] != av[j] ? av[j] : hi[j];
-      lo[j] = av[j] < lo[j] || av[j] != av[j] ? av[j] : lo[j];
+  auto load = [&](int64_t a) {
+    if (a + kStripAhead < A) {
+      prefetch_piece(seg(a + kStripAhead), W * sizeof(T));
+      prefetch_piece(x + (a + kStripAhead) * row + j0, W * sizeof(O));
     }
+    metric_panels(job, seg(a), x + a * row + j0, W, v, d, av);
+  };
+  double *__restrict q = lane(0), *__restrict nn = lane(1), *__restrict m1 = lane(2), *__restrict m2 = lane(3),
+         *__restrict m3 = lane(4), *__restrict m4 = lane(5), *__restrict hi = lane(6), *__restrict lo = lane(7);
+  for (int64_t j = 0; j < W; ++j) lo[j] = INFINITY;
+  // kStripRows rows at a time, so that the lane sums are loaded and stored once per kStripRows rows; each lane
+  // still adds its rows in order.
+  double* __restrict vb = pn.get(pn.vb, kStripRows * W);
+  double* __restrict db = pn.get(pn.db, kStripRows * W);
+  double* __restrict ab = pn.get(pn.ab, kStripRows * W);
+  for (int64_t a0 = 0; a0 < A; a0 += kStripRows) {
+    const int64_t nr = std::min(kStripRows, A - a0);
+    for (int64_t i = 0; i < nr; ++i) {
+      const int64_t a = a0 + i;
+      if (a + kStripAhead < A) {
+        prefetch_piece(seg(a + kStripAhead), W * sizeof(T));
+        prefetch_piece(x + (a + kStripAhead) * row + j0, W * sizeof(O));
+      }
+      metric_panels(job, seg(a), x + a * row + j0, W, vb + i * W, db + i * W, ab + i * W);
+    }
+    // In vectors, then the tail as scalars: the same operations (no contraction), so a lane's sum does not
+    // depend on where it falls.
+    int64_t j = 0;
+    for (; j + VD::size() <= W; j += VD::size()) {
+      VD qj = VD::loadu(q + j), nj = VD::loadu(nn + j), aj = VD::loadu(m1 + j), bj = VD::loadu(m2 + j),
+         cj = VD::loadu(m3 + j), dj = VD::loadu(m4 + j), hj = VD::loadu(hi + j), lj = VD::loadu(lo + j);
+      for (int64_t i = 0; i < nr; ++i) {
+        const VD ak = VD::loadu(ab + i * W + j);
+        moment_terms(VD::loadu(vb + i * W + j), VD::loadu(db + i * W + j), ak, qj, nj, aj, bj, cj, dj);
+        hj = at::vec::clamp_min(hj, ak);  // NaN: see group_prox_row
+        lj = at::vec::clamp_max(lj, ak);
+      }
+      qj.store(q + j), nj.store(nn + j), aj.store(m1 + j), bj.store(m2 + j), cj.store(m3 + j), dj.store(m4 + j);
+      hj.store(hi + j), lj.store(lo + j);
+    }
+    for (; j < W; ++j)
+      for (int64_t i = 0; i < nr; ++i) {
+        const int64_t o = i * W + j;
+        moment_terms(vb[o], db[o], ab[o], q[j], nn[j], m1[j], m2[j], m3[j], m4[j]);
+        hi[j] = ab[o] > hi[j] ? ab[o] : hi[j];
+        lo[j] = ab[o] < lo[j] ? ab[o] : lo[j];
+      }
   }
-  double *r = grp, *rinv = grp + ng, *keep = grp + 2 * ng, *exact = grp + 3 * ng;
+  double *r = grp, *exact = grp + ng;
   bool any_exact = false;
   for (int64_t g = 0; g < ng; ++g) {
     Moments m;
     for (int64_t k = 0, j = g * K; k < K; ++k, ++j) {
-      m.q += q[j], m.nn += nn[j], m.m1 += m1[j], m.m2 += m2[j], m.m3 += m3[j];
+      m.q += q[j], m.nn += nn[j], m.m1 += m1[j], m.m2 += m2[j], m.m3 += m3[j], m.m4 += m4[j];
       m.amax = hi[j] > m.amax || hi[j] != hi[j] ? hi[j] : m.amax;
       m.amin = lo[j] < m.amin || lo[j] != lo[j] ? lo[j] : m.amin;
     }
-    r[g] = moment_root(m, static_cast<double>(job.c_o), kNormal<O>);
+    r[g] = moment_root<O>(m, static_cast<double>(job.c_o));
     exact[g] = r[g] == kExact;
     any_exact = any_exact || exact[g];
   }
   if (any_exact) {
-    // The reference's passes for the exact columns: ||v/a||^2 and max a (NaN-propagating), then Newton's.
-    double *eq = lane(7), *s = lane(8), *t = lane(9);
-    for (int64_t a = 0; a < A; ++a) {
-      load(a);
-      for (int64_t j = 0; j < W; ++j) {
-        const double xq = v[j] / av[j];
-        eq[j] += xq * xq;
-      }
-    }
-    double *rs = grp + 4 * ng, *ss = grp + 5 * ng;
-    std::vector<double> ts(ng);
-    for (int64_t g = 0; g < ng; ++g) {
-      rs[g] = -1;
-      if (!exact[g]) continue;
-      MetricSums first;
-      double sm1 = 0;
-      for (int64_t k = 0, j = g * K; k < K; ++k, ++j) {
-        first.q += eq[j], first.nn += nn[j], sm1 += m1[j];
-        first.amax = hi[j] > first.amax || hi[j] != hi[j] ? hi[j] : first.amax;
-      }
-      rs[g] = metric_start(first);
-      const double jensen = std::sqrt(first.nn) - sm1 / first.nn;
-      if (rs[g] >= 0 && jensen > rs[g]) rs[g] = jensen;
-    }
-    std::vector<double> rl(W);
-    newton_solve(ng, rs, ss, ts.data(), [&] {
-      for (int64_t j = 0; j < W; ++j) {
-        rl[j] = rs[j / K] < 0 ? 0.0 : rs[j / K];
-        s[j] = 0, t[j] = 0;
-      }
-      for (int64_t a = 0; a < A; ++a) {
-        load(a);
-        for (int64_t j = 0; j < W; ++j) newton_terms(v[j], av[j], rl[j], s[j], t[j]);
-      }
-      for (int64_t g = 0; g < ng; ++g) {
-        ss[g] = 0, ts[g] = 0;
-        for (int64_t k = 0, j = g * K; k < K; ++k, ++j) ss[g] += s[j], ts[g] += t[j];
-      }
-    });
+    // The reference's passes for the exact columns only (few, unless the prox is strong), element by element:
+    // ||v/a||^2, ||v||^2, max a (NaN-propagating) and sum v^2 a, then Newton's.
+    std::vector<int64_t> ex;
     for (int64_t g = 0; g < ng; ++g)
-      if (exact[g]) r[g] = rs[g];
+      if (exact[g]) ex.push_back(g);
+    const int64_t ne = static_cast<int64_t>(ex.size());
+    auto each = [&](const auto& f) {  // f(e, v, a) for every element of every exact column, rows in order
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t e = 0; e < ne; ++e)
+          for (int64_t k = 0, i = a * row + (g0 + ex[e]) * K; k < K; ++k, ++i) {
+            const O dk = job.has_l2 ? adam_denom(x[i], job.bdiv, job.eps) + job.c2 : adam_denom(x[i], job.bdiv, job.eps);
+            f(e, static_cast<double>(static_cast<O>(p[i])), static_cast<double>(job.c_o / dk));
+          }
+    };
+    std::vector<MetricSums> first(ne);
+    std::vector<double> sm1(ne, 0.0), rs(ne), ss(ne), ts(ne), rk(ne);
+    each([&](int64_t e, double v, double a) {
+      first[e].add(v, a);
+      sm1[e] += v * v * a;
+    });
+    for (int64_t e = 0; e < ne; ++e) {
+      rs[e] = metric_start(first[e]);
+      const double jensen = std::sqrt(first[e].nn) - sm1[e] / first[e].nn;
+      if (rs[e] >= 0 && jensen > rs[e]) rs[e] = jensen;
+    }
+    newton_solve(ne, rs.data(), ss.data(), ts.data(), [&] {
+      for (int64_t e = 0; e < ne; ++e) rk[e] = rs[e] < 0 ? 0.0 : rs[e], ss[e] = 0, ts[e] = 0;
+      each([&](int64_t e, double v, double a) { newton_terms(v, a, rk[e], ss[e], ts[e]); });
+    });
+    for (int64_t e = 0; e < ne; ++e) r[ex[e]] = rs[e];
   }
-  // Per lane: the series factor's 1/r and keep (0 in a zeroed column), or the exact factor.
-  double *lr = lane(0), *lk = lane(1), *lx = lane(2), *lrr = lane(3);
+  // Per lane: opmath r (0 in a zeroed column: a > 0 there, so the factor is 0), and the exact columns' r.
+  double *__restrict lr = lane(0), *__restrict lx = lane(1), *__restrict lrr = lane(2);
   for (int64_t g = 0; g < ng; ++g) {
-    rinv[g] = r[g] > 0 ? 1 / r[g] : 0.0;
-    keep[g] = r[g] < 0 ? 0.0 : 1.0;
-    for (int64_t k = 0, j = g * K; k < K; ++k, ++j) lr[j] = rinv[g], lk[j] = keep[g], lx[j] = exact[g], lrr[j] = r[g];
+    const double ro = static_cast<double>(static_cast<O>(r[g] < 0 ? 0.0 : r[g]));
+    for (int64_t k = 0, j = g * K; k < K; ++k, ++j) lr[j] = ro, lx[j] = exact[g], lrr[j] = r[g];
   }
   for (int64_t a = 0; a < A; ++a) {
     load(a);
     T* __restrict pr = seg(a);
     if (!any_exact) {
-      for (int64_t j = 0; j < W; ++j)
-        pr[j] = static_cast<T>(static_cast<O>(pr[j]) * static_cast<O>(series_factor(av[j] * lr[j]) * lk[j]));
+      for (int64_t j = 0; j < W; ++j) {
+        const O ro = static_cast<O>(lr[j]);
+        pr[j] = static_cast<T>(static_cast<O>(pr[j]) * (ro / (ro + static_cast<O>(av[j]))));
+      }
     } else {
       for (int64_t j = 0; j < W; ++j) {
-        const double f = lx[j] != 0 ? metric_factor(lrr[j], av[j]) : series_factor(av[j] * lr[j]) * lk[j];
-        pr[j] = static_cast<T>(static_cast<O>(pr[j]) * static_cast<O>(f));
+        const O ro = static_cast<O>(lr[j]);
+        const O f = lx[j] != 0 ? static_cast<O>(metric_factor(lrr[j], av[j])) : ro / (ro + static_cast<O>(av[j]));
+        pr[j] = static_cast<T>(static_cast<O>(pr[j]) * f);
       }
     }
   }

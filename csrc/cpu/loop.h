@@ -29,6 +29,8 @@ constexpr bool kReduced = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, 
 // Work is split in units of kUnit elements of one tensor, so that thread boundaries fall on whole vectors.
 constexpr int64_t kUnit = 64;
 constexpr int64_t kGrainUnits = 32768 / kUnit;
+// Row groups: the elements of the rows updated before their prox runs (each array's block stays in L2).
+constexpr int64_t kRowBlock = 16384;
 
 // One tensor's pointers (params, grads, NS optional state lists) and its scalars.
 template <typename T, typename O, int NS, typename S>
@@ -144,23 +146,8 @@ void for_each_element(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
   });
 }
 
-// Prefetches (into L2) up to 16 KiB of each of a slot's arrays from element i on: the next row's, while the group
-// prox of this one computes in cache, so that the prox does not stall the stream.
-template <typename T, typename O, int NS, typename S>
-FR_INLINE void prefetch_row(const Slot<T, O, NS, S>& sl, int64_t i, int64_t n) {
-  auto fetch = [&](const void* base, size_t bytes, int64_t count) {
-    const char* c = static_cast<const char*>(base);
-    const size_t end = std::min<size_t>(bytes * count, 16384);
-    for (size_t o = 0; o < end; o += 64) __builtin_prefetch(c + o, 1, 2);
-  };
-  fetch(sl.p + i, sizeof(T), n);
-  fetch(sl.g + i, sizeof(T), n);
-  for (int k = 0; k < NS; ++k)
-    if (sl.s[k]) fetch(sl.s[k] + i, sizeof(O), n);
-}
-
 // Runs f over every element of every slot, then the group prox of each job: row groups in the same parallel
-// chunk as their row's update (the row is still in cache, and the next row is prefetched meanwhile), column
+// chunk as their row's update (the row is still in cache), column
 // groups right after their own param's update (a column needs every row; the param is then still in the
 // last-level cache when it fits there).
 template <typename T, typename O, int NS, typename S, typename F>
@@ -177,12 +164,15 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
     const auto& sl = slots[job.slot];
     const GroupShape& sh = job.sh;
     if (group_dim == 0) {
+      // The update runs a block of rows at a time (long runs for the hardware prefetchers), then the prox of
+      // each of its rows, from L2.
+      const int64_t block = std::max<int64_t>(1, kRowBlock / sh.K);
       at::parallel_for(0, sh.G, std::max<int64_t>(1, kGrainUnits * kUnit / sh.K), [&](int64_t b, int64_t e) {
         const S sc = sl.sc;
-        for (int64_t g = b; g < e; ++g) {
-          process_range(sl, g * sh.K, (g + 1) * sh.K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
-          if (g + 1 < e) prefetch_row(sl, (g + 1) * sh.K, sh.K);
-          group_prox_row<T, O>(sl.p, job, g);
+        for (int64_t g0 = b; g0 < e; g0 += block) {
+          const int64_t g1 = std::min(e, g0 + block);
+          process_range(sl, g0 * sh.K, g1 * sh.K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
+          for (int64_t g = g0; g < g1; ++g) group_prox_row<T, O>(sl.p, job, g);
         }
       });
     } else {
