@@ -12,7 +12,8 @@ rows, as the bare op. The paired group alternates fusedreg and torch's fused ste
 median of the per-pair time ratios, which drifts far less with this VM's memory bandwidth than a ratio of two
 medians taken minutes apart.
 The group_lasso group times the same ops with group lasso on rows / columns of the 18 matrices, and (torch_pass)
-the way fusedreg applied it before it was in the kernels.
+the way fusedreg applied it before it was in the kernels; test_group_paired alternates each grouped step with the
+same step without group lasso (own tensors each) and keeps the per-round ratio, as the paired group does.
 """
 import json
 import statistics
@@ -380,7 +381,8 @@ def table(path):
         ratio = f"{med(name) / med(ref):.2f}x" if ref else ""
         out.append(f"| {name} | {med(name) * 1e3:.1f} | {ratio} | {bpp} | {bw / 1e9:.1f} | {bw / roof_bw:.2f} |")
     if paired:
-        out += ["", "| paired: fusedreg / torch fused (or / the seeds' way), per round | median | quartiles | rounds |",
+        out += ["", "| paired: fusedreg / torch fused (or / the seeds' way; group_paired: / the step without group "
+                "lasso), per round | median | quartiles | rounds |",
                 "| --- | ---: | ---: | ---: |"] + paired
     ours = "fusedreg_adamw_l1_l2"
     seeds = [n for n in ("seeds_way_l1_in_loss", "seeds_way_l1_in_loss_fused") if n in rows]
