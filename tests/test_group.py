@@ -15,7 +15,7 @@ from fusedreg import backends
 from cases import build, compare
 from test_kernels import run, seeded
 
-SHAPES = [(40, 300), (300, 40), (6, 20, 3, 3), (3, 10), (2, 3)]
+SHAPES = [(40, 300), (300, 40), (6, 20, 3, 3), (3, 10), (2, 3), (3, 4, 300)]  # the last: K > a strip's 256
 # A group_l1 for which most groups take the one-pass path (a_i / r ~ 1e-4 here), while the groups scaled by 1e-3
 # (below) are zeroed or need the exact passes.
 SMALL = {"sgd_": dict(momentum=0.9, l1=1e-3, group_l1=1e-2),
@@ -83,7 +83,7 @@ def test_one_pass_does_not_depend_on_thread_count(op, group_dim):
         torch.set_num_threads(threads)
         try:
             gen = seeded("group-threads", op, group_dim)
-            case = build(op, [(600, 70), (70, 600), (6, 50, 40), (4, 2000)], torch.float64, gen=gen,
+            case = build(op, [(600, 70), (70, 600), (6, 50, 40), (4, 2000), (5, 3, 600)], torch.float64, gen=gen,
                          **{**SMALL[op], "group_dim": group_dim})
             for _ in range(2):
                 case.call(backends.kernel("cpp", op), grads=case.new_grads(gen))

@@ -291,9 +291,12 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
   }
 }
 
-// The columns one task takes: 256 elements of each row (a whole column for K >= 256), so that its lane arrays stay
-// in L1/L2 and each row's piece is a run of cache lines. Fixed by the shape: no result depends on the thread count.
-inline int64_t strip_groups(const GroupShape& sh) { return std::max<int64_t>(1, 256 / std::max<int64_t>(sh.K, 1)); }
+// The columns one task takes: 256 elements of each row (one column for K >= 256, its run taken in chunks of 256),
+// so that its lane arrays stay in L1/L2 and each row's piece is a run of cache lines. Fixed by the shape: no result depends on the thread count.
+constexpr int64_t kStripElems = 256;
+inline int64_t strip_groups(const GroupShape& sh) {
+  return std::max<int64_t>(1, kStripElems / std::max<int64_t>(sh.K, 1));
+}
 
 // A strip's rows lie a row apart, in different pages, where the hardware prefetchers stop: the strip loops
 // prefetch the piece this many rows ahead.
@@ -312,101 +315,116 @@ inline void prefetch_piece(const void* base, int64_t bytes) {
 template <typename T, typename O>
 void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
   const int64_t A = job.sh.A, K = job.sh.K, row = job.sh.G * K, j0 = g0 * K, W = (g1 - g0) * K, ng = g1 - g0;
+  // Lanes per chunk: the whole strip, or (one column with K > kStripElems) K's run in chunks, whose lane sums
+  // are added to the column's in order.
+  const int64_t C = std::min(W, kStripElems);
   thread_local std::vector<double> lanes;
   const int64_t nl = job.x == nullptr ? 2 : 8;
-  if (static_cast<int64_t>(lanes.size()) < nl * W + 2 * ng) lanes.resize(nl * W + 2 * ng);
+  if (static_cast<int64_t>(lanes.size()) < nl * C + 2 * ng) lanes.resize(nl * C + 2 * ng);
   double* L = lanes.data();
-  std::fill(L, L + nl * W + 2 * ng, 0.0);
-  auto lane = [&](int i) { return L + i * W; };
-  double* grp = L + nl * W;  // per column: r, exact
-  auto seg = [&](int64_t a) { return p + a * row + j0; };
+  std::fill(L, L + nl * C + 2 * ng, 0.0);
+  auto lane = [&](int i) { return L + i * C; };
+  double* grp = L + nl * C;  // per column: r, exact
+  int64_t jc = 0, Wc = C;    // the chunk: lanes jc.. of the strip's row piece
+  auto seg = [&](int64_t a) { return p + a * row + j0 + jc; };
   if (job.x == nullptr) {
     double* __restrict nn = lane(0);
     double* __restrict f = lane(1);
-    for (int64_t a = 0; a < A; ++a) {
-      if (a + kStripAhead < A) prefetch_piece(seg(a + kStripAhead), W * sizeof(T));
-      const T* __restrict pr = seg(a);
-      for (int64_t j = 0; j < W; ++j) {
-        const double v = static_cast<double>(static_cast<O>(pr[j]));
-        nn[j] += v * v;
+    double* ssq = grp;
+    for (jc = 0; jc < W; jc += C) {
+      Wc = std::min(C, W - jc);
+      std::fill(nn, nn + Wc, 0.0);
+      for (int64_t a = 0; a < A; ++a) {
+        if (a + kStripAhead < A) prefetch_piece(seg(a + kStripAhead), Wc * sizeof(T));
+        const T* __restrict pr = seg(a);
+        for (int64_t j = 0; j < Wc; ++j) {
+          const double v = static_cast<double>(static_cast<O>(pr[j]));
+          nn[j] += v * v;
+        }
       }
+      for (int64_t j = 0; j < Wc; ++j) ssq[(jc + j) / K] += nn[j];
     }
-    for (int64_t g = 0; g < ng; ++g) {
-      double s = 0;
-      for (int64_t k = 0; k < K; ++k) s += nn[g * K + k];
-      const double fg = static_cast<double>(static_cast<O>(group_factor(s, job.c)));
-      for (int64_t k = 0; k < K; ++k) f[g * K + k] = fg;
-    }
-    for (int64_t a = 0; a < A; ++a) {
-      if (a + kStripAhead < A) prefetch_piece(seg(a + kStripAhead), W * sizeof(T));
-      T* __restrict pr = seg(a);
-      for (int64_t j = 0; j < W; ++j) pr[j] = static_cast<T>(static_cast<O>(pr[j]) * static_cast<O>(f[j]));
+    for (jc = 0; jc < W; jc += C) {
+      Wc = std::min(C, W - jc);
+      for (int64_t j = 0; j < Wc; ++j)
+        f[j] = static_cast<double>(static_cast<O>(group_factor(ssq[(jc + j) / K], job.c)));
+      for (int64_t a = 0; a < A; ++a) {
+        if (a + kStripAhead < A) prefetch_piece(seg(a + kStripAhead), Wc * sizeof(T));
+        T* __restrict pr = seg(a);
+        for (int64_t j = 0; j < Wc; ++j) pr[j] = static_cast<T>(static_cast<O>(pr[j]) * static_cast<O>(f[j]));
+      }
     }
     return;
   }
   Panels& pn = panels();
-  double* __restrict v = pn.get(pn.v, W);
-  double* __restrict d = pn.get(pn.d, W);
-  double* __restrict av = pn.get(pn.a, W);
+  double* __restrict v = pn.get(pn.v, C);
+  double* __restrict d = pn.get(pn.d, C);
+  double* __restrict av = pn.get(pn.a, C);
   const O* x = job.x;
+  auto xseg = [&](int64_t a) { return x + a * row + j0 + jc; };
   auto load = [&](int64_t a) {
     if (a + kStripAhead < A) {
-      prefetch_piece(seg(a + kStripAhead), W * sizeof(T));
-      prefetch_piece(x + (a + kStripAhead) * row + j0, W * sizeof(O));
+      prefetch_piece(seg(a + kStripAhead), Wc * sizeof(T));
+      prefetch_piece(xseg(a + kStripAhead), Wc * sizeof(O));
     }
-    metric_panels(job, seg(a), x + a * row + j0, W, v, d, av);
+    metric_panels(job, seg(a), xseg(a), Wc, v, d, av);
   };
   double *__restrict q = lane(0), *__restrict nn = lane(1), *__restrict m1 = lane(2), *__restrict m2 = lane(3),
          *__restrict m3 = lane(4), *__restrict m4 = lane(5), *__restrict hi = lane(6), *__restrict lo = lane(7);
-  for (int64_t j = 0; j < W; ++j) lo[j] = INFINITY;
   // kStripRows rows at a time, so that the lane sums are loaded and stored once per kStripRows rows; each lane
   // still adds its rows in order.
-  double* __restrict vb = pn.get(pn.vb, kStripRows * W);
-  double* __restrict db = pn.get(pn.db, kStripRows * W);
-  double* __restrict ab = pn.get(pn.ab, kStripRows * W);
-  for (int64_t a0 = 0; a0 < A; a0 += kStripRows) {
-    const int64_t nr = std::min(kStripRows, A - a0);
-    for (int64_t i = 0; i < nr; ++i) {
-      const int64_t a = a0 + i;
-      if (a + kStripAhead < A) {
-        prefetch_piece(seg(a + kStripAhead), W * sizeof(T));
-        prefetch_piece(x + (a + kStripAhead) * row + j0, W * sizeof(O));
-      }
-      metric_panels(job, seg(a), x + a * row + j0, W, vb + i * W, db + i * W, ab + i * W);
-    }
-    // In vectors, then the tail as scalars: the same operations (no contraction), so a lane's sum does not
-    // depend on where it falls.
-    int64_t j = 0;
-    for (; j + VD::size() <= W; j += VD::size()) {
-      VD qj = VD::loadu(q + j), nj = VD::loadu(nn + j), aj = VD::loadu(m1 + j), bj = VD::loadu(m2 + j),
-         cj = VD::loadu(m3 + j), dj = VD::loadu(m4 + j), hj = VD::loadu(hi + j), lj = VD::loadu(lo + j);
+  double* __restrict vb = pn.get(pn.vb, kStripRows * C);
+  double* __restrict db = pn.get(pn.db, kStripRows * C);
+  double* __restrict ab = pn.get(pn.ab, kStripRows * C);
+  std::vector<Moments> mom(ng);
+  for (jc = 0; jc < W; jc += C) {
+    Wc = std::min(C, W - jc);
+    std::fill(L, L + nl * C, 0.0);
+    for (int64_t j = 0; j < Wc; ++j) lo[j] = INFINITY;
+    for (int64_t a0 = 0; a0 < A; a0 += kStripRows) {
+      const int64_t nr = std::min(kStripRows, A - a0);
       for (int64_t i = 0; i < nr; ++i) {
-        const VD ak = VD::loadu(ab + i * W + j);
-        moment_terms(VD::loadu(vb + i * W + j), VD::loadu(db + i * W + j), ak, qj, nj, aj, bj, cj, dj);
-        hj = at::vec::clamp_min(hj, ak);  // NaN: see group_prox_row
-        lj = at::vec::clamp_max(lj, ak);
+        const int64_t a = a0 + i;
+        if (a + kStripAhead < A) {
+          prefetch_piece(seg(a + kStripAhead), Wc * sizeof(T));
+          prefetch_piece(xseg(a + kStripAhead), Wc * sizeof(O));
+        }
+        metric_panels(job, seg(a), xseg(a), Wc, vb + i * Wc, db + i * Wc, ab + i * Wc);
       }
-      qj.store(q + j), nj.store(nn + j), aj.store(m1 + j), bj.store(m2 + j), cj.store(m3 + j), dj.store(m4 + j);
-      hj.store(hi + j), lj.store(lo + j);
+      // In vectors, then the tail as scalars: the same operations (no contraction), so a lane's sum does not
+      // depend on where it falls.
+      int64_t j = 0;
+      for (; j + VD::size() <= Wc; j += VD::size()) {
+        VD qj = VD::loadu(q + j), nj = VD::loadu(nn + j), aj = VD::loadu(m1 + j), bj = VD::loadu(m2 + j),
+           cj = VD::loadu(m3 + j), dj = VD::loadu(m4 + j), hj = VD::loadu(hi + j), lj = VD::loadu(lo + j);
+        for (int64_t i = 0; i < nr; ++i) {
+          const VD ak = VD::loadu(ab + i * Wc + j);
+          moment_terms(VD::loadu(vb + i * Wc + j), VD::loadu(db + i * Wc + j), ak, qj, nj, aj, bj, cj, dj);
+          hj = at::vec::clamp_min(hj, ak);  // NaN: see group_prox_row
+          lj = at::vec::clamp_max(lj, ak);
+        }
+        qj.store(q + j), nj.store(nn + j), aj.store(m1 + j), bj.store(m2 + j), cj.store(m3 + j), dj.store(m4 + j);
+        hj.store(hi + j), lj.store(lo + j);
+      }
+      for (; j < Wc; ++j)
+        for (int64_t i = 0; i < nr; ++i) {
+          const int64_t o = i * Wc + j;
+          moment_terms(vb[o], db[o], ab[o], q[j], nn[j], m1[j], m2[j], m3[j], m4[j]);
+          hi[j] = ab[o] > hi[j] ? ab[o] : hi[j];
+          lo[j] = ab[o] < lo[j] ? ab[o] : lo[j];
+        }
     }
-    for (; j < W; ++j)
-      for (int64_t i = 0; i < nr; ++i) {
-        const int64_t o = i * W + j;
-        moment_terms(vb[o], db[o], ab[o], q[j], nn[j], m1[j], m2[j], m3[j], m4[j]);
-        hi[j] = ab[o] > hi[j] ? ab[o] : hi[j];
-        lo[j] = ab[o] < lo[j] ? ab[o] : lo[j];
-      }
-  }
-  double *r = grp, *exact = grp + ng;
-  bool any_exact = false;
-  for (int64_t g = 0; g < ng; ++g) {
-    Moments m;
-    for (int64_t k = 0, j = g * K; k < K; ++k, ++j) {
+    for (int64_t j = 0; j < Wc; ++j) {
+      Moments& m = mom[(jc + j) / K];
       m.q += q[j], m.nn += nn[j], m.m1 += m1[j], m.m2 += m2[j], m.m3 += m3[j], m.m4 += m4[j];
       m.amax = hi[j] > m.amax || hi[j] != hi[j] ? hi[j] : m.amax;
       m.amin = lo[j] < m.amin || lo[j] != lo[j] ? lo[j] : m.amin;
     }
-    r[g] = moment_root<O>(m, static_cast<double>(job.c_o));
+  }
+  double *r = grp, *exact = grp + ng;
+  bool any_exact = false;
+  for (int64_t g = 0; g < ng; ++g) {
+    r[g] = moment_root<O>(mom[g], static_cast<double>(job.c_o));
     exact[g] = r[g] == kExact;
     any_exact = any_exact || exact[g];
   }
@@ -444,23 +462,28 @@ void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
   }
   // Per lane: opmath r (0 in a zeroed column: a > 0 there, so the factor is 0), and the exact columns' r.
   double *__restrict lr = lane(0), *__restrict lx = lane(1), *__restrict lrr = lane(2);
-  for (int64_t g = 0; g < ng; ++g) {
-    const double ro = static_cast<double>(static_cast<O>(r[g] < 0 ? 0.0 : r[g]));
-    for (int64_t k = 0, j = g * K; k < K; ++k, ++j) lr[j] = ro, lx[j] = exact[g], lrr[j] = r[g];
-  }
-  for (int64_t a = 0; a < A; ++a) {
-    load(a);
-    T* __restrict pr = seg(a);
-    if (!any_exact) {
-      for (int64_t j = 0; j < W; ++j) {
-        const O ro = static_cast<O>(lr[j]);
-        pr[j] = static_cast<T>(static_cast<O>(pr[j]) * (ro / (ro + static_cast<O>(av[j]))));
-      }
-    } else {
-      for (int64_t j = 0; j < W; ++j) {
-        const O ro = static_cast<O>(lr[j]);
-        const O f = lx[j] != 0 ? static_cast<O>(metric_factor(lrr[j], av[j])) : ro / (ro + static_cast<O>(av[j]));
-        pr[j] = static_cast<T>(static_cast<O>(pr[j]) * f);
+  for (jc = 0; jc < W; jc += C) {
+    Wc = std::min(C, W - jc);
+    for (int64_t j = 0; j < Wc; ++j) {
+      const int64_t g = (jc + j) / K;
+      lr[j] = static_cast<double>(static_cast<O>(r[g] < 0 ? 0.0 : r[g]));
+      lx[j] = exact[g];
+      lrr[j] = r[g];
+    }
+    for (int64_t a = 0; a < A; ++a) {
+      load(a);
+      T* __restrict pr = seg(a);
+      if (!any_exact) {
+        for (int64_t j = 0; j < Wc; ++j) {
+          const O ro = static_cast<O>(lr[j]);
+          pr[j] = static_cast<T>(static_cast<O>(pr[j]) * (ro / (ro + static_cast<O>(av[j]))));
+        }
+      } else {
+        for (int64_t j = 0; j < Wc; ++j) {
+          const O ro = static_cast<O>(lr[j]);
+          const O f = lx[j] != 0 ? static_cast<O>(metric_factor(lrr[j], av[j])) : ro / (ro + static_cast<O>(av[j]));
+          pr[j] = static_cast<T>(static_cast<O>(pr[j]) * f);
+        }
       }
     }
   }
