@@ -12,7 +12,8 @@ rows, as the bare op. The paired group alternates fusedreg and torch's fused ste
 median of the per-pair time ratios, which drifts far less with this VM's memory bandwidth than a ratio of two
 medians taken minutes apart.
 The group_lasso group times the same ops with group lasso on rows / columns of the 18 matrices, and (torch_pass)
-the way fusedreg applied it before it was in the kernels.
+the way fusedreg applied it before it was in the kernels; test_group_paired alternates each grouped step with the
+same step without group lasso (own tensors each) and keeps the per-round ratio, as the paired group does.
 Sparse grads (issue #17): an embedding table of 1M x 64 fp32 rows with a sparse COO grad of 4,096 distinct rows
 per step (uncoalesced, in random order, as nn.Embedding(sparse=True) makes them); the paired rows `sparse_*`
 against torch.optim's sparse step, and the sparse_scaling group times fusedreg.Adagrad + L1 + L2 and torch's
@@ -394,6 +395,32 @@ def test_group_sgd_momentum_l1(benchmark, group):
     run(benchmark, _group_sgd(*GROUPS[group]), rounds=15)
 
 
+@pytest.mark.benchmark(group="paired")
+@pytest.mark.parametrize("pair", [f"{opt}[{g}]" for opt in ("adamw_l1", "sgd_momentum_l1") for g in ("rows", "cols")])
+def test_group_paired(benchmark, pair):
+    """One round = the step with group lasso and the same step without it (own tensors each), in alternating
+    order; extra_info keeps the median and quartiles of the per-round ratio grouped / plain."""
+    opt, group = pair[:-1].split("[")
+    make = _group_adamw if opt == "adamw_l1" else _group_sgd
+    ours, theirs = make(*GROUPS[group]), make(*GROUPS["none"])
+    ratios = []
+
+    def both():
+        flip = len(ratios) % 2
+        times = {}
+        for name, fn in ((("plain", theirs), ("ours", ours)) if flip else (("ours", ours), ("plain", theirs))):
+            t0 = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - t0
+        ratios.append(times["ours"] / times["plain"])
+
+    benchmark.extra_info["bytes_per_param"] = 2 * BYTES["adam" if opt == "adamw_l1" else "sgd_momentum"]
+    run(benchmark, both, rounds=60)
+    ratios = ratios[2:]  # the warm-ups
+    q1, med, q3 = statistics.quantiles(ratios, n=4)
+    benchmark.extra_info.update(ratio_median=med, ratio_q1=q1, ratio_q3=q3, pairs=len(ratios))
+
+
 # ---- the table of bench/README.md from a --benchmark-json file ----------------------------------------------
 
 def table(path):
@@ -434,7 +461,8 @@ def table(path):
         ratio = f"{med(name) / med(ref):.2f}x" if ref else ""
         out.append(f"| {name} | {med(name) * 1e3:.1f} | {ratio} | {bpp} | {bw / 1e9:.1f} | {bw / roof_bw:.2f} |")
     if paired:
-        out += ["", "| paired: fusedreg / torch fused (or / the seeds' way), per round | median | quartiles | rounds |",
+        out += ["", "| paired: fusedreg / torch fused (or / the seeds' way; group_paired: / the step without group "
+                "lasso), per round | median | quartiles | rounds |",
                 "| --- | ---: | ---: | ---: |"] + paired
     if scaling:
         out += ["", "| sparse step | table rows | rows touched | median (us) | ns per row touched |",

@@ -603,9 +603,9 @@ def test_bad_input_triton(backend):
 
 @pytest.mark.parametrize("backend,config", each(["cpp"], *[c for c in GRID if "group" in c]))
 def test_group_prox_does_not_depend_on_thread_count(backend, config):
-    # Column groups are summed per fixed block of rows and row groups within one thread: bitwise the same
-    # result on 1 and 2 threads, for matrices big enough to be split (and a 3-D param). fp64 params, so that a
-    # different summation order would show (in fp32 it mostly rounds away: blocks per thread passed there).
+    # Column groups are summed per fixed column strip (each column by one task, rows in order) and row groups
+    # within one thread: bitwise the same result on 1 and 2 threads, for matrices big enough to be split (and a
+    # 3-D param). fp64 params, so that a different summation order would show (in fp32 it mostly rounds away).
     results = []
     for threads in (1, 2):
         n = torch.get_num_threads()

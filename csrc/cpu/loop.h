@@ -29,6 +29,8 @@ constexpr bool kReduced = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, 
 // Work is split in units of kUnit elements of one tensor, so that thread boundaries fall on whole vectors.
 constexpr int64_t kUnit = 64;
 constexpr int64_t kGrainUnits = 32768 / kUnit;
+// Row groups: the elements of the rows updated before their prox runs (each array's block stays in L2).
+constexpr int64_t kRowBlock = 16384;
 
 // One tensor's pointers (params, grads, NS optional state lists) and its scalars. n: the grad's elements. With
 // sparse grads, rows: the param row of each of the n / K values rows (K elements each); else nullptr.
@@ -185,8 +187,9 @@ void for_each_row(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
 }
 
 // Runs f over every element of every slot, then the group prox of each job: row groups in the same parallel
-// chunk as their row's update (the row is still in cache), column groups in row-major sweeps after the whole
-// update (a column needs every row).
+// chunk as their row's update (the row is still in cache), column
+// groups right after their own param's update (a column needs every row; the param is then still in the
+// last-level cache when it fits there).
 template <typename T, typename O, int NS, typename S, typename F>
 void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<GroupJob<O>>& jobs,
                               int64_t group_dim, const F& f) {
@@ -194,8 +197,7 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
   if (jobs.empty()) return for_each_element(slots, f);
   std::vector<Slot<T, O, NS, S>> flat;
   std::vector<char> fused(slots.size(), 0);
-  if (group_dim == 0)
-    for (const auto& job : jobs) fused[job.slot] = 1;
+  for (const auto& job : jobs) fused[job.slot] = 1;
   for (size_t i = 0; i < slots.size(); ++i)
     if (!fused[i]) flat.push_back(slots[i]);
   for_each_element(flat, f);
@@ -203,14 +205,19 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
     const auto& sl = slots[job.slot];
     const GroupShape& sh = job.sh;
     if (group_dim == 0) {
+      // The update runs a block of rows at a time (long runs for the hardware prefetchers), then the prox of
+      // each of its rows, from L2.
+      const int64_t block = std::max<int64_t>(1, kRowBlock / sh.K);
       at::parallel_for(0, sh.G, std::max<int64_t>(1, kGrainUnits * kUnit / sh.K), [&](int64_t b, int64_t e) {
         const S sc = sl.sc;
-        for (int64_t g = b; g < e; ++g) {
-          process_range(sl, g * sh.K, (g + 1) * sh.K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
-          group_prox_row<T, O>(sl.p, job, g);
+        for (int64_t g0 = b; g0 < e; g0 += block) {
+          const int64_t g1 = std::min(e, g0 + block);
+          process_range(sl, g0 * sh.K, g1 * sh.K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
+          for (int64_t g = g0; g < g1; ++g) group_prox_row<T, O>(sl.p, job, g);
         }
       });
     } else {
+      for_each_element(std::vector<Slot<T, O, NS, S>>{sl}, f);
       group_prox_columns<T, O>(sl.p, job, kGrainUnits * kUnit);
     }
   }
