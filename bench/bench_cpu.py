@@ -13,8 +13,16 @@ rows, as the bare op. The paired group alternates fusedreg and torch's fused ste
 median of the per-pair time ratios, which drifts far less with this VM's memory bandwidth than a ratio of two
 medians taken minutes apart.
 The group_lasso group times the same ops with group lasso on rows / columns of the 18 matrices, and (torch_pass)
-the way fusedreg applied it before it was in the kernels.
+the way fusedreg applied it before it was in the kernels; test_group_paired alternates each grouped step with the
+same step without group lasso (own tensors each) and keeps the per-round ratio, as the paired group does.
+Sparse grads (issue #17): an embedding table of 1M x 64 fp32 rows with a sparse COO grad of 4,096 distinct rows
+per step (uncoalesced, in random order, as nn.Embedding(sparse=True) makes them); the paired rows `sparse_*`
+against torch.optim's sparse step, and the sparse_scaling group times fusedreg.Adagrad + L1 + L2 and torch's
+Adagrad over table sizes and rows touched:
+
+    .venv/bin/python -m pytest bench/bench_cpu.py -k sparse --benchmark-json=bench/results/sparse.json
 """
+import itertools
 import json
 import statistics
 import sys
@@ -250,6 +258,72 @@ def test_torch_adagrad_fused(benchmark):
     run(benchmark, _torch_adagrad_fused())
 
 
+# ---- sparse grads: an embedding table, a few thousand rows per step ----------------------------------------
+
+TABLE, DIM, TOUCHED = 1_000_000, 64, 4096
+SPARSE_L1, SPARSE_L2 = 1e-4, 1e-4
+
+
+def _sparse_step(make_opt, table=TABLE, touched=TOUCHED, pool=8):
+    """A step of make_opt([w]) on a table w (table x DIM fp32) whose grad is, in turn, one of `pool` sparse COO
+    grads of `touched` distinct rows (uncoalesced, random order, as nn.Embedding(sparse=True) makes them)."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(table, DIM, generator=gen).requires_grad_()
+    grads = [torch.sparse_coo_tensor(torch.randperm(table, generator=gen)[:touched][None],
+                                     torch.randn(touched, DIM, generator=gen), (table, DIM)) for _ in range(pool)]
+    opt = make_opt([w])
+    turn = itertools.count()
+
+    def step():
+        w.grad = grads[next(turn) % pool]
+        opt.step()
+    return step
+
+
+def _fusedreg(name, **kw):
+    import fusedreg
+    return lambda params: getattr(fusedreg, name)(params, lr=0.1, backend="cpp", **kw)
+
+
+def _torch(name):
+    return lambda params: getattr(torch.optim, name)(params, lr=0.1)
+
+
+SPARSE_PAIRS = {
+    "sparse_sgd_l1": (_fusedreg("SGD", l1=SPARSE_L1), _torch("SGD")),
+    "sparse_adagrad_l1_l2": (_fusedreg("Adagrad", l1=SPARSE_L1, l2=SPARSE_L2), _torch("Adagrad")),
+    "sparse_sgd": (_fusedreg("SGD"), _torch("SGD")),
+    "sparse_adagrad": (_fusedreg("Adagrad"), _torch("Adagrad")),
+}
+
+# (table rows, rows touched per step): the cost follows the rows touched, not the table.
+SCALING = [(100_000, TOUCHED), (TABLE, TOUCHED), (4_000_000, TOUCHED), (TABLE, 1024), (TABLE, 16384)]
+
+
+@pytest.fixture
+def one_thread():
+    # A step of ~1 ms on a shared machine: with 2 threads, a parallel region waits out whole scheduler slices for
+    # a descheduled thread (8-16 ms medians under load), which hides what the step itself costs.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.benchmark(group="sparse_scaling")
+@pytest.mark.parametrize("table,touched", SCALING, ids=[f"{t}x{r}" for t, r in SCALING])
+def test_sparse_scaling_fusedreg_adagrad_l1_l2(benchmark, table, touched, one_thread):
+    benchmark.extra_info.update(table=table, touched=touched, threads=1)
+    run(benchmark, _sparse_step(_fusedreg("Adagrad", l1=SPARSE_L1, l2=SPARSE_L2), table, touched), rounds=100)
+
+
+@pytest.mark.benchmark(group="sparse_scaling")
+@pytest.mark.parametrize("table,touched", SCALING, ids=[f"{t}x{r}" for t, r in SCALING])
+def test_sparse_scaling_torch_adagrad(benchmark, table, touched, one_thread):
+    benchmark.extra_info.update(table=table, touched=touched, threads=1)
+    run(benchmark, _sparse_step(_torch("Adagrad"), table, touched), rounds=100)
+
+
 # ---- paired: fusedreg's step / another step, alternated in one loop -----------------------------------------
 
 PAIRS = {
@@ -262,6 +336,7 @@ PAIRS = {
     "ftrl_l1_vs_adagrad": (_fusedreg_ftrl, _torch_adagrad_fused),
     "adamw_l1_l2_vs_seeds_way": (_fusedreg_adamw, _seeds_step),
     "adamw_l1_l2_vs_seeds_way_fused": (_fusedreg_adamw, lambda: _seeds_step(fused=True)),
+    **{name: (lambda a=a: _sparse_step(a), lambda b=b: _sparse_step(b)) for name, (a, b) in SPARSE_PAIRS.items()},
 }
 
 
@@ -284,8 +359,9 @@ def test_paired(benchmark, pair):
 
     benchmark.extra_info["bytes_per_param"] = 2 * BYTES["adam" if "adam" in pair else "ftrl" if "ftrl" in pair else
                                                      "sgd_momentum" if "momentum" in pair else "sgd"]
-    # Many short rounds: the per-round ratio scatters by +-5% here, so the median of 200 moves by < 1%.
-    run(benchmark, both, rounds=40 if "seeds" in pair else 200)
+    # Many short rounds: the per-round ratio scatters by +-5% here, so the median of 200 moves by < 1%. A sparse
+    # step takes about a millisecond: more rounds.
+    run(benchmark, both, rounds=40 if "seeds" in pair else 1000 if "sparse" in pair else 200)
     ratios = ratios[2:]  # the warm-ups
     q1, med, q3 = statistics.quantiles(ratios, n=4)
     benchmark.extra_info.update(ratio_median=med, ratio_q1=q1, ratio_q3=q3, pairs=len(ratios))
@@ -356,6 +432,32 @@ def test_group_sgd_momentum_l1(benchmark, group):
     run(benchmark, _group_sgd(*GROUPS[group]), rounds=15)
 
 
+@pytest.mark.benchmark(group="paired")
+@pytest.mark.parametrize("pair", [f"{opt}[{g}]" for opt in ("adamw_l1", "sgd_momentum_l1") for g in ("rows", "cols")])
+def test_group_paired(benchmark, pair):
+    """One round = the step with group lasso and the same step without it (own tensors each), in alternating
+    order; extra_info keeps the median and quartiles of the per-round ratio grouped / plain."""
+    opt, group = pair[:-1].split("[")
+    make = _group_adamw if opt == "adamw_l1" else _group_sgd
+    ours, theirs = make(*GROUPS[group]), make(*GROUPS["none"])
+    ratios = []
+
+    def both():
+        flip = len(ratios) % 2
+        times = {}
+        for name, fn in ((("plain", theirs), ("ours", ours)) if flip else (("ours", ours), ("plain", theirs))):
+            t0 = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - t0
+        ratios.append(times["ours"] / times["plain"])
+
+    benchmark.extra_info["bytes_per_param"] = 2 * BYTES["adam" if opt == "adamw_l1" else "sgd_momentum"]
+    run(benchmark, both, rounds=60)
+    ratios = ratios[2:]  # the warm-ups
+    q1, med, q3 = statistics.quantiles(ratios, n=4)
+    benchmark.extra_info.update(ratio_median=med, ratio_q1=q1, ratio_q3=q3, pairs=len(ratios))
+
+
 # ---- the table of bench/README.md from a --benchmark-json file ----------------------------------------------
 
 def table(path):
@@ -368,12 +470,18 @@ def table(path):
     roof = "roofline_a_plus_eq_b"
     roof_bw = BYTES["copy"] * NUMEL / med(roof) if roof in rows else float("nan")
     base = {"adamw": "torch_adamw_fused", "sgd": "torch_sgd_momentum_fused", "roofline": None,
-            "group_lasso": "group_adamw_l1[none]", "paired": None, "ftrl": "torch_adagrad_fused"}
+            "group_lasso": "group_adamw_l1[none]", "paired": None, "ftrl": "torch_adagrad_fused",
+            "sparse_scaling": None}
     out = [f"threads: {torch.get_num_threads()}, params: {NUMEL:,} fp32 in {len(SHAPES)} tensors", "",
            "| benchmark | median (ms) | vs baseline | bytes/param | effective GB/s | of roofline |",
            "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    paired = []
+    paired, scaling = [], []
     for name, b in rows.items():
+        if b["group"] == "sparse_scaling":
+            x = b["extra_info"]
+            scaling.append(f"| {name.split('[')[0].removeprefix('sparse_scaling_')} | {x['table']:,} | "
+                           f"{x['touched']:,} | {med(name) * 1e6:.0f} | {med(name) * 1e9 / x['touched']:.0f} |")
+            continue
         if b["group"] == "paired":
             x = b["extra_info"]
             paired.append(f"| {name} | {x['ratio_median']:.3f}x | {x['ratio_q1']:.3f}-{x['ratio_q3']:.3f}x "
@@ -391,8 +499,12 @@ def table(path):
         ratio = f"{med(name) / med(ref):.2f}x" if ref else ""
         out.append(f"| {name} | {med(name) * 1e3:.1f} | {ratio} | {bpp} | {bw / 1e9:.1f} | {bw / roof_bw:.2f} |")
     if paired:
-        out += ["", "| paired: fusedreg / torch fused (or / the seeds' way), per round | median | quartiles | rounds |",
+        out += ["", "| paired: fusedreg / torch fused (or / the seeds' way; group_paired: / the step without group "
+                "lasso), per round | median | quartiles | rounds |",
                 "| --- | ---: | ---: | ---: |"] + paired
+    if scaling:
+        out += ["", "| sparse step | table rows | rows touched | median (us) | ns per row touched |",
+                "| --- | ---: | ---: | ---: | ---: |"] + scaling
     ours = "fusedreg_adamw_l1_l2"
     seeds = [n for n in ("seeds_way_l1_in_loss", "seeds_way_l1_in_loss_fused") if n in rows]
     if ours in rows and seeds:

@@ -1,6 +1,7 @@
 """A few steps of every op for compute-sanitizer memcheck (bench/gpu.sh): sizes off the vector width, views at a
 misaligned storage offset, a tensor over one chunk, 2-D and 3-D params with group lasso on rows and on columns,
-grad scaling, found_inf clear and set. The calls come from the tests' op-case builder (tests/cases.py).
+grad scaling, found_inf clear and set, and sparse grads (rows) in SGD and Adagrad. The calls come from the tests'
+op-case builder (tests/cases.py).
 
     python bench/memcheck_step.py [cuda|cpu]     (cpu: the same calls on the CPU kernels, run by the tests so
                                                   that this script keeps up with the op schemas)
@@ -35,6 +36,19 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
                     case.call(getattr(torch.ops.fusedreg, op))
                 assert all(bool(torch.isfinite(t.float()).all()) for t in case.params), \
                     f"non-finite params after the {op} steps"
+# Sparse grads in the ops that take them (rows): about half the rows of every param, in random order.
+gen = torch.Generator().manual_seed(0)
+ROWS = [torch.randperm(s[0], generator=gen)[:(s[0] + 1) // 2].tolist() for s in SHAPES]
+for dtype in (torch.float32, torch.bfloat16, torch.float64):
+    for op in [op for op in OPS if "rows" in fusedreg._ops.defaults(op)]:
+        base = build(op, SHAPES, dtype, scale=2.0, init={"state_steps": 0.0}, rows=ROWS, **HP[op])
+        for offset in (0, 1):
+            case = base.clone(device=dev, offset=offset)
+            for found in (0.0, 1.0):
+                case.kw["found_inf"].fill_(found)
+                case.call(getattr(torch.ops.fusedreg, op))
+            assert all(bool(torch.isfinite(t.float()).all()) for t in case.params), \
+                f"non-finite params after the sparse {op} steps"
 if dev == "cuda":
     torch.cuda.synchronize()
 print("memcheck step script done")

@@ -8,6 +8,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include "ops.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <optional>
@@ -72,9 +74,18 @@ bool lists_ok(const std::vector<at::Tensor>& params, const std::vector<Maybe>& g
   return std::adjacent_find(written.begin(), written.end()) == written.end();
 }
 
+// fusedreg._C.distinct_rows: whether a sparse grad's row indices (an int64 1-D contiguous CPU tensor) are distinct
+// and in [0, n), so that they go to the kernels as they are, without coalesce()'s sort (fusedreg.functional).
+bool distinct(const at::Tensor& index, int64_t n) {
+  return plain(index) && index.device().is_cpu() && index.scalar_type() == at::kLong && index.dim() == 1 &&
+         index.is_contiguous() && distinct_rows(index.const_data_ptr<int64_t>(), index.numel(), n);
+}
+
 }  // namespace
 
 void bind_lists_ok(pybind11::module_& m) {
+  m.def("distinct_rows", &distinct, pybind11::arg("index"), pybind11::arg("n"),
+        "True when the int64 1-D contiguous CPU tensor `index` holds distinct values in [0, n) (else False).");
   m.def("lists_ok", &lists_ok, pybind11::arg("params"), pybind11::arg("grads"), pybind11::arg("states"),
         pybind11::arg("steps"), pybind11::arg("may_miss"),
         "True only when fusedreg.functional.check_tensors surely passes: params, grads, the state lists (the one "

@@ -19,10 +19,18 @@ namespace fusedreg {
   FUSEDREG_ELEMENTWISE_PARAMS, double group_l1, int64_t group_dim, const std::optional<at::Tensor>&grad_scale, \
       const std::optional<at::Tensor>&found_inf, const std::optional<at::Tensor>&lr_tensor
 
+// Sparse grads (fusedreg/_ops.py ROWS), the last argument of the ops whose math is row-separable.
+#define FUSEDREG_ROWS_PARAM std::optional<at::TensorList> rows
+
+// The rows list of a call: empty for dense grads (rows None or []).
+inline at::TensorList rows_of(const std::optional<at::TensorList>& rows) {
+  return rows.has_value() ? *rows : at::TensorList();
+}
+
 #define FUSEDREG_SGD_PARAMS                                                                          \
   at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, double lr, double momentum, \
       double dampening, double weight_decay, bool nesterov, bool maximize, bool first_step,           \
-      FUSEDREG_PENALTY_PARAMS
+      FUSEDREG_PENALTY_PARAMS, FUSEDREG_ROWS_PARAM
 
 #define FUSEDREG_ADAM_PARAMS                                                                         \
   at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,   \
@@ -31,7 +39,8 @@ namespace fusedreg {
 
 #define FUSEDREG_ADAGRAD_PARAMS                                                                      \
   at::TensorList params, at::TensorList grads, at::TensorList state_sums, at::TensorList state_steps,   \
-      double lr, double lr_decay, double weight_decay, double eps, bool maximize, FUSEDREG_PENALTY_PARAMS
+      double lr, double lr_decay, double weight_decay, double eps, bool maximize, FUSEDREG_PENALTY_PARAMS, \
+      FUSEDREG_ROWS_PARAM
 
 #define FUSEDREG_FTRL_PARAMS                                                                         \
   at::TensorList params, at::TensorList grads, at::TensorList accumulators, at::TensorList linears, double lr, \
@@ -64,8 +73,12 @@ struct StateList {
 // state lists in order (an unused list holds undefined tensors). Where the tensors of one index do not share
 // one dense layout, contiguous temporaries stand in and are copied back by finish(). With `rowmajor` (group
 // lasso: rows and columns must be where the indexing expects them) params with dim >= 2 are made contiguous.
+// With sparse grads (rows non-empty: distinct indices, in any order) every tensor is contiguous: element k of
+// values row j (grads[i] flat at j*K + k) updates element rows[i][j]*K + k of the param and its state (K: the
+// param's row length, row_len()).
 struct Staged {
   std::vector<std::vector<at::Tensor>> lists;
+  std::vector<at::Tensor> rows;  // empty: dense grads
   std::vector<std::pair<at::Tensor, at::Tensor>> writeback;  // (original, temporary)
   at::ScalarType dtype = at::kFloat;
   size_t n = 0;
@@ -75,18 +88,45 @@ struct Staged {
   }
 };
 
+// Whether the m indices ix are distinct and in [0, n): sparse grads' rows, updated in parallel (a repeated row
+// would race) and written through (one out of range would write outside the param). One bit per row.
+inline bool distinct_rows(const int64_t* ix, int64_t m, int64_t n) {
+  std::vector<uint64_t> seen(static_cast<size_t>((n + 63) / 64), 0);
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t r = ix[j];
+    if (r < 0 || r >= n) return false;
+    const uint64_t bit = uint64_t(1) << (r & 63);
+    if (seen[r >> 6] & bit) return false;
+    seen[r >> 6] |= bit;
+  }
+  return true;
+}
+
+// Elements per dim-0 row of p (the product of its other sizes).
+inline int64_t row_len(const at::Tensor& p) {
+  int64_t k = 1;
+  for (int64_t d = 1; d < p.dim(); ++d) k *= p.size(d);
+  return k;
+}
+
 inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList params, at::TensorList grads,
                     std::initializer_list<StateList> states, at::TensorList steps, bool has_steps,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                    const std::optional<at::Tensor>& lr_tensor, double group_l1, int64_t group_dim) {
+                    const std::optional<at::Tensor>& lr_tensor, double group_l1, int64_t group_dim,
+                    at::TensorList rows = {}) {
   // Checked here, before any kernel runs: a bad group_dim found later would leave a half-done step.
   TORCH_CHECK(group_dim == 0 || group_dim == 1, "fusedreg::", op,
               ": group_dim must be 0 (rows) or 1 (columns), got ", group_dim);
   const bool rowmajor = group_l1 != 0;  // the group prox walks params in row-major order
+  const bool sparse = !rows.empty();
   Staged st;
   const size_t n = params.size();
   st.n = n;
   TORCH_CHECK(grads.size() == n, "fusedreg::", op, ": got ", n, " params but ", grads.size(), " grads");
+  if (sparse) {
+    TORCH_CHECK(rows.size() == n, "fusedreg::", op, ": got ", n, " params but ", rows.size(), " rows");
+    TORCH_CHECK(group_l1 == 0, "fusedreg::", op, ": group lasso (group_l1) does not support sparse grads (rows)");
+  }
   for (const auto& s : states) {
     if (s.used) {
       TORCH_CHECK(s.tensors.size() == n, "fusedreg::", op, ": got ", n, " params but ", s.tensors.size(), " ",
@@ -133,10 +173,32 @@ inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList 
     const at::Tensor& g = grads[i];
     TORCH_CHECK(g.defined() && g.layout() == at::kStrided, "fusedreg::", op, ": grads[", i,
                 "] must be a defined strided tensor");
-    TORCH_CHECK(g.scalar_type() == dtype && g.device() == device && g.sizes() == p.sizes(), "fusedreg::", op,
-                ": grads[", i, "] must match params[", i, "] in dtype, device and shape");
-    bool same_layout = p.is_non_overlapping_and_dense() && g.is_non_overlapping_and_dense() &&
-                       g.strides() == p.strides() && (!rowmajor || p.dim() < 2 || p.is_contiguous());
+    bool same_layout;
+    if (sparse) {
+      const at::Tensor& r = rows[i];
+      TORCH_CHECK(r.defined() && r.scalar_type() == at::kLong && r.dim() == 1 && r.device() == device &&
+                      p.dim() >= 1,
+                  "fusedreg::", op, ": rows[", i, "] must be a 1-D int64 tensor on ", device,
+                  " (params[", i, "] with dim >= 1)");
+      std::vector<int64_t> want = p.sizes().vec();
+      want[0] = r.size(0);
+      TORCH_CHECK(g.scalar_type() == dtype && g.device() == device && g.sizes() == at::IntArrayRef(want),
+                  "fusedreg::", op, ": grads[", i, "] must be the ", dtype, " values of rows[", i, "], shape ",
+                  at::IntArrayRef(want), ", got ", g.scalar_type(), " ", g.sizes());
+      at::Tensor rc = r.contiguous();
+      if (device_type == c10::DeviceType::CPU) {
+        // On CUDA the kernels check the range, and the callers (fusedreg.functional) pass distinct rows.
+        TORCH_CHECK(distinct_rows(rc.const_data_ptr<int64_t>(), rc.numel(), p.size(0)), "fusedreg::", op, ": rows[",
+                    i, "] must be distinct indices in [0, ", p.size(0), ") (a coalesced sparse grad's)");
+      }
+      st.rows.push_back(std::move(rc));
+      same_layout = p.is_contiguous() && g.is_contiguous();
+    } else {
+      TORCH_CHECK(g.scalar_type() == dtype && g.device() == device && g.sizes() == p.sizes(), "fusedreg::", op,
+                  ": grads[", i, "] must match params[", i, "] in dtype, device and shape");
+      same_layout = p.is_non_overlapping_and_dense() && g.is_non_overlapping_and_dense() &&
+                    g.strides() == p.strides() && (!rowmajor || p.dim() < 2 || p.is_contiguous());
+    }
     for (const auto& s : states) {
       if (!s.used) continue;
       const at::Tensor& t = s.tensors[i];
@@ -145,7 +207,8 @@ inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList 
       TORCH_CHECK(t.scalar_type() == odt && t.device() == device && t.sizes() == p.sizes(), "fusedreg::", op,
                   ": ", s.name, "[", i, "] must be ", odt, " on ", device, " with the shape of params[", i,
                   "], got ", t.scalar_type(), " on ", t.device(), " with shape ", t.sizes());
-      same_layout = same_layout && t.is_non_overlapping_and_dense() && t.strides() == p.strides();
+      same_layout = same_layout && (sparse ? t.is_contiguous()
+                                           : t.is_non_overlapping_and_dense() && t.strides() == p.strides());
     }
     if (has_steps) {
       const at::Tensor& s = steps[i];
@@ -157,7 +220,7 @@ inline Staged stage(const char* op, c10::DeviceType device_type, at::TensorList 
         st.lists[k].push_back(t);
         return;
       }
-      at::Tensor c = t.contiguous();
+      at::Tensor c = t.contiguous();  // sparse: the row indexing needs every tensor contiguous
       if (mutated && !c.is_same(t)) st.writeback.emplace_back(t, c);
       st.lists[k].push_back(c);
     };

@@ -13,6 +13,10 @@ Per-element order inside every op (torch.optim's, then ours):
   t = lr for SGD, lr/denom for Adam (denom = sqrt(v_hat) + eps), clr/(sqrt(sum) + eps) for Adagrad.
 FTRL instead computes w from its state in closed form (reference.ftrl_), its l1/l2 inside it, then l0 and nonneg
 with t = 1/quadratic.
+Sparse grads (ops with a `rows` argument): rows[i] lists, distinct (in any order), the rows (index along dim 0) of
+params[i] that grads[i] holds, grads[i] being those rows' values, shape (len(rows[i]),) + params[i].shape[1:]; the
+op then reads and writes only those rows of the param and of its state, with the same per-element math (state of
+absent rows untouched; step counters advance as in a dense step). rows None (or []) means dense grads.
 Then, when group_l1 > 0, the group-lasso prox on every param with dim >= 2 (groups: rows for group_dim 0,
 columns for 1), in the same metric (reference.group_prox), applied to the param as just written.
 When found_inf is given and nonzero, nothing changes and no step counter advances.
@@ -35,6 +39,13 @@ class Arg(NamedTuple):
     role: str = ""
     # A state list used only when this scalar argument is truthy (else it must be empty).
     when: str = ""
+
+
+# Sparse grads, for the ops whose math is row-separable (sgd_, adagrad_): the op's last argument, keyword-only.
+ROWS = Arg("rows", "Tensor[]?", None, "None: dense grads; else one int64 1-D tensor of distinct row indices per "
+                                      "param, and grads[i] the values of those rows of params[i] (shape "
+                                      "(len(rows[i]),) + params[i].shape[1:]): only those rows and their state are "
+                                      "updated", role="rows")
 
 
 # The elementwise penalties, then the arguments every op ends with: group lasso, AMP's two tensors, the device lr.
@@ -69,7 +80,7 @@ ARGS = {
         Arg("nesterov", "bool", False),
         Arg("maximize", "bool", False),
         Arg("first_step", "bool", False, "the buffers are new: buf = g (torch.optim.SGD's first step)"),
-    ) + PENALTY,
+    ) + PENALTY + (ROWS,),
     "adam_": (
         _PARAMS, _GRADS,
         Arg("exp_avgs", "Tensor(b!)[]", role="state"),
@@ -94,7 +105,7 @@ ARGS = {
         Arg("weight_decay", "float", 0.0, "coupled L2: g += weight_decay·w"),
         Arg("eps", "float", 1e-10),
         Arg("maximize", "bool", False),
-    ) + PENALTY,
+    ) + PENALTY + (ROWS,),
     # FTRL-Proximal (TensorFlow's ApplyFtrlV2, Keras's beta): its l1 and l2 are the closed form's (l2 adds 2·l2 to
     # the quadratic term: the penalty l2·Σw², TensorFlow's l2_regularization_strength), l0 and nonneg the exact
     # argmin of the same per-element objective; group lasso is refused (group_l1 must be 0).
@@ -121,7 +132,7 @@ def schema(op, name=None):
     """The schema string of `op` ("sgd_", ...), optionally under another name (the Triton ops reuse it)."""
     parts, keyword = [], False
     for a in ARGS[op]:
-        if not a.type.endswith("[]") and not keyword:
+        if not a.type.endswith("[]") and not keyword:  # ROWS ("Tensor[]?") comes after the scalars
             parts.append("*")  # every scalar and optional tensor by keyword: no two can be swapped silently
             keyword = True
         parts.append(f"{a.type} {a.name}" + ("" if a.default is _REQUIRED else f"={_literal(a.default)}"))
@@ -144,10 +155,15 @@ def check(op, **kw):
     """The contract of every kernel of `op`, as the native kernels enforce it (csrc/ops.h stage()), with
     torch._check so that torch.compile reports a violation too: one dtype and device per call, dense grads of
     the params' shape, state in opmath with the params' shape, one-element float32 step counters, a state list
-    that its option leaves unused is empty, group_dim 0 or 1, and one-element floating AMP / lr tensors."""
+    that its option leaves unused is empty, group_dim 0 or 1, and one-element floating AMP / lr tensors. With
+    rows (sparse grads): one int64 1-D index tensor per param (dim >= 1) on its device, grads[i] of shape
+    (len(rows[i]),) + params[i].shape[1:], and no group lasso. That the indices are distinct and in range is a
+    property of their values, checked by the kernels that read them on the host (rows_ok)."""
     args = ARGS[op]
     params = kw["params"]
     n = len(params)
+    rows = kw.get("rows") or None
+    check_rows(op, params, kw["grads"], rows, kw.get("group_l1", 0))
     torch._check(kw.get("group_dim", 0) in (0, 1),
                  lambda: f"fusedreg::{op}: group_dim must be 0 (rows) or 1 (columns), got {kw['group_dim']}")
     for a in args:
@@ -182,11 +198,41 @@ def check(op, **kw):
             if a.role == "steps":
                 torch._check(t.numel() == 1 and t.dtype == torch.float32,
                              lambda: f"fusedreg::{op}: {a.name}[{i}] must be a one-element float32 tensor")
-            else:
+            elif a.role == "state" or rows is None:
                 want = dtype if a.role == "grad" else opmath
                 torch._check(t.dtype == want and t.shape == p.shape,
                              lambda: f"fusedreg::{op}: {a.name}[{i}] must be {want} with the shape of params[{i}] "
                                      f"{tuple(p.shape)}, got {t.dtype} {tuple(t.shape)}")
+
+
+def check_rows(op, params, grads, rows, group_l1=0.0):
+    """The part of check() about sparse grads (rows None or [] means dense; nothing to check)."""
+    if not rows:
+        return
+    n = len(params)
+    torch._check(len(rows) == n, lambda: f"fusedreg::{op}: rows must have {n} tensors (one per param), got "
+                                         f"{len(rows)}")
+    torch._check(group_l1 == 0, lambda: f"fusedreg::{op}: group lasso (group_l1) does not support sparse grads "
+                                        f"(rows)")
+    for i, (p, g, r) in enumerate(zip(params, grads, rows)):
+        torch._check(r.dtype == torch.int64 and r.dim() == 1 and r.device == p.device and p.dim() >= 1,
+                     lambda: f"fusedreg::{op}: rows[{i}] must be a 1-D int64 tensor on {p.device} (params[{i}] "
+                             f"with dim >= 1), got {r.dtype} {tuple(r.shape)} on {r.device}")
+        want = (r.shape[0],) + tuple(p.shape[1:])
+        torch._check(g.layout == torch.strided and g.dtype == p.dtype and tuple(g.shape) == want,
+                     lambda: f"fusedreg::{op}: grads[{i}] must be the dense {p.dtype} values of rows[{i}], shape "
+                             f"{want}, got {g.layout} {g.dtype} {tuple(g.shape)}")
+
+
+def rows_ok(op, params, rows):
+    """Raise unless every rows[i] (a host-readable int64 1-D tensor) holds distinct indices within params[i]'s
+    dim 0: the kernels update rows in parallel, so a repeated row would race, and an index out of range would
+    write outside the param."""
+    for i, (p, r) in enumerate(zip(params, rows)):
+        if r.numel() and not (int(r.min()) >= 0 and int(r.max()) < p.shape[0] and
+                              torch.unique(r).numel() == r.numel()):
+            raise RuntimeError(f"fusedreg::{op}: rows[{i}] must be distinct indices in [0, {p.shape[0]}) (a "
+                               f"coalesced sparse grad's)")
 
 
 def fake(op):

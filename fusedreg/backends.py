@@ -56,6 +56,11 @@ def lists_ok():
     return getattr(_load_native()[0], "lists_ok", None)
 
 
+def distinct_rows():
+    """fusedreg._C.distinct_rows (whether a sparse grad's rows can skip the sort of coalesce()), or None."""
+    return getattr(_load_native()[0], "distinct_rows", None)
+
+
 def _load_triton():
     global _triton
     if _triton is None:

@@ -71,10 +71,11 @@ def check_args(**kw):
 def check_tensors(params, missing_ok=(), **lists):
     """Raise before anything changes if the lists cannot be stepped together.
 
-    Every backend accepts exactly what passes here: real floating params with dense strided grads of the same
-    shape, dtype and device; state tensors (every list but grads and state_steps) of the param's shape on its
-    device in opmath (fp64 for fp64 params, else fp32: fusedreg.optim creates them so); state_steps one-element
-    float32 tensors on the param's device. Non-contiguous params, grads and state are fine (a native kernel
+    Every backend accepts exactly what passes here: floating params (complex ones as torch.view_as_real, which
+    is how launch hands them to the kernels) with dense strided grads of the same shape, dtype and device; state
+    tensors (every list but grads and state_steps) of the param's shape on its device in opmath (fp64 for fp64
+    params, else fp32: fusedreg.optim creates them so); state_steps one-element float32 tensors on the param's
+    device. Non-contiguous params, grads and state are fine (a native kernel
     works on contiguous copies and writes them back). Refused: meta tensors (no data to update), tensors whose
     own elements overlap (expand()ed / stride-0 views: one element would be written several times) and a tensor
     that is updated in place appearing twice in one call (the same param twice, or state sharing a param's
@@ -86,8 +87,15 @@ def check_tensors(params, missing_ok=(), **lists):
     walk below, which is the one place the errors are worded.
     """
     states = [(name, ts) for name, ts in lists.items() if name != "grads"]
-    if not _vouched(params, missing_ok, lists, states):
-        _walk(params, missing_ok, lists, states)
+    if _vouched(params, missing_ok, lists, states):
+        return
+    if any(isinstance(p, torch.Tensor) and p.dtype.is_complex for p in params):
+        # The kernels step complex tensors as view_as_real (launch): check what they will see.
+        params, lists = real(params), {name: real(ts) for name, ts in lists.items()}
+        states = [(name, ts) for name, ts in lists.items() if name != "grads"]
+        if _vouched(params, missing_ok, lists, states):
+            return
+    _walk(params, missing_ok, lists, states)
 
 
 def _vouched(params, missing_ok, lists, states):
@@ -133,8 +141,6 @@ def _walk(params, missing_ok, lists, states):
         if not isinstance(p, tensor):
             raise TypeError(f"param {i} is a {type(p).__name__}, not a tensor")
         dtype, device, shape = p.dtype, p.device, p.shape
-        if dtype.is_complex:
-            raise RuntimeError(f"param {i} is complex ({dtype}); fusedreg supports real floating params only")
         if not dtype.is_floating_point:
             raise RuntimeError(f"param {i} has dtype {dtype}; fusedreg needs floating-point params")
         if device.type == "meta":
@@ -147,9 +153,9 @@ def _walk(params, missing_ok, lists, states):
             raise RuntimeError(f"param {i} has no gradient (None); pass only params that have one")
         if not isinstance(g, tensor):
             raise RuntimeError(f"param {i}: grads entry is {type(g).__name__}, not a tensor")
-        if g.layout != strided:
-            raise RuntimeError(f"param {i} has a sparse gradient ({g.layout}); fusedreg does not support sparse "
-                               f"gradients")
+        if g.layout not in (strided, torch.sparse_coo):
+            raise RuntimeError(f"param {i} has a {g.layout} gradient; fusedreg takes dense (strided) gradients "
+                               f"and, in SGD and Adagrad, sparse COO ones")
         if g.shape != shape or g.dtype != dtype or g.device != device:
             raise RuntimeError(f"param {i}: grad {tuple(g.shape)} {g.dtype} on {g.device} does not match "
                                f"param {tuple(shape)} {dtype} on {device}")
@@ -176,6 +182,132 @@ def _walk(params, missing_ok, lists, states):
             once(i, name, t, device)
 
 
+def real(ts):
+    """ts with every complex tensor as torch.view_as_real (other entries as they are)."""
+    return [torch.view_as_real(t) if isinstance(t, torch.Tensor) and t.dtype.is_complex else t for t in ts]
+
+
+# What a complex param cannot take: penalties that act on re and im apart (or on the sign of a complex number).
+_NOT_COMPLEX = (("l0", lambda kw: kw.get("l0", 0) != 0), ("nonneg", lambda kw: kw.get("nonneg", False)),
+                ("group_l1", lambda kw: kw.get("group_l1", 0) != 0),
+                ("l1_mode='subgradient'", lambda kw: kw.get("l1", 0) != 0 and kw.get("l1_subgradient", False)))
+
+
+def check_complex(params, **scalars):
+    """Raise ValueError when complex params come with a penalty that is not defined for them. l1 is: the prox of
+    l1*|z| (launch); l0, nonneg, group lasso and subgradient l1 are not."""
+    bad = [name for name, on in _NOT_COMPLEX if on(scalars)]  # first: the params are scanned only when needed
+    if bad and any(isinstance(p, torch.Tensor) and p.dtype.is_complex for p in params):
+        raise ValueError(f"{', '.join(bad)} on complex params is not supported: l1 (prox: it shrinks the modulus "
+                         f"|z|), l2, weight_decay and every optimizer option are; put the complex params in a "
+                         f"param group without {', '.join(bad)}")
+
+
+def _complex_part(args, scalars):
+    """A complex part of a launch as the real kernels take it, with the copies to write back after the kernel.
+
+    Every tensor becomes torch.view_as_real, so re and im are two real elements stepped alike: torch.optim's own
+    way, and every elementwise term (weight decay, Adagrad's proximal l2) is then the same as on the complex
+    number. l1 on a complex weight is l1*|z|, whose prox shrinks the modulus (exact zeros at |z| <= t): that is
+    the group-lasso prox on the (re, im) pairs, in the op's own metric (Adam's step differs between re and
+    im), so the kernels run their group prox on the params viewed as rows of (re, im) with group_l1 = l1/sqrt(2)
+    (group_prox weighs a group by sqrt(its size)). A tensor whose pairs cannot be viewed as rows (non-contiguous
+    layouts) goes through a contiguous copy that is written back."""
+    args = {k: real(ts) for k, ts in args.items()}
+    if scalars.get("l1", 0) == 0:
+        return args, scalars, []
+    back = []
+
+    def rows(t, write):
+        try:
+            return t.view(-1, 2)
+        except RuntimeError:
+            c = t.reshape(-1, 2).clone()
+            if write:
+                back.append((t, c))
+            return c
+
+    args = {k: ts if k == "state_steps" else [rows(t, k != "grads") for t in ts] for k, ts in args.items()}
+    return args, {**scalars, "l1": 0.0, "group_l1": scalars["l1"] / math.sqrt(2), "group_dim": 0}, back
+
+
+# Sparse grads (torch.sparse_coo, e.g. nn.Embedding(sparse=True)) in the ops that take rows (fusedreg._ops.ROWS).
+# torch.optim.Adam's words, which AdamW (its subclass) uses too.
+_NO_SPARSE = {"adam_": "Adam does not support sparse gradients, please consider SparseAdam instead"}
+
+
+def check_sparse(op, grads, **scalars):
+    """Raise (before anything changes) when `op` cannot step these sparse grads with these scalars, as
+    torch.optim raises: Adam/AdamW never (torch's message), Adagrad not with weight_decay (torch's message),
+    SGD not with weight_decay (torch.optim.SGD fails there too: its g + wd*p of a sparse g is an error); group
+    lasso not at all (its groups are whole rows or columns, not the rows a step touches)."""
+    if not any(g is not None and g.is_sparse for g in grads):
+        return
+    if not any(a.role == "rows" for a in _ops.ARGS[op]):
+        raise RuntimeError(_NO_SPARSE.get(op, f"fusedreg::{op} does not support sparse gradients"))
+    if scalars.get("weight_decay", 0) != 0:
+        raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+    if scalars.get("l1", 0) != 0 and any(g is not None and g.is_sparse and g.dtype.is_complex for g in grads):
+        # l1 on complex params runs as group lasso on (re, im) pairs (_complex_part), which sparse rows do not take
+        raise RuntimeError("l1 on a complex param does not support sparse gradients")
+    if scalars.get("group_l1", 0) != 0:
+        raise RuntimeError("group lasso (group_l1) does not support sparse gradients: its groups are whole rows "
+                           "or columns of a param, not the rows a sparse step touches")
+
+
+def _densify(op, scalars):
+    """Whether sparse grads go through the dense kernel: SGD with momentum. torch.optim.SGD keeps a sparse
+    momentum buffer that it decays on every row it has ever held and adds to the param on all of them, so its
+    step touches far more than the grad's rows; the dense kernel on the densified grad is that same math (the
+    buffer's absent rows are zeros, and p - lr*0 == p), with a dense buffer, and penalties on every row."""
+    return op == "sgd_" and scalars.get("momentum", 0) != 0
+
+
+def _coalesced(g):
+    """(indices, values) of g with duplicate indices summed: the kernels need distinct rows, in any order. A grad
+    without duplicates (nn.Embedding's of distinct ids) goes as it is when the extension vouches for it
+    (fusedreg._C.distinct_rows, one bit per row: ~10 us for 4,096 rows of a 1M table), else after one sort of its
+    indices and a gather of its values (0.26 ms there); one with duplicates through coalesce() (0.51 ms)."""
+    if not g.is_coalesced() and g.sparse_dim() == 1:
+        distinct = backends.distinct_rows()
+        if distinct is not None and distinct(g._indices()[0], g.shape[0]):
+            return g._indices(), g._values()
+        ix, order = g._indices()[0].sort()
+        if not bool((ix[1:] == ix[:-1]).any()):
+            return ix[None], g._values().index_select(0, order)
+    g = g.coalesce()
+    return g._indices(), g._values()
+
+
+def _sparse_part(lists, idx, densify):
+    """The lists of the params idx (all with sparse grads) as an op takes them: coalesced (duplicate indices
+    summed: _coalesced), rows = the linear index over the sparse dims, grads = the values, and params and
+    state viewed with the sparse dims flattened into dim 0 (so a fully sparse 2-D grad steps single elements).
+    densify: grads made dense instead, no rows."""
+    part = {k: [ts[i] for i in idx] if ts else [] for k, ts in lists.items()}
+    if densify:
+        part["grads"] = [g.to_dense() for g in part["grads"]]
+        return part
+    rows, values = [], []
+    for j, g in enumerate(part["grads"]):
+        ix, vals = _coalesced(g)  # the update is non-linear (and rows run in parallel): indices must be unique
+        sd = g.sparse_dim()
+        if sd > 1:
+            for k, ts in part.items():
+                if k != "grads" and ts:
+                    ts[j] = ts[j].view((-1,) + tuple(ts[j].shape[sd:]))
+            r = ix[0]
+            for d in range(1, sd):
+                r = r * g.shape[d] + ix[d]
+        else:
+            r = ix[0]
+        rows.append(r.contiguous())
+        values.append(vals)
+    part["grads"] = values
+    part["rows"] = rows
+    return part
+
+
 def resolve(backend, tensors):
     """{device: backend name} for every device of `tensors`: an unavailable backend fails before anything runs."""
     return {device: backends.resolve(backend, device) for device in {t.device for t in tensors}}
@@ -183,53 +315,65 @@ def resolve(backend, tensors):
 
 # Every scalar a kernel takes, filled in by launch: the reference kernels are plain functions (the tensors that
 # launch passes itself aside).
-_DEFAULTS = {op: {k: v for k, v in _ops.defaults(op).items() if k not in ("grad_scale", "found_inf", "lr_tensor")}
-             for op in _ops.ARGS}
+_DEFAULTS = {op: {k: v for k, v in _ops.defaults(op).items()
+                  if k not in ("grad_scale", "found_inf", "lr_tensor", "rows")} for op in _ops.ARGS}
 
 
 def launch(op, names, lists, grad_scale=None, found_inf=None, **scalars):
     """Run `op` on already checked lists ({argument name: tensors}, params first), one kernel call per (device,
     dtype) part, each on the backend `names` (resolve's answer) gives its device. `lr` is a number or a
     one-element tensor: on the group's (non-CPU) device it goes to the kernel as lr_tensor, else as a float."""
-    params = lists["params"]
+    params, grads = lists["params"], lists["grads"]
     parts = {}
+    # One kernel call per (device, dtype), and per kind of grad: dense grads, and sparse ones (rows; _sparse_part).
     for i, p in enumerate(params):
-        parts.setdefault((p.device, p.dtype), []).append(i)
+        parts.setdefault((p.device, p.dtype, grads[i].is_sparse), []).append(i)
     scalars = {**_DEFAULTS[op], **scalars}
     lr = scalars.pop("lr")
     whole = len(parts) == 1
-    for (device, _), idx in parts.items():
-        args = lists if whole else {k: [ts[i] for i in idx] if ts else [] for k, ts in lists.items()}
+    densify = _densify(op, scalars)
+    for (device, dtype, sparse), idx in parts.items():
+        if sparse:
+            args = _sparse_part(lists, idx, densify)
+        else:
+            args = lists if whole else {k: [ts[i] for i in idx] if ts else [] for k, ts in lists.items()}
+        kw, back = scalars, ()
+        if dtype.is_complex:
+            args, kw, back = _complex_part(args, scalars)
         on_device = torch.is_tensor(lr) and lr.device == device and device.type != "cpu"
         backends.kernel(names[device], op)(
-            **args, **scalars,
+            **args, **kw,
             # NaN where the kernel reads lr_tensor instead: a kernel that used the float by mistake would show it.
             lr=float("nan") if on_device else float(lr), lr_tensor=lr if on_device else None,
             grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
             found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
+        for t, c in back:
+            t.copy_(c.view_as(t))
 
 
 def op_lists(op, lists, on):
     """The op's tensor lists as its kernels take them: a list not in `on` (used's answer: momentum_buffers
     without momentum, max_exp_avg_sqs without amsgrad) is empty."""
-    return {a.name: list(lists[a.name]) if a.name in on else [] for a in _ops.ARGS[op] if a.role}
+    return {a.name: list(lists[a.name]) if a.name in on else [] for a in _ops.ARGS[op] if a.role and a.role != "rows"}
 
 
 def used(op, scalars):
     """The names of the op's tensor lists that these scalars use."""
-    return {a.name for a in _ops.ARGS[op] if a.role and (not a.when or scalars.get(a.when))}
+    return {a.name for a in _ops.ARGS[op] if a.role and a.role != "rows" and (not a.when or scalars.get(a.when))}
 
 
 def _stateless(op, doc):
     args = _ops.ARGS[op]
-    names = [a.name for a in args if a.role]
+    names = [a.name for a in args if a.role and a.role != "rows"]  # rows come from sparse grads (launch)
 
     def step(*tensors, backend="auto", l1_mode="prox", **scalars):
         step.__signature__.bind(*tensors, **scalars)  # a misspelt or missing argument is a TypeError here
         check_args(l1_mode=l1_mode, **{**_DEFAULTS[op], **scalars})  # defaults too: the op's rules may need them
+        check_complex(tensors[0] if tensors else (), l1_subgradient=l1_mode == "subgradient", **scalars)
         on = used(op, scalars)
         lists = op_lists(op, dict(zip(names, tensors)), on)
         check_tensors(**{k: ts for k, ts in lists.items() if k in on})
+        check_sparse(op, lists["grads"], **scalars)
         launch(op, resolve(backend, lists["params"]), lists, l1_subgradient=l1_mode == "subgradient", **scalars)
 
     # The signature users see: the op's tensor lists, then its scalars by keyword (l1_mode for l1_subgradient,
@@ -237,7 +381,7 @@ def _stateless(op, doc):
     kw = inspect.Parameter.KEYWORD_ONLY
     params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
     for a in args:
-        if a.role or a.name == "lr_tensor":
+        if a.role or a.name in ("lr_tensor", "rows"):
             continue
         if a.name == "l1_subgradient":
             params.append(inspect.Parameter("l1_mode", kw, default="prox"))

@@ -60,8 +60,8 @@ class _Fused(torch.optim.Optimizer):
         try:
             self._check(group)
             for p in group["params"]:
-                if p.is_complex() or not p.is_floating_point():
-                    raise ValueError(f"fusedreg optimizers take real floating-point params, got {p.dtype}")
+                if not (p.is_floating_point() or p.is_complex()):
+                    raise ValueError(f"fusedreg optimizers take floating-point or complex params, got {p.dtype}")
         except ValueError:
             self.param_groups.pop()
             raise
@@ -83,7 +83,9 @@ class _Fused(torch.optim.Optimizer):
         if group.get("differentiable"):
             raise ValueError("differentiable=True is not supported: fusedreg's step is one fused kernel that "
                              "autograd does not differentiate through")
-        F.check_args(l1_mode=group["l1_mode"], **(scalars or self._scalars(group)))
+        scalars = scalars or self._scalars(group)
+        F.check_args(l1_mode=group["l1_mode"], **scalars)
+        F.check_complex(group.get("params", ()), **scalars)
 
     def _state_keys(self, group):
         """(keys a stepped param's state must have in this group, optional keys) for load_state_dict."""
@@ -148,6 +150,7 @@ class _Fused(torch.optim.Optimizer):
             lists = self._read(params, used, work.sharded)
             F.check_tensors(work.tensors, grads=work.grads, missing_ok=tuple(lists),
                             **{name: ts for name, ts in lists.items() if name in used})
+            F.check_sparse(self._op, work.grads, **scalars)
             plans.append((group, params, work, lists, scalars, F.resolve(self.backend, work.tensors)))
         for group, params, work, lists, scalars, names in plans:
             work.keep(self.state)
@@ -214,8 +217,9 @@ class _Fused(torch.optim.Optimizer):
                     if v.shape != p.shape:
                         raise ValueError(f"param {i}: state {k!r} has shape {tuple(v.shape)}, expected the "
                                          f"param's shape {tuple(p.shape)}")
-                    if v.is_complex() or not v.is_floating_point():
-                        raise ValueError(f"param {i}: state {k!r} has dtype {v.dtype}, expected floating point")
+                    if v.is_complex() != p.is_complex() or not (v.is_floating_point() or v.is_complex()):
+                        raise ValueError(f"param {i}: state {k!r} has dtype {v.dtype}, expected "
+                                         f"{'complex' if p.is_complex() else 'floating point'} like the param")
 
 
 def _state_value(p, key, value):
@@ -225,6 +229,8 @@ def _state_value(p, key, value):
         return value
     if key == "step":
         return value.detach().to(device=p.device, dtype=torch.float32).clone()
+    if value.is_sparse:  # torch.optim.SGD's momentum buffer after sparse grads: ours is dense, the same values
+        value = value.to_dense()
     return value.detach().to(device=p.device, dtype=opmath(p.dtype)).clone()
 
 
@@ -296,8 +302,17 @@ class Adam(_Fused):
                  master_weights=False, stochastic_rounding=False, foreach=None, capturable=False,
                  differentiable=False, fused=None, decoupled_weight_decay=False):
         self.backend = backend
+        # torch.optim.Adam's checks in its words, so that code (and torch's own error tests) see the same errors:
+        # its foreach path cannot take tensor lr/betas, and although ours always can, foreach=True asks for it.
+        if torch.is_tensor(lr) and foreach and not capturable:
+            raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
         if len(betas) == 2 and torch.is_tensor(betas[0]) != torch.is_tensor(betas[1]):
             raise ValueError("betas must be either both floats or both Tensors")
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+            if torch.is_tensor(beta) and foreach and not capturable:
+                raise ValueError(f"betas[{i}] as a Tensor is not supported for capturable=False and foreach=True")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize, l1=l1, l1_mode=l1_mode, l0=l0,
                                       nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
@@ -389,7 +404,9 @@ class Adagrad(_Fused):
             if any(k in st for k in self._keys) if lists is None else lists["state_sums"][i] is not None:
                 continue
             st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            st["sum"] = torch.full_like(p, group["initial_accumulator_value"], dtype=opmath(p.dtype),
+            init = group["initial_accumulator_value"]
+            # As torch.optim.Adagrad: a complex param's re and im accumulators both start at the value.
+            st["sum"] = torch.full_like(p, complex(init, init) if p.is_complex() else init, dtype=opmath(p.dtype),
                                         memory_format=torch.preserve_format)
             if lists is not None:
                 lists["state_sums"][i], lists["state_steps"][i] = local(st["sum"]), local(st["step"])

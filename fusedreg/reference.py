@@ -4,9 +4,12 @@ Each tensor is lifted to opmath (fp64 for fp64 params, else fp32), updated out o
 and written back once. Scalar factors are formed in double on the host and rounded to opmath once, the same
 way the native kernels form them, so the exact-zero patterns agree at the threshold.
 """
+import contextlib
 import math
 
 import torch
+
+from . import _ops
 
 
 # The metric group prox's Newton solve (group_prox): at most this many steps, stopping once a step moves the
@@ -16,6 +19,8 @@ NEWTON_RTOL = 4 * torch.finfo(torch.float64).eps
 
 
 def opmath(dtype):
+    if dtype.is_complex:  # complex params keep complex state (as torch.optim does); the kernels see it as real
+        return torch.complex128 if dtype == torch.complex128 else torch.complex64
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -78,27 +83,51 @@ def check_group_dim(group_dim):
         raise RuntimeError(f"fusedreg: group_dim must be 0 (rows) or 1 (columns), got {group_dim}")
 
 
+def check_rows(op, params, grads, rows, group_l1):
+    """Sparse grads (rows): the contract (fusedreg._ops.check), then the indices' values, before anything
+    changes."""
+    if rows:
+        _ops.check_rows(op, params, grads, rows, group_l1)
+        _ops.rows_ok(op, params, rows)
+
+
+@contextlib.contextmanager
+def gathered(rows, i, *tensors):
+    """The rows rows[i] of each tensor (None stays None) as copies the step updates in place, scattered back
+    after it: a sparse step is the dense one on the gathered rows. Without rows, the tensors themselves."""
+    if not rows:
+        yield tensors
+        return
+    r = rows[i]
+    parts = [None if t is None else t.index_select(0, r) for t in tensors]
+    yield parts
+    for t, part in zip(tensors, parts):
+        if t is not None:
+            t.index_copy_(0, r, part)
+
+
 # Each op takes fusedreg._ops.ARGS[op] by keyword, the elementwise penalties as **pen (for prox).
 
 def sgd_(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
          maximize=False, first_step=False, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None,
-         lr_tensor=None, **pen):
+         lr_tensor=None, rows=None, **pen):
     check_group_dim(group_dim)
+    check_rows("sgd_", params, grads, rows, group_l1)
     lr = op_lr(lr, lr_tensor)
     if _skip(found_inf):
         return
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        dt = opmath(param.dtype)
-        p = param.to(dt)
-        g = _grad(p, grad.to(dt), grad_scale, maximize, weight_decay, **pen)
-        if momentum != 0:
-            buf = momentum_buffers[i]
-            b = g if first_step else buf.to(dt) * _scalar(momentum, dt) + _scalar(1 - dampening, dt) * g
-            buf.copy_(b)
-            g = g + _scalar(momentum, dt) * b if nesterov else b
-        p = p - _scalar(lr, dt) * g
-        param.copy_(prox(p, lr, 1, **pen))
-        _group(param, lr, None, group_l1, group_dim, pen.get("l2", 0.0))
+    for i, grad in enumerate(grads):
+        with gathered(rows, i, params[i], momentum_buffers[i] if momentum != 0 else None) as (param, buf):
+            dt = opmath(param.dtype)
+            p = param.to(dt)
+            g = _grad(p, grad.to(dt), grad_scale, maximize, weight_decay, **pen)
+            if momentum != 0:
+                b = g if first_step else buf.to(dt) * _scalar(momentum, dt) + _scalar(1 - dampening, dt) * g
+                buf.copy_(b)
+                g = g + _scalar(momentum, dt) * b if nesterov else b
+            p = p - _scalar(lr, dt) * g
+            param.copy_(prox(p, lr, 1, **pen))
+            _group(param, lr, None, group_l1, group_dim, pen.get("l2", 0.0))
 
 
 def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1=0.9, beta2=0.999,
@@ -132,23 +161,26 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr
 
 
 def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-             maximize=False, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None, **pen):
+             maximize=False, group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None, rows=None,
+             **pen):
     check_group_dim(group_dim)
+    check_rows("adagrad_", params, grads, rows, group_l1)
     lr = op_lr(lr, lr_tensor)
     if _skip(found_inf):
         return
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        dt = opmath(param.dtype)
-        p = param.to(dt)
-        g = _grad(p, grad.to(dt), grad_scale, maximize, weight_decay, **pen)
+    for i, grad in enumerate(grads):
         state_steps[i].add_(1)
         clr = lr / (1 + (float(state_steps[i].item()) - 1) * lr_decay)
-        s = state_sums[i].to(dt) + g * g
-        state_sums[i].copy_(s)
-        denom = torch.sqrt(s) + _scalar(eps, dt)
-        p = p - _scalar(clr, dt) * (g / denom)
-        param.copy_(prox(p, clr, denom, **pen))
-        _group(param, clr, denom, group_l1, group_dim, pen.get("l2", 0.0))
+        with gathered(rows, i, params[i], state_sums[i]) as (param, state_sum):
+            dt = opmath(param.dtype)
+            p = param.to(dt)
+            g = _grad(p, grad.to(dt), grad_scale, maximize, weight_decay, **pen)
+            s = state_sum.to(dt) + g * g
+            state_sum.copy_(s)
+            denom = torch.sqrt(s) + _scalar(eps, dt)
+            p = p - _scalar(clr, dt) * (g / denom)
+            param.copy_(prox(p, clr, denom, **pen))
+            _group(param, clr, denom, group_l1, group_dim, pen.get("l2", 0.0))
 
 
 def ftrl_power(n, lr_power):

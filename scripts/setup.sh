@@ -14,7 +14,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 # Installing torch first, pinned, keeps the build from pulling a second (CUDA, 5 GB) torch.
-want="$torch_req numpy scikit-learn matplotlib tqdm pytest pytest-benchmark hypothesis ninja pybind11 triton setuptools wheel"
+want="$torch_req numpy scikit-learn matplotlib tqdm pytest pytest-benchmark hypothesis expecttest ninja pybind11 triton setuptools wheel"
 stamp="$venv/.fusedreg-deps"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing $torch_req and the other dependencies into $venv (a few minutes the first time)"

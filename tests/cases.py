@@ -29,12 +29,12 @@ def opmath(dtype):
 
 
 def list_names(op):
-    """The op's tensor lists, in schema order."""
-    return [a.name for a in _ops.ARGS[op] if a.role]
+    """The op's tensor lists, in schema order (rows, a keyword argument, is in a Case's kw)."""
+    return [a.name for a in _ops.ARGS[op] if a.role and a.role != "rows"]
 
 
 def roles(op):
-    return {a.name: a.role for a in _ops.ARGS[op] if a.role}
+    return {a.name: a.role for a in _ops.ARGS[op] if a.role and a.role != "rows"}
 
 
 def at_offset(t, offset):
@@ -95,6 +95,8 @@ class Case:
         for k, v in kw.items():
             if isinstance(v, torch.Tensor):
                 kw[k] = v.to(device or v.device, copy=True)
+            elif isinstance(v, list):  # rows
+                kw[k] = [t.to(device or t.device, copy=True) for t in v]
         return Case(self.op, lists, kw)
 
     def new_grads(self, gen, scale=None):
@@ -103,8 +105,15 @@ class Case:
         if scale is None:
             gs = self.kw.get("grad_scale")
             scale = 1.0 if gs is None else float(gs)
-        return [(torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale).to(p.dtype).to(p.device)
-                for p in self.params]
+        return [(torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(p.dtype).to(p.device)
+                for p, shape in zip(self.params, self.grad_shapes())]
+
+    def grad_shapes(self):
+        """The grads' shapes: the params', or with rows (sparse grads) (len(rows[i]),) + params[i].shape[1:]."""
+        rows = self.kw.get("rows")
+        if not rows:
+            return [p.shape for p in self.params]
+        return [(len(r),) + tuple(p.shape[1:]) for p, r in zip(self.params, rows)]
 
 
 def build(op, shapes=SHAPES, dtype=torch.float32, device="cpu", gen=None, scale=None, init=None, **hp):
@@ -114,6 +123,8 @@ def build(op, shapes=SHAPES, dtype=torch.float32, device="cpu", gen=None, scale=
     scale: grads times scale, with grad_scale = scale and found_inf = 0 (GradScaler's call), unless hp names them.
     init: {state name: value} fills those lists (step counters included) with the value instead of random
     mid-training values; a number fills them all.
+    rows (ops with fusedreg._ops.ROWS): one list of distinct row indices per shape: sparse grads,
+    the grads then being those rows' values.
     Values are drawn on CPU from `gen` (fp64, then rounded), so the same seed gives the same call on any device.
     """
     names = {a.name for a in _ops.ARGS[op]}
@@ -125,13 +136,18 @@ def build(op, shapes=SHAPES, dtype=torch.float32, device="cpu", gen=None, scale=
     if scale is not None:
         kw.update(grad_scale=torch.tensor(float(scale)), found_inf=torch.zeros(()))
     kw.update(hp)
+    if kw.get("rows") is not None:
+        kw["rows"] = [torch.tensor(list(r), dtype=torch.int64) for r in kw["rows"]]
+        gshapes = [(len(r),) + tuple(s[1:]) for r, s in zip(kw["rows"], shapes)]
+    else:
+        gshapes = shapes
     init = {} if init is None else init
     if not isinstance(init, dict):  # one value for every state list and step counter
         init = {a.name: init for a in _ops.ARGS[op] if a.role in ("state", "steps")}
     od = opmath(dtype)
     lists = {}
     for a in _ops.ARGS[op]:
-        if not a.role:
+        if not a.role or a.role == "rows":
             continue
         if a.when and not kw.get(a.when):
             lists[a.name] = []
@@ -144,7 +160,7 @@ def build(op, shapes=SHAPES, dtype=torch.float32, device="cpu", gen=None, scale=
             lists[a.name] = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
         elif a.role == "grad":
             lists[a.name] = [(torch.randn(s, generator=gen, dtype=torch.float64) * (scale or 1.0)).to(dtype)
-                             for s in shapes]
+                             for s in gshapes]
         elif a.name in NONNEG:  # mid-training values
             lists[a.name] = [(torch.rand(s, generator=gen, dtype=torch.float64) * 0.1).to(od) for s in shapes]
         else:

@@ -222,6 +222,97 @@ def test_matches_reference_big(backend, config, dtype):
     compare(*run(backend, case, gen, first))
 
 
+# ---- sparse grads (rows) ---------------------------------------------------------------------------------------
+
+# Params of 1, 2 and 3 dims (and one with empty rows); per param the rows the grad holds, distinct as the ops take
+# them (duplicates are summed before, by fusedreg.functional: tests/test_sparse.py).
+SPARSE_SHAPES = [(9,), (7, 5), (6, 3, 4), (5, 0), (1,)]
+SPARSE_ROWS = {
+    "some": [[0, 4, 8], [1, 2, 6], [3, 5], [0, 4], [0]],
+    "none": [[], [], [], [], []],
+    "all": [range(9), range(7), range(6), range(5), range(1)],
+    "unsorted": [[8, 0, 4, 5], [6, 1, 2], [5, 0, 3], [4, 0], [0]],
+}
+SPARSE_GRID = {
+    "sgd_plain": ("sgd_", dict()),
+    "sgd_l1_l2_l0_nonneg_max_scaled": ("sgd_", dict(l1=0.3, l2=0.2, l0=0.01, nonneg=True, maximize=True,
+                                                    grad_scale=1024.0)),
+    "sgd_momentum_subgrad": ("sgd_", dict(momentum=0.9, nesterov=True, l1=0.1, l1_subgradient=True)),
+    "adagrad_plain": ("adagrad_", dict()),
+    "adagrad_decay_l1_l2_l0_nonneg": ("adagrad_", dict(lr_decay=0.01, l1=0.3, l2=0.2, l0=0.01, nonneg=True)),
+    "adagrad_max_scaled_eps": ("adagrad_", dict(maximize=True, eps=1e-3, grad_scale=8.0)),
+}
+
+
+def sparse_case(config, present, dtype, gen):
+    op, hp = SPARSE_GRID[config]
+    hp = dict(hp)
+    gs = hp.pop("grad_scale", None)
+    return build(op, SPARSE_SHAPES, dtype, gen=gen, scale=gs, rows=SPARSE_ROWS[present], **hp)
+
+
+def absent_rows_unchanged(case, before):
+    """Every row of a param and of its state that the grads do not hold is bit for bit what it was."""
+    for name, tensors in case.state().items():
+        if name == "state_steps":
+            continue
+        for i, (a, b) in enumerate(zip(tensors, before.lists[name], strict=True)):
+            keep = torch.ones(a.shape[0], dtype=torch.bool)
+            keep[case.kw["rows"][i].cpu()] = False
+            assert torch.equal(a.cpu()[keep], b.cpu()[keep]), f"{name}[{i}]: a row the grad lacks changed"
+
+
+@pytest.mark.parametrize("backend,config,present,dtype", [
+    on(b, c, r, d) for b in BACKENDS for c in SPARSE_GRID for r in SPARSE_ROWS
+    for d in (DTYPES if b != "triton" else (torch.float32, torch.bfloat16))])
+def test_sparse_rows_match_reference(backend, config, present, dtype):
+    gen = seeded(config, present, "sparse")
+    case = sparse_case(config, present, dtype, gen)
+    mine, ref, ref64 = run(backend, case, gen)
+    compare(mine, ref, ref64)
+    absent_rows_unchanged(mine, case)
+    absent_rows_unchanged(ref, case)
+
+
+@pytest.mark.parametrize("backend,config", each(("torch",) + BACKENDS, *SPARSE_GRID))
+def test_sparse_step_of_all_rows_is_the_dense_step(backend, config):
+    # The sparse path against the dense one of the same kernel: every row present is the dense step, bit for bit.
+    device = DEVICE.get(backend, "cpu")
+    gen = seeded(config, "all-rows")
+    sparse = sparse_case(config, "all", torch.float32, gen).clone(device=device)
+    dense = sparse.clone()
+    dense.kw["rows"] = None
+    for _ in range(2):
+        grads = [g.to(device) for g in sparse.new_grads(gen)]
+        sparse.call(kernel(backend, sparse.op), grads=grads)
+        dense.call(kernel(backend, dense.op), grads=grads)
+    for name, tensors in sparse.state().items():
+        for a, b in zip(tensors, dense.lists[name]):
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("backend,op", each(("cpp", "triton"), "sgd_", "adagrad_"))
+def test_bad_rows_are_refused_before_anything_changes(backend, op):
+    gen = seeded(op, "bad-rows")
+    case = build(op, [(6, 2), (4,)], gen=gen, rows=[[1, 3], [2]], device=DEVICE[backend])
+    before = case.clone()
+    dev = DEVICE[backend]
+    ix = lambda *v, **kw: torch.tensor(v, dtype=kw.get("dtype", torch.int64), device=dev)  # noqa: E731
+    bad = {
+        "repeated": ([ix(3, 3), ix(2)], None, "distinct"),
+        "out of range": ([ix(1, 6), ix(2)], None, "distinct"),
+        "negative": ([ix(-1, 3), ix(2)], None, "distinct"),
+        "int32": ([ix(1, 3, dtype=torch.int32), ix(2)], None, "int64"),
+        "one list short": ([ix(1, 3)], None, "rows"),
+        "values of the wrong shape": ([ix(1, 3, 4), ix(2)], None, "values"),
+        "group lasso": ([ix(1, 3), ix(2)], dict(group_l1=0.1), "group"),
+    }
+    for what, (rows, over, words) in bad.items():
+        with pytest.raises(RuntimeError, match=words):
+            case.call(kernel(backend, op), rows=rows, **(over or {}))
+        unchanged(case, before)
+
+
 # ---- found_inf, grad_scale, lr_tensor, step counters -----------------------------------------------------------
 
 @pytest.mark.parametrize("backend,config,dtype", [
@@ -525,9 +616,9 @@ def test_bad_input_triton(backend):
 
 @pytest.mark.parametrize("backend,config", each(["cpp"], *[c for c in GRID if "group" in c]))
 def test_group_prox_does_not_depend_on_thread_count(backend, config):
-    # Column groups are summed per fixed block of rows and row groups within one thread: bitwise the same
-    # result on 1 and 2 threads, for matrices big enough to be split (and a 3-D param). fp64 params, so that a
-    # different summation order would show (in fp32 it mostly rounds away: blocks per thread passed there).
+    # Column groups are summed per fixed column strip (each column by one task, rows in order) and row groups
+    # within one thread: bitwise the same result on 1 and 2 threads, for matrices big enough to be split (and a
+    # 3-D param). fp64 params, so that a different summation order would show (in fp32 it mostly rounds away).
     results = []
     for threads in (1, 2):
         n = torch.get_num_threads()

@@ -15,7 +15,9 @@ TARGETS = ("cpu", "cuda", "triton")
 VARIANTS = {
     "sgd_": {"plain": dict(weight_decay=1e-2, l1=0.1, l2=0.01, group_l1=0.05),
              "momentum": dict(momentum=0.9, weight_decay=0.01, nesterov=True, l1=0.01, l1_subgradient=True,
-                              nonneg=True)},
+                              nonneg=True),
+             # sparse grads: the rows of each param of cases.SHAPES the grads hold
+             "rows": dict(momentum=0.9, l1=0.1, l2=0.01, rows=[[0, 3], [2, 5, 6], []])},
     "adam_": {"adamw": dict(lr=1e-3, weight_decay=1e-2, decoupled=True, l1=0.1, l2=0.01, l0=0.001, nonneg=True,
                             group_l1=0.05, group_dim=1),
               "amsgrad": dict(amsgrad=True, maximize=True, l1=0.01, l2=0.02, l0=0.001, group_l1=0.03)},
@@ -23,7 +25,8 @@ VARIANTS = {
                                group_l1=0.05),
                  # a step that found_inf skips
                  "found_inf": dict(l1=0.01, l2=0.02, l0=0.001, group_l1=0.03, group_dim=1,
-                                   found_inf=torch.tensor(1.0))},
+                                   found_inf=torch.tensor(1.0)),
+                 "rows": dict(lr_decay=0.01, l1=0.1, l0=0.001, nonneg=True, rows=[[1, 2, 4], [0], []])},
     "ftrl_": {"plain": dict(beta=0.5, l2_shrinkage=0.01, l1=0.1, l2=0.02, l0=0.001, nonneg=True),
               "power_max_subgrad": dict(lr_power=-0.7, maximize=True, l1=0.01, l1_subgradient=True)},
 }

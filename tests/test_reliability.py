@@ -181,8 +181,9 @@ def _step_and_expect(ps, opt, exc, match):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_sparse_gradient_is_rejected_and_nothing_moves(name, backend):
+    # Adam/AdamW refuse sparse grads; SGD and Adagrad take them, but not with weight_decay (as torch.optim).
     ps = params()
-    opt = make(name, ps, backend)
+    opt = make(name, ps, backend, weight_decay=0.1)
     train(ps, opt, 2)
     set_grads(ps, 2)
     ps[3].grad = ps[3].grad.to_sparse()  # the last param: earlier ones must not have been stepped
@@ -198,22 +199,24 @@ def test_functional_rejects_sparse_and_mismatched_grads(op, backend):
                       ([torch.ones(4), torch.ones(1, 3)], "does not match"),
                       ([torch.ones(4), None], "no gradient")):
         with pytest.raises(RuntimeError, match=match):
-            functional_call(op, ps, gs, backend)
+            # sgd and adagrad take sparse grads, but not with weight_decay (as torch.optim)
+            functional_call(op, ps, gs, backend, weight_decay=0.1)
         assert all(torch.equal(p, torch.ones_like(p)) for p in ps)
 
 
-def test_complex_params_are_rejected_everywhere(backend):
-    z = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+def test_integer_params_are_rejected_everywhere(backend):
+    # Complex params are stepped (tests/test_complex.py); integer ones are not.
+    z = torch.nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)
     for name in NAMES:
-        with pytest.raises(ValueError, match="complex"):
+        with pytest.raises(ValueError, match="floating-point or complex"):
             getattr(fusedreg, name)([z])
         opt = getattr(fusedreg, name)(params(), backend=backend)
-        with pytest.raises(ValueError, match="complex"):
+        with pytest.raises(ValueError, match="floating-point or complex"):
             opt.add_param_group(dict(params=[z]))
         assert len(opt.param_groups) == 1
-    ps = [torch.ones(3), torch.zeros(3, dtype=torch.complex64)]
-    with pytest.raises(RuntimeError, match="complex"):
-        functional_call("adam", ps, [torch.ones(3), torch.ones(3, dtype=torch.complex64)], backend)
+    ps = [torch.ones(3), torch.zeros(3, dtype=torch.int64)]
+    with pytest.raises(RuntimeError, match="floating-point"):
+        functional_call("adam", ps, [torch.ones(3), torch.ones(3, dtype=torch.int64)], backend)
     assert torch.equal(ps[0], torch.ones(3))
 
 

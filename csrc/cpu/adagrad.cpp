@@ -1,5 +1,5 @@
-// fusedreg::adagrad_ on the CPU: adagrad_update (fusedreg_math.h) over the element loop of cpu/loop.h, then the
-// group prox in Adagrad's metric.
+// fusedreg::adagrad_ on the CPU: adagrad_update (fusedreg_math.h) over the element loop of cpu/loop.h (the rows
+// present with sparse grads), then the group prox in Adagrad's metric.
 #include "loop.h"  // first: it brings in the Vectorized primitives before fusedreg_math.h
 
 #include <ATen/Dispatch.h>
@@ -9,7 +9,7 @@ namespace fusedreg {
 
 void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS) {
   Staged st = stage("adagrad_", c10::DeviceType::CPU, params, grads, {{"state_sums", state_sums, true}},
-                    state_steps, true, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
+                    state_steps, true, grad_scale, found_inf, lr_tensor, group_l1, group_dim, rows_of(rows));
   if (skip_step(found_inf)) return;
   lr = lr_of(lr_tensor, lr);
   const AdagradArgs args =

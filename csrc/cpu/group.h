@@ -9,7 +9,9 @@
 #include <c10/util/bit_cast.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -82,44 +84,107 @@ inline void row_sums(int64_t n, double& s, double& t, const F& terms) {
   for (; k < n; ++k) terms(k, s, t);
 }
 
-// a_i of the metric prox for elements [i0, i0 + n) of the param, into a (double or opmath). The branch on l2 is
-// outside the loop so that the loop (a sqrt and two divisions an element) vectorizes.
-template <typename O, typename D>
-inline void metric_a(const GroupJob<O>& job, int64_t i0, int64_t n, D* __restrict a) {
-  const O* __restrict x = job.x + i0;
-  const O c = job.c_o, c2 = job.c2, bdiv = job.bdiv, eps = job.eps;
-  if (job.has_l2)
-    for (int64_t k = 0; k < n; ++k) a[k] = static_cast<D>(group_a(c, adam_denom(x[k], bdiv, eps), c2, true));
-  else
-    for (int64_t k = 0; k < n; ++k) a[k] = static_cast<D>(group_a(c, adam_denom(x[k], bdiv, eps), c2, false));
+// ---------------------------------------------------------------------------------------------------------------
+// The metric prox in one pass: the root r from the group's moments sum v^2 a^k (k <= 3), without Newton's passes,
+// when every a of the group is small next to r; the exact passes (as the reference runs them) otherwise.
+
+// The series in u = a/r of sum v^2/(r + a)^2 = r^-2 sum v^2 (1 - 2u + 3u^2 - 4u^3 + ...), cut after u^3, is used
+// when every u <= 1/2 (the remainder of each element's alternating series is then below its first left-out
+// term) and those terms, 5 sum v^2 a^4 / r^4, are below kSeriesTol of sum v^2: r is then off by half that
+// (relative) and the factor r/(r + a) by less, far below opmath's rounding for float (bf16, fp16) and within
+// fp64's.
+template <typename O>
+constexpr double kSeriesTol = std::is_same_v<O, double> ? 1e-15 : 1e-9;
+// The zero test from sum (v*D)^2 / c^2 (D = c/a's denominator: no division an element) is within 2^-23 (relative)
+// of the reference's sum (v/a)^2 with a = opmath(c/D); nearer to 1 than this, the exact test decides.
+constexpr double kZeroBand = 1e-6;
+// moment_root's answer when the exact passes must decide.
+constexpr double kExact = -2;
+
+struct Moments {
+  double q = 0, nn = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0, amax = 0, amin = INFINITY;
+};
+
+// One element's moment terms: (v*D)^2 to q, v^2 to nn, v^2 a^k to mk. V: double or a vector of doubles.
+template <typename V>
+FR_INLINE void moment_terms(V v, V d, V a, V& q, V& nn, V& m1, V& m2, V& m3, V& m4) {
+  const V vd = v * d;
+  q += vd * vd;
+  const V w = v * v;
+  nn += w;
+  const V w1 = w * a;
+  m1 += w1;
+  const V w2 = w1 * a;
+  m2 += w2;
+  const V w3 = w2 * a;
+  m3 += w3;
+  m4 += w3 * a;
 }
 
-// The group prox of row g (group_dim 0: K contiguous elements), right after the row's update, while it is in cache.
-template <typename T, typename O>
-void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
-  const int64_t n = job.sh.K;
-  p += g * n;
-  // v and a_i once per element, in double: Newton's passes read this copy.
-  thread_local std::vector<double> vbuf, abuf;
-  vbuf.resize(n);
-  double* __restrict v = vbuf.data();
-  for (int64_t k = 0; k < n; ++k) v[k] = static_cast<double>(static_cast<O>(p[k]));
-  double s = 0, t = 0;
-  if (job.x == nullptr) {
-    row_sums(n, s, t, [&](int64_t k, auto& sk, auto&) {
-      using V = std::decay_t<decltype(sk)>;
-      const V vk = ld<V>(v + k);
-      sk += vk * vk;
-    });
-    const O f = static_cast<O>(group_factor(s, job.c));
-    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * f);
-    return;
+// r of the metric prox from the group's moments, -1 for a group the prox zeroes, or kExact. c: the opmath c of
+// a = opmath(c/D); a_ok: the smallest normal opmath value (below it c/D is not rounded within 2^-24).
+template <typename O>
+inline double moment_root(const Moments& m, double c) {
+  const double q = m.q / (c * c);
+  if (!(m.amin >= static_cast<double>(std::numeric_limits<O>::min())) || !(m.amax < INFINITY) ||
+      !(m.nn < INFINITY) || !(q < INFINITY))
+    return kExact;
+  if (q <= 1 - kZeroBand) return -1;
+  if (!(q > 1 + kZeroBand)) return kExact;
+  // ||v|| less the v^2-weighted mean of a: at or below the root (Jensen on 1/x^2), so the bounds below hold at r.
+  double r = std::sqrt(m.nn) - m.m1 / m.nn;
+  if (!(r > 0) || !(m.amax <= 0.5 * r)) return kExact;
+  const double u0 = 1 / r;
+  if (!(5 * m.m4 * (u0 * u0) * (u0 * u0) <= kSeriesTol<O> * m.nn)) return kExact;
+  // r^2 = nn - 2 m1/r + 3 m2/r^2 - 4 m3/r^3: each round shrinks the error by about 2 (mean a)/r.
+  for (int i = 0; i < 6; ++i) {
+    const double u = 1 / r;
+    const double next = std::sqrt(m.nn - u * (2 * m.m1 - u * (3 * m.m2 - u * (4 * m.m3))));
+    if (next == r) break;
+    r = next;
   }
-  abuf.resize(n);
-  double* __restrict a = abuf.data();
-  metric_a(job, g * n, n, a);
-  // q = sum (v/a)^2, ||v||^2 and max a (NaN-propagating, as MetricSums): vectors, then the tail into `first`,
-  // then the vectors' lanes merged in.
+  return r;
+}
+
+// v, D and a = opmath(c/D) of n elements (x: their denominators' inputs) into double panels; D and a as group_a
+// rounds them. The branch on l2 is outside the loop so that the loop (a sqrt and two divisions) vectorizes.
+template <typename T, typename O>
+inline void metric_panels(const GroupJob<O>& job, const T* __restrict p, const O* __restrict x, int64_t n,
+                          double* __restrict v, double* __restrict d, double* __restrict a) {
+  const O c = job.c_o, c2 = job.c2, bdiv = job.bdiv, eps = job.eps;
+  if (job.has_l2) {
+    for (int64_t k = 0; k < n; ++k) {
+      const O dk = adam_denom(x[k], bdiv, eps) + c2;
+      v[k] = static_cast<double>(static_cast<O>(p[k]));
+      d[k] = static_cast<double>(dk);
+      a[k] = static_cast<double>(c / dk);
+    }
+  } else {
+    for (int64_t k = 0; k < n; ++k) {
+      const O dk = adam_denom(x[k], bdiv, eps);
+      v[k] = static_cast<double>(static_cast<O>(p[k]));
+      d[k] = static_cast<double>(dk);
+      a[k] = static_cast<double>(c / dk);
+    }
+  }
+}
+
+// Row panels, one set per thread: v, D, a of the row (or of a column strip's row), and the scale factors.
+struct Panels {
+  std::vector<double> v, d, a, vb, db, ab;
+  double* get(std::vector<double>& b, int64_t n) {
+    if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+    return b.data();
+  }
+};
+inline Panels& panels() {
+  thread_local Panels pn;
+  return pn;
+}
+
+// The exact metric prox of one group from its v and a: the reference's first pass, Newton's passes from the
+// larger of metric_start and the Jensen bound (both at or below the root), r/(r + a).
+inline double exact_root(int64_t n, const double* __restrict v, const double* __restrict a) {
   MetricSums first;
   VD qv(0.0), nv(0.0), mv(0.0);
   int64_t k = 0;
@@ -137,6 +202,17 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
   for (int l = 0; l < VD::size(); ++l) vec.amax = mb[l] > vec.amax || mb[l] != mb[l] ? mb[l] : vec.amax;
   first.merge(vec);
   double r = metric_start(first);
+  if (r >= 0) {
+    double m1 = 0, unused = 0;
+    row_sums(n, m1, unused, [&](int64_t k, auto& sk, auto&) {
+      using V = std::decay_t<decltype(sk)>;
+      const V vk = ld<V>(v + k);
+      sk += vk * vk * ld<V>(a + k);
+    });
+    const double jensen = std::sqrt(first.nn) - m1 / first.nn;
+    r = jensen > r ? jensen : r;
+  }
+  double s = 0, t = 0;
   newton_solve(1, &r, &s, &t, [&] {
     const double rk = r;
     row_sums(n, s, t, [&](int64_t k, auto& sk, auto& tk) {
@@ -144,117 +220,283 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
       newton_terms(ld<V>(v + k), ld<V>(a + k), V(rk), sk, tk);
     });
   });
+  return r;
+}
+
+// The group prox of row g (group_dim 0: K contiguous elements), right after the row's update, while it is in cache.
+template <typename T, typename O>
+void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
+  const int64_t n = job.sh.K;
+  p += g * n;
+  if (job.x == nullptr) {
+    double s = 0, t = 0;
+    double* __restrict v = panels().get(panels().v, n);
+    for (int64_t k = 0; k < n; ++k) v[k] = static_cast<double>(static_cast<O>(p[k]));
+    row_sums(n, s, t, [&](int64_t k, auto& sk, auto&) {
+      using V = std::decay_t<decltype(sk)>;
+      const V vk = ld<V>(v + k);
+      sk += vk * vk;
+    });
+    const O f = static_cast<O>(group_factor(s, job.c));
+    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * f);
+    return;
+  }
+  Panels& pn = panels();
+  double* __restrict v = pn.get(pn.v, n);
+  double* __restrict d = pn.get(pn.d, n);
+  double* __restrict a = pn.get(pn.a, n);
+  metric_panels(job, p, job.x + g * n, n, v, d, a);
+  Moments m;
+  {
+    VD q(0.0), nn(0.0), m1(0.0), m2(0.0), m3(0.0), m4(0.0), amax(0.0), amin(INFINITY);
+    int64_t k = 0;
+    for (; k + VD::size() <= n; k += VD::size()) {
+      const VD ak = VD::loadu(a + k);
+      moment_terms(VD::loadu(v + k), VD::loadu(d + k), ak, q, nn, m1, m2, m3, m4);
+      amax = at::vec::clamp_min(amax, ak);  // a NaN a makes q NaN, which moment_root sends to the exact passes
+      amin = at::vec::clamp_max(amin, ak);
+    }
+    m.q = hsum(q), m.nn = hsum(nn), m.m1 = hsum(m1), m.m2 = hsum(m2), m.m3 = hsum(m3), m.m4 = hsum(m4);
+    double hb[VD::size()], lb[VD::size()];
+    amax.store(hb);
+    amin.store(lb);
+    for (int l = 0; l < VD::size(); ++l) {
+      m.amax = hb[l] > m.amax || hb[l] != hb[l] ? hb[l] : m.amax;
+      m.amin = lb[l] < m.amin || lb[l] != lb[l] ? lb[l] : m.amin;
+    }
+    for (; k < n; ++k) {
+      moment_terms(v[k], d[k], a[k], m.q, m.nn, m.m1, m.m2, m.m3, m.m4);
+      m.amax = a[k] > m.amax || a[k] != a[k] ? a[k] : m.amax;
+      m.amin = a[k] < m.amin || a[k] != a[k] ? a[k] : m.amin;
+    }
+  }
+  double r = moment_root<O>(m, static_cast<double>(job.c_o));
+  if (r == kExact) {
+    r = exact_root(n, v, a);
+    if (r >= 0) {
+      for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * static_cast<O>(r / (r + a[k])));
+      return;
+    }
+  }
   if (r < 0) {
     for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * O(0));
     return;
   }
-  for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * static_cast<O>(r / (r + a[k])));
-}
-
-// f(g, j) for the elements of one row of a (A, G, K) param: j the offset in the row, g its column (j / K). The
-// K == 1 loop (every 2-D param) is a plain loop over g, so that it vectorizes.
-template <typename F>
-inline void for_row(int64_t G, int64_t K, const F& f) {
-  if (K == 1) {
-    for (int64_t g = 0; g < G; ++g) f(g, g);
-  } else {
-    for (int64_t g = 0, j = 0; g < G; ++g)
-      for (int64_t k = 0; k < K; ++k, ++j) f(g, j);
+  // The factor in opmath (one division an element, in float for float): within an ulp or two of the reference's
+  // rounded double.
+  const O ro = static_cast<O>(r);
+  for (int64_t k = 0; k < n; ++k) {
+    const O ak = static_cast<O>(a[k]);
+    p[k] = static_cast<T>(static_cast<O>(p[k]) * (ro / (ro + ak)));
   }
 }
 
-// The group prox of every column (group_dim 1) of one param, after its whole update, in row-major sweeps: a
-// column is strided, so each sweep reads whole rows and keeps per-column sums s, t (and max m), per block of rows
-// (fixed blocks, combined in order: the result does not depend on the thread count). grain: the element loop's
-// elements per parallel task.
+// The columns one task takes: 256 elements of each row (one column for K >= 256, its run taken in chunks of 256),
+// so that its lane arrays stay in L1/L2 and each row's piece is a run of cache lines. Fixed by the shape: no result depends on the thread count.
+constexpr int64_t kStripElems = 256;
+inline int64_t strip_groups(const GroupShape& sh) {
+  return std::max<int64_t>(1, kStripElems / std::max<int64_t>(sh.K, 1));
+}
+
+// A strip's rows lie a row apart, in different pages, where the hardware prefetchers stop: the strip loops
+// prefetch the piece this many rows ahead.
+constexpr int64_t kStripAhead = 8;
+// The rows a strip's first pass takes at a time.
+constexpr int64_t kStripRows = 4;
+
+inline void prefetch_piece(const void* base, int64_t bytes) {
+  const char* c = static_cast<const char*>(base);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 1, 3);
+}
+
+// The group prox of columns g0..g1 (group_dim 1) of one param, after its update: every sum of a column is made by
+// one task, over the rows in order (the result does not depend on the thread count). Per element lane j of the
+// strip's row (column g0 + j/K), lane sums over the rows, then each column's K lanes in order.
 template <typename T, typename O>
-void group_prox_columns(T* p, const GroupJob<O>& job, int64_t grain) {
-  const int64_t A = job.sh.A, G = job.sh.G, K = job.sh.K, row = G * K;
-  const int64_t blocks = std::min<int64_t>(A, 32);
-  std::vector<double> part(blocks * 3 * G), s(G), t(G), m(G);
-  // Per block, f(a, s, t, m) for each of its rows a, with the block's G-long s, t, m; then s, t summed and m maxed.
-  auto sweep = [&](const auto& f) {
-    std::fill(part.begin(), part.end(), 0.0);
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        double* bs = part.data() + b * 3 * G;
-        for (int64_t a = b * A / blocks; a < (b + 1) * A / blocks; ++a) f(a, bs, bs + G, bs + 2 * G);
-      }
-    });
-    std::fill(s.begin(), s.end(), 0.0);
-    std::fill(t.begin(), t.end(), 0.0);
-    std::fill(m.begin(), m.end(), 0.0);
-    for (int64_t b = 0; b < blocks; ++b)
-      for (int64_t g = 0; g < G; ++g) {
-        const double* bs = part.data() + b * 3 * G;
-        s[g] += bs[g];
-        t[g] += bs[G + g];
-        m[g] = bs[2 * G + g] > m[g] ? bs[2 * G + g] : m[g];
-      }
-  };
-  // p[i] = p[i] * factor(g, i) over every row, in parallel.
-  auto scale = [&](const auto& factor) {
-    at::parallel_for(0, A, std::max<int64_t>(1, grain / row), [&](int64_t a0, int64_t a1) {
-      for (int64_t a = a0; a < a1; ++a) {
-        T* __restrict pr = p + a * row;
-        for_row(G, K, [&](int64_t g, int64_t j) {
-          pr[j] = static_cast<T>(static_cast<O>(pr[j]) * factor(g, a * row + j));
-        });
-      }
-    });
-  };
-  auto val = [&](int64_t i) { return static_cast<double>(static_cast<O>(p[i])); };
+void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
+  const int64_t A = job.sh.A, K = job.sh.K, row = job.sh.G * K, j0 = g0 * K, W = (g1 - g0) * K, ng = g1 - g0;
+  // Lanes per chunk: the whole strip, or (one column with K > kStripElems) K's run in chunks, whose lane sums
+  // are added to the column's in order.
+  const int64_t C = std::min(W, kStripElems);
+  thread_local std::vector<double> lanes;
+  const int64_t nl = job.x == nullptr ? 2 : 8;
+  if (static_cast<int64_t>(lanes.size()) < nl * C + 2 * ng) lanes.resize(nl * C + 2 * ng);
+  double* L = lanes.data();
+  std::fill(L, L + nl * C + 2 * ng, 0.0);
+  auto lane = [&](int i) { return L + i * C; };
+  double* grp = L + nl * C;  // per column: r, exact
+  int64_t jc = 0, Wc = C;    // the chunk: lanes jc.. of the strip's row piece
+  auto seg = [&](int64_t a) { return p + a * row + j0 + jc; };
   if (job.x == nullptr) {
-    sweep([&](int64_t a, double* __restrict bs, double*, double*) {
-      for_row(G, K, [&](int64_t g, int64_t j) { bs[g] += val(a * row + j) * val(a * row + j); });
-    });
-    std::vector<O> f(G);
-    for (int64_t g = 0; g < G; ++g) f[g] = static_cast<O>(group_factor(s[g], job.c));
-    scale([&](int64_t g, int64_t) { return f[g]; });
+    double* __restrict nn = lane(0);
+    double* __restrict f = lane(1);
+    double* ssq = grp;
+    for (jc = 0; jc < W; jc += C) {
+      Wc = std::min(C, W - jc);
+      std::fill(nn, nn + Wc, 0.0);
+      for (int64_t a = 0; a < A; ++a) {
+        if (a + kStripAhead < A) prefetch_piece(seg(a + kStripAhead), Wc * sizeof(T));
+        const T* __restrict pr = seg(a);
+        for (int64_t j = 0; j < Wc; ++j) {
+          const double v = static_cast<double>(static_cast<O>(pr[j]));
+          nn[j] += v * v;
+        }
+      }
+      for (int64_t j = 0; j < Wc; ++j) ssq[(jc + j) / K] += nn[j];
+    }
+    for (jc = 0; jc < W; jc += C) {
+      Wc = std::min(C, W - jc);
+      for (int64_t j = 0; j < Wc; ++j)
+        f[j] = static_cast<double>(static_cast<O>(group_factor(ssq[(jc + j) / K], job.c)));
+      for (int64_t a = 0; a < A; ++a) {
+        if (a + kStripAhead < A) prefetch_piece(seg(a + kStripAhead), Wc * sizeof(T));
+        T* __restrict pr = seg(a);
+        for (int64_t j = 0; j < Wc; ++j) pr[j] = static_cast<T>(static_cast<O>(pr[j]) * static_cast<O>(f[j]));
+      }
+    }
     return;
   }
-  // a_i once, kept in opmath (it is rounded there): one transient the size of the param. max a here does not
-  // propagate NaN: a NaN a_i makes q NaN, and metric_start zeroes such a column whatever max a is.
-  std::vector<O> abuf(A * row);
-  O* __restrict av = abuf.data();
-  sweep([&](int64_t a, double* __restrict bq, double* __restrict bn, double* __restrict bm) {
-    metric_a(job, a * row, row, av + a * row);
-    for_row(G, K, [&](int64_t g, int64_t j) {
-      const double ai = static_cast<double>(av[a * row + j]);
-      metric_terms(val(a * row + j), ai, bq[g], bn[g]);
-      bm[g] = ai > bm[g] ? ai : bm[g];
-    });
-  });
-  std::vector<double> r(G), rk(G);
-  for (int64_t g = 0; g < G; ++g) {
-    MetricSums first;
-    first.q = s[g];
-    first.nn = t[g];
-    first.amax = m[g];
-    r[g] = metric_start(first);
+  Panels& pn = panels();
+  double* __restrict v = pn.get(pn.v, C);
+  double* __restrict d = pn.get(pn.d, C);
+  double* __restrict av = pn.get(pn.a, C);
+  const O* x = job.x;
+  auto xseg = [&](int64_t a) { return x + a * row + j0 + jc; };
+  auto load = [&](int64_t a) {
+    if (a + kStripAhead < A) {
+      prefetch_piece(seg(a + kStripAhead), Wc * sizeof(T));
+      prefetch_piece(xseg(a + kStripAhead), Wc * sizeof(O));
+    }
+    metric_panels(job, seg(a), xseg(a), Wc, v, d, av);
+  };
+  double *__restrict q = lane(0), *__restrict nn = lane(1), *__restrict m1 = lane(2), *__restrict m2 = lane(3),
+         *__restrict m3 = lane(4), *__restrict m4 = lane(5), *__restrict hi = lane(6), *__restrict lo = lane(7);
+  // kStripRows rows at a time, so that the lane sums are loaded and stored once per kStripRows rows; each lane
+  // still adds its rows in order.
+  double* __restrict vb = pn.get(pn.vb, kStripRows * C);
+  double* __restrict db = pn.get(pn.db, kStripRows * C);
+  double* __restrict ab = pn.get(pn.ab, kStripRows * C);
+  std::vector<Moments> mom(ng);
+  for (jc = 0; jc < W; jc += C) {
+    Wc = std::min(C, W - jc);
+    std::fill(L, L + nl * C, 0.0);
+    for (int64_t j = 0; j < Wc; ++j) lo[j] = INFINITY;
+    for (int64_t a0 = 0; a0 < A; a0 += kStripRows) {
+      const int64_t nr = std::min(kStripRows, A - a0);
+      for (int64_t i = 0; i < nr; ++i) {
+        const int64_t a = a0 + i;
+        if (a + kStripAhead < A) {
+          prefetch_piece(seg(a + kStripAhead), Wc * sizeof(T));
+          prefetch_piece(xseg(a + kStripAhead), Wc * sizeof(O));
+        }
+        metric_panels(job, seg(a), xseg(a), Wc, vb + i * Wc, db + i * Wc, ab + i * Wc);
+      }
+      // In vectors, then the tail as scalars: the same operations (no contraction), so a lane's sum does not
+      // depend on where it falls.
+      int64_t j = 0;
+      for (; j + VD::size() <= Wc; j += VD::size()) {
+        VD qj = VD::loadu(q + j), nj = VD::loadu(nn + j), aj = VD::loadu(m1 + j), bj = VD::loadu(m2 + j),
+           cj = VD::loadu(m3 + j), dj = VD::loadu(m4 + j), hj = VD::loadu(hi + j), lj = VD::loadu(lo + j);
+        for (int64_t i = 0; i < nr; ++i) {
+          const VD ak = VD::loadu(ab + i * Wc + j);
+          moment_terms(VD::loadu(vb + i * Wc + j), VD::loadu(db + i * Wc + j), ak, qj, nj, aj, bj, cj, dj);
+          hj = at::vec::clamp_min(hj, ak);  // NaN: see group_prox_row
+          lj = at::vec::clamp_max(lj, ak);
+        }
+        qj.store(q + j), nj.store(nn + j), aj.store(m1 + j), bj.store(m2 + j), cj.store(m3 + j), dj.store(m4 + j);
+        hj.store(hi + j), lj.store(lo + j);
+      }
+      for (; j < Wc; ++j)
+        for (int64_t i = 0; i < nr; ++i) {
+          const int64_t o = i * Wc + j;
+          moment_terms(vb[o], db[o], ab[o], q[j], nn[j], m1[j], m2[j], m3[j], m4[j]);
+          hi[j] = ab[o] > hi[j] ? ab[o] : hi[j];
+          lo[j] = ab[o] < lo[j] ? ab[o] : lo[j];
+        }
+    }
+    for (int64_t j = 0; j < Wc; ++j) {
+      Moments& m = mom[(jc + j) / K];
+      m.q += q[j], m.nn += nn[j], m.m1 += m1[j], m.m2 += m2[j], m.m3 += m3[j], m.m4 += m4[j];
+      m.amax = hi[j] > m.amax || hi[j] != hi[j] ? hi[j] : m.amax;
+      m.amin = lo[j] < m.amin || lo[j] != lo[j] ? lo[j] : m.amin;
+    }
   }
-  // A zeroed column (r < 0) is swept too, at r = 0, to keep the sweep branch-free; its terms go unused.
-  newton_solve(G, r.data(), s.data(), t.data(), [&] {
-    for (int64_t g = 0; g < G; ++g) rk[g] = r[g] < 0 ? 0.0 : r[g];
-    const double* __restrict rp = rk.data();
-    sweep([&](int64_t a, double* __restrict bs, double* __restrict bt, double*) {
-      for_row(G, K, [&](int64_t g, int64_t j) {
-        newton_terms(val(a * row + j), static_cast<double>(av[a * row + j]), rp[g], bs[g], bt[g]);
-      });
-    });
-  });
-  // metric_factor without a branch (a division under one is not vectorized): divide at r = 0 in a zeroed
-  // column, then clear the bits of its factor.
-  std::vector<uint64_t> keep(G);
-  for (int64_t g = 0; g < G; ++g) {
-    rk[g] = r[g] < 0 ? 0.0 : r[g];
-    keep[g] = r[g] < 0 ? 0 : ~uint64_t(0);
+  double *r = grp, *exact = grp + ng;
+  bool any_exact = false;
+  for (int64_t g = 0; g < ng; ++g) {
+    r[g] = moment_root<O>(mom[g], static_cast<double>(job.c_o));
+    exact[g] = r[g] == kExact;
+    any_exact = any_exact || exact[g];
   }
-  const double* __restrict rp = rk.data();
-  const uint64_t* __restrict kp = keep.data();
-  scale([&](int64_t g, int64_t i) {
-    const double f = rp[g] / (rp[g] + static_cast<double>(av[i]));
-    return static_cast<O>(c10::bit_cast<double>(c10::bit_cast<uint64_t>(f) & kp[g]));
+  if (any_exact) {
+    // The reference's passes for the exact columns only (few, unless the prox is strong), element by element:
+    // ||v/a||^2, ||v||^2, max a (NaN-propagating) and sum v^2 a, then Newton's.
+    std::vector<int64_t> ex;
+    for (int64_t g = 0; g < ng; ++g)
+      if (exact[g]) ex.push_back(g);
+    const int64_t ne = static_cast<int64_t>(ex.size());
+    auto each = [&](const auto& f) {  // f(e, v, a) for every element of every exact column, rows in order
+      for (int64_t a = 0; a < A; ++a)
+        for (int64_t e = 0; e < ne; ++e)
+          for (int64_t k = 0, i = a * row + (g0 + ex[e]) * K; k < K; ++k, ++i) {
+            const O dk = job.has_l2 ? adam_denom(x[i], job.bdiv, job.eps) + job.c2 : adam_denom(x[i], job.bdiv, job.eps);
+            f(e, static_cast<double>(static_cast<O>(p[i])), static_cast<double>(job.c_o / dk));
+          }
+    };
+    std::vector<MetricSums> first(ne);
+    std::vector<double> sm1(ne, 0.0), rs(ne), ss(ne), ts(ne), rk(ne);
+    each([&](int64_t e, double v, double a) {
+      first[e].add(v, a);
+      sm1[e] += v * v * a;
+    });
+    for (int64_t e = 0; e < ne; ++e) {
+      rs[e] = metric_start(first[e]);
+      const double jensen = std::sqrt(first[e].nn) - sm1[e] / first[e].nn;
+      if (rs[e] >= 0 && jensen > rs[e]) rs[e] = jensen;
+    }
+    newton_solve(ne, rs.data(), ss.data(), ts.data(), [&] {
+      for (int64_t e = 0; e < ne; ++e) rk[e] = rs[e] < 0 ? 0.0 : rs[e], ss[e] = 0, ts[e] = 0;
+      each([&](int64_t e, double v, double a) { newton_terms(v, a, rk[e], ss[e], ts[e]); });
+    });
+    for (int64_t e = 0; e < ne; ++e) r[ex[e]] = rs[e];
+  }
+  // Per lane: opmath r (0 in a zeroed column: a > 0 there, so the factor is 0), and the exact columns' r.
+  double *__restrict lr = lane(0), *__restrict lx = lane(1), *__restrict lrr = lane(2);
+  for (jc = 0; jc < W; jc += C) {
+    Wc = std::min(C, W - jc);
+    for (int64_t j = 0; j < Wc; ++j) {
+      const int64_t g = (jc + j) / K;
+      lr[j] = static_cast<double>(static_cast<O>(r[g] < 0 ? 0.0 : r[g]));
+      lx[j] = exact[g];
+      lrr[j] = r[g];
+    }
+    for (int64_t a = 0; a < A; ++a) {
+      load(a);
+      T* __restrict pr = seg(a);
+      if (!any_exact) {
+        for (int64_t j = 0; j < Wc; ++j) {
+          const O ro = static_cast<O>(lr[j]);
+          pr[j] = static_cast<T>(static_cast<O>(pr[j]) * (ro / (ro + static_cast<O>(av[j]))));
+        }
+      } else {
+        for (int64_t j = 0; j < Wc; ++j) {
+          const O ro = static_cast<O>(lr[j]);
+          const O f = lx[j] != 0 ? static_cast<O>(metric_factor(lrr[j], av[j])) : ro / (ro + static_cast<O>(av[j]));
+          pr[j] = static_cast<T>(static_cast<O>(pr[j]) * f);
+        }
+      }
+    }
+  }
+}
+
+// The group prox of every column (group_dim 1) of one param, right after its own update (it is still in the
+// last-level cache when it fits there), one column strip per task. grain: the element loop's elements per task.
+template <typename T, typename O>
+void group_prox_columns(T* p, const GroupJob<O>& job, int64_t grain) {
+  const int64_t wg = strip_groups(job.sh), strips = (job.sh.G + wg - 1) / wg;
+  const int64_t per = std::max<int64_t>(1, job.sh.A * wg * job.sh.K);
+  at::parallel_for(0, strips, std::max<int64_t>(1, grain / per), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) column_strip<T, O>(p, job, b * wg, std::min(job.sh.G, (b + 1) * wg));
   });
 }
 

@@ -29,8 +29,11 @@ constexpr bool kReduced = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, 
 // Work is split in units of kUnit elements of one tensor, so that thread boundaries fall on whole vectors.
 constexpr int64_t kUnit = 64;
 constexpr int64_t kGrainUnits = 32768 / kUnit;
+// Row groups: the elements of the rows updated before their prox runs (each array's block stays in L2).
+constexpr int64_t kRowBlock = 16384;
 
-// One tensor's pointers (params, grads, NS optional state lists) and its scalars.
+// One tensor's pointers (params, grads, NS optional state lists) and its scalars. n: the grad's elements. With
+// sparse grads, rows: the param row of each of the n / K values rows (K elements each); else nullptr.
 template <typename T, typename O, int NS, typename S>
 struct Slot {
   T* p;
@@ -38,6 +41,8 @@ struct Slot {
   std::array<O*, NS> s;
   int64_t n;
   S sc;
+  const int64_t* rows = nullptr;
+  int64_t K = 0;
 };
 
 template <typename T, typename O, int NS, typename S>
@@ -49,8 +54,12 @@ Slot<T, O, NS, S> make_slot(const Staged& st, size_t i, const S& sc) {
     const at::Tensor& t = st.lists[2 + k][i];
     sl.s[k] = t.defined() ? t.data_ptr<O>() : nullptr;
   }
-  sl.n = st.lists[0][i].numel();
+  sl.n = st.lists[1][i].numel();
   sl.sc = sc;
+  if (!st.rows.empty()) {
+    sl.rows = st.rows[i].const_data_ptr<int64_t>();
+    sl.K = row_len(st.lists[0][i]);
+  }
   return sl;
 }
 
@@ -144,17 +153,51 @@ void for_each_element(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
   });
 }
 
+// Sparse grads: runs f over the rows present in each slot's grad, parallel over all those rows; each row runs
+// process_range on the slot moved to it (param and state at row rows[j], grad at values row j), so a sparse
+// step is the dense element loop on those rows, and no other element is read or written.
+template <typename T, typename O, int NS, typename S, typename F>
+void for_each_row(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
+  std::vector<int64_t> off(slots.size() + 1, 0);  // row offsets
+  int64_t widest = 1;
+  for (size_t t = 0; t < slots.size(); ++t) {
+    off[t + 1] = off[t] + (slots[t].K ? slots[t].n / slots[t].K : 0);
+    widest = std::max(widest, slots[t].K);
+  }
+  const int64_t total = off.back();
+  if (total == 0) return;
+  at::parallel_for(0, total, std::max<int64_t>(1, kGrainUnits * kUnit / widest), [&](int64_t b, int64_t e) {
+    size_t t = std::upper_bound(off.begin(), off.end(), b) - off.begin() - 1;
+    for (; t < slots.size() && off[t] < e; ++t) {
+      const auto& sl = slots[t];
+      const S sc = sl.sc;
+      const int64_t K = sl.K;
+      const int64_t je = std::min(e, off[t + 1]) - off[t];
+      for (int64_t j = std::max(b, off[t]) - off[t]; j < je; ++j) {
+        auto row = sl;
+        const int64_t at = sl.rows[j] * K;
+        row.p = sl.p + at;
+        row.g = sl.g + j * K;
+        for (int k = 0; k < NS; ++k) row.s[k] = sl.s[k] ? sl.s[k] + at : nullptr;
+        row.n = K;
+        process_range(row, 0, K, [&](auto& p, auto g, auto& s) { f(sc, p, g, s); });
+      }
+    }
+  });
+}
+
 // Runs f over every element of every slot, then the group prox of each job: row groups in the same parallel
-// chunk as their row's update (the row is still in cache), column groups in row-major sweeps after the whole
-// update (a column needs every row).
+// chunk as their row's update (the row is still in cache), column
+// groups right after their own param's update (a column needs every row; the param is then still in the
+// last-level cache when it fits there).
 template <typename T, typename O, int NS, typename S, typename F>
 void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<GroupJob<O>>& jobs,
                               int64_t group_dim, const F& f) {
+  if (!slots.empty() && slots[0].rows) return for_each_row(slots, f);  // no group lasso with sparse grads
   if (jobs.empty()) return for_each_element(slots, f);
   std::vector<Slot<T, O, NS, S>> flat;
   std::vector<char> fused(slots.size(), 0);
-  if (group_dim == 0)
-    for (const auto& job : jobs) fused[job.slot] = 1;
+  for (const auto& job : jobs) fused[job.slot] = 1;
   for (size_t i = 0; i < slots.size(); ++i)
     if (!fused[i]) flat.push_back(slots[i]);
   for_each_element(flat, f);
@@ -162,14 +205,19 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
     const auto& sl = slots[job.slot];
     const GroupShape& sh = job.sh;
     if (group_dim == 0) {
+      // The update runs a block of rows at a time (long runs for the hardware prefetchers), then the prox of
+      // each of its rows, from L2.
+      const int64_t block = std::max<int64_t>(1, kRowBlock / sh.K);
       at::parallel_for(0, sh.G, std::max<int64_t>(1, kGrainUnits * kUnit / sh.K), [&](int64_t b, int64_t e) {
         const S sc = sl.sc;
-        for (int64_t g = b; g < e; ++g) {
-          process_range(sl, g * sh.K, (g + 1) * sh.K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
-          group_prox_row<T, O>(sl.p, job, g);
+        for (int64_t g0 = b; g0 < e; g0 += block) {
+          const int64_t g1 = std::min(e, g0 + block);
+          process_range(sl, g0 * sh.K, g1 * sh.K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
+          for (int64_t g = g0; g < g1; ++g) group_prox_row<T, O>(sl.p, job, g);
         }
       });
     } else {
+      for_each_element(std::vector<Slot<T, O, NS, S>>{sl}, f);
       group_prox_columns<T, O>(sl.p, job, kGrainUnits * kUnit);
     }
   }

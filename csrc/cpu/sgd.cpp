@@ -1,5 +1,5 @@
-// fusedreg::sgd_ on the CPU: sgd_update (fusedreg_math.h) over the element loop of cpu/loop.h, then the group
-// prox of SGD's scalar step.
+// fusedreg::sgd_ on the CPU: sgd_update (fusedreg_math.h) over the element loop of cpu/loop.h (the rows present with
+// sparse grads), then the group prox of SGD's scalar step.
 #include "loop.h"  // first: it brings in the Vectorized primitives before fusedreg_math.h
 
 #include <ATen/Dispatch.h>
@@ -10,7 +10,7 @@ namespace fusedreg {
 void sgd_cpu(FUSEDREG_SGD_PARAMS) {
   const bool has_momentum = momentum != 0;
   Staged st = stage("sgd_", c10::DeviceType::CPU, params, grads, {{"momentum_buffers", momentum_buffers, has_momentum}},
-                    {}, false, grad_scale, found_inf, lr_tensor, group_l1, group_dim);
+                    {}, false, grad_scale, found_inf, lr_tensor, group_l1, group_dim, rows_of(rows));
   if (skip_step(found_inf) || st.n == 0) return;
   lr = lr_of(lr_tensor, lr);
   const SgdArgs args = sgd_args(lr, momentum, dampening, weight_decay, nesterov, maximize, first_step,

@@ -47,8 +47,11 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ double shared[2];
   for (int64_t g = blockIdx.x; g < sh.G; g += gridDim.x) {
-    // Element m of group g (m in [0, A*K)); K == 1 (columns of a 2-D param) without the 64-bit division.
-    auto at = [&](int64_t m) { return sh.K == 1 ? m * sh.G + g : (m / sh.K * sh.G + g) * sh.K + m % sh.K; };
+    // Element m of group g (m in [0, A*K)); rows (A == 1: contiguous) and K == 1 (columns of a 2-D param)
+    // without the 64-bit division and modulo.
+    auto at = [&](int64_t m) {
+      return sh.A == 1 ? g * sh.K + m : sh.K == 1 ? m * sh.G + g : (m / sh.K * sh.G + g) * sh.K + m % sh.K;
+    };
     if (!metric) {
       double ss = 0;
       for (int64_t m = threadIdx.x; m < n; m += blockDim.x) ss += val(at(m)) * val(at(m));

@@ -16,6 +16,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../fusedreg_math.h"
@@ -34,27 +35,47 @@ constexpr int max_tensors() {
   return N <= 2 ? 64 : (N == 3 ? 48 : (N == 4 ? 36 : 30));
 }
 
-// N lists (params, grads, states); addr[k][t] is nullptr for an unused state list.
-template <int N>
+// N lists (params, grads, states); addr[k][t] is nullptr for an unused state list. numel: the grad's elements.
+// Rows (sparse grads, Staged::rows): per tensor the param row of each values row, the row length and the
+// param's dim 0; fewer tensors per launch so that the arguments stay under 4 KB.
+template <int N, bool Rows = false>
 struct TensorListMeta {
-  void* addr[N][max_tensors<N>()];
-  int64_t numel[max_tensors<N>()];
-  const float* step[max_tensors<N>()];  // the step counter before this call, or nullptr
+  static constexpr bool kRows = Rows;
+  static constexpr int kTensors = max_tensors<Rows ? N + 3 : N>();
+  static constexpr int kRowSlots = Rows ? kTensors : 1;
+  void* addr[N][kTensors];
+  int64_t numel[kTensors];
+  const float* step[kTensors];  // the step counter before this call, or nullptr
+  const int64_t* rows[kRowSlots];
+  int64_t row_len[kRowSlots];
+  int64_t nrows[kRowSlots];
   unsigned char block_to_tensor[kMaxBlocks];
   int block_to_chunk[kMaxBlocks];
 };
 
 // Packs the tensors of `lists` (N lists of equal length; an undefined tensor means "unused") into launches;
-// launch(meta, blocks) enqueues one kernel.
-template <int N, typename Launch>
+// launch(meta, blocks) enqueues one kernel. With Rows, chunks cover the grads (the rows' values) and `rows`
+// holds each tensor's row indices.
+template <int N, bool Rows = false, typename Launch>
 void multi_tensor_apply(const std::vector<std::vector<at::Tensor>>& lists, at::TensorList steps,
-                        const Launch& launch) {
-  TORCH_INTERNAL_ASSERT(lists.size() == N);
-  TensorListMeta<N> meta;
+                        const Launch& launch, at::TensorList rows = {}) {
+  TORCH_INTERNAL_ASSERT(lists.size() == N && (!Rows || rows.size() == lists[0].size()));
+  using Meta = TensorListMeta<N, Rows>;
+  Meta meta;
   int nt = 0, nb = 0;
   const size_t n = lists[0].size();
+  auto copy_slot = [&](int to, int from) {
+    for (int k = 0; k < N; ++k) meta.addr[k][to] = meta.addr[k][from];
+    meta.numel[to] = meta.numel[from];
+    meta.step[to] = meta.step[from];
+    if constexpr (Rows) {
+      meta.rows[to] = meta.rows[from];
+      meta.row_len[to] = meta.row_len[from];
+      meta.nrows[to] = meta.nrows[from];
+    }
+  };
   for (size_t t = 0; t < n; ++t) {
-    const int64_t numel = lists[0][t].numel();
+    const int64_t numel = lists[1][t].numel();
     if (numel == 0) continue;
     for (int k = 0; k < N; ++k) {
       const at::Tensor& x = lists[k][t];
@@ -62,6 +83,11 @@ void multi_tensor_apply(const std::vector<std::vector<at::Tensor>>& lists, at::T
     }
     meta.numel[nt] = numel;
     meta.step[nt] = steps.empty() ? nullptr : steps[t].const_data_ptr<float>();
+    if constexpr (Rows) {
+      meta.rows[nt] = rows[t].const_data_ptr<int64_t>();
+      meta.row_len[nt] = row_len(lists[0][t]);
+      meta.nrows[nt] = lists[0][t].size(0);
+    }
     ++nt;
     const int64_t chunks = (numel + kChunk - 1) / kChunk;
     for (int64_t c = 0; c < chunks; ++c) {
@@ -69,21 +95,30 @@ void multi_tensor_apply(const std::vector<std::vector<at::Tensor>>& lists, at::T
       meta.block_to_chunk[nb] = static_cast<int>(c);
       ++nb;
       const bool last_chunk = c == chunks - 1;
-      if (nb == kMaxBlocks || (nt == max_tensors<N>() && last_chunk)) {
+      if (nb == kMaxBlocks || (nt == Meta::kTensors && last_chunk)) {
         launch(meta, nb);
         nb = 0;
         if (last_chunk) {
           nt = 0;
         } else {  // the rest of this tensor goes on in the next launch, as its tensor 0
-          for (int k = 0; k < N; ++k) meta.addr[k][0] = meta.addr[k][nt - 1];
-          meta.numel[0] = meta.numel[nt - 1];
-          meta.step[0] = meta.step[nt - 1];
+          copy_slot(0, nt - 1);
           nt = 1;
         }
       }
     }
   }
   if (nb > 0) launch(meta, nb);
+}
+
+// multi_tensor_apply over a staged call, sparse (Rows) when it has rows: launch(meta, blocks) is called with a
+// TensorListMeta<N> or a TensorListMeta<N, true> (Meta::kRows tells which).
+template <int N, typename Launch>
+void apply_staged(const Staged& st, at::TensorList steps, const Launch& launch) {
+  if (st.rows.empty()) {
+    multi_tensor_apply<N>(st.lists, steps, launch);
+  } else {
+    multi_tensor_apply<N, true>(st.lists, steps, launch, st.rows);
+  }
 }
 
 template <typename T>
@@ -150,25 +185,56 @@ __device__ inline void chunk_loop(T* p, const T* g, O* const* s, int64_t len, co
   }
 }
 
-// The chunk of block blockIdx.x: its tensor, its offset, its length, its pointers.
-template <typename T, typename O, int N>
+// The chunk of block blockIdx.x: its tensor, its offset, its length, its pointers (with Rows: the param's and
+// state's at their start, the grad's at the chunk).
+template <typename T, typename O, int N, bool Rows = false>
 struct Chunk {
   int t;
+  int64_t off;
   int64_t len;
   T* p;
   const T* g;
   O* s[N - 2 > 0 ? N - 2 : 1];
 
-  __device__ explicit Chunk(const TensorListMeta<N>& meta) {
+  __device__ explicit Chunk(const TensorListMeta<N, Rows>& meta) {
     t = meta.block_to_tensor[blockIdx.x];
-    const int64_t off = static_cast<int64_t>(meta.block_to_chunk[blockIdx.x]) * kChunk;
+    off = static_cast<int64_t>(meta.block_to_chunk[blockIdx.x]) * kChunk;
     len = meta.numel[t] - off < kChunk ? meta.numel[t] - off : kChunk;
-    p = static_cast<T*>(meta.addr[0][t]) + off;
+    const int64_t at = Rows ? 0 : off;
+    p = static_cast<T*>(meta.addr[0][t]) + at;
     g = static_cast<const T*>(meta.addr[1][t]) + off;
 #pragma unroll
-    for (int k = 2; k < N; ++k) s[k - 2] = meta.addr[k][t] ? static_cast<O*>(meta.addr[k][t]) + off : nullptr;
+    for (int k = 2; k < N; ++k) s[k - 2] = meta.addr[k][t] ? static_cast<O*>(meta.addr[k][t]) + at : nullptr;
   }
 };
+
+// Runs f(p, g, s) on every element of the chunk: chunk_loop, or with Rows each values element j*K + k on the
+// param and state element rows[j]*K + k (the same math, through the row index).
+template <typename T, typename O, int NS, int N, bool Rows, typename F>
+__device__ inline void for_chunk(const Chunk<T, O, N, Rows>& c, const TensorListMeta<N, Rows>& meta, const F& f) {
+  if constexpr (!Rows) {
+    chunk_loop<T, O, NS>(c.p, c.g, c.s, c.len, f);
+  } else {
+    const int64_t* rows = meta.rows[c.t];
+    const int64_t K = meta.row_len[c.t], nrows = meta.nrows[c.t];
+    for (int64_t i = threadIdx.x; i < c.len; i += blockDim.x) {
+      const int64_t e = c.off + i;
+      const int64_t j = e / K;
+      const int64_t r = rows[j];
+      CUDA_KERNEL_ASSERT(r >= 0 && r < nrows && "fusedreg: a row index is out of range");
+      const int64_t at = r * K + (e - j * K);
+      O pv = static_cast<O>(c.p[at]);
+      O sv[NS > 0 ? NS : 1];
+#pragma unroll
+      for (int k = 0; k < NS; ++k) sv[k] = c.s[k] != nullptr ? c.s[k][at] : O(0);
+      f(pv, static_cast<O>(c.g[i]), sv);
+      c.p[at] = static_cast<T>(pv);
+#pragma unroll
+      for (int k = 0; k < NS; ++k)
+        if (c.s[k] != nullptr) c.s[k][at] = sv[k];
+    }
+  }
+}
 
 __device__ inline bool skipped(const float* found_inf) { return found_inf != nullptr && *found_inf != 0.f; }
 

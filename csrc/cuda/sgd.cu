@@ -8,17 +8,16 @@ namespace fusedreg {
 namespace cuda {
 namespace {
 
-template <typename T, typename O>
+template <typename T, typename O, bool Rows>
 __global__ void __launch_bounds__(kThreads)
-    sgd_kernel(TensorListMeta<3> meta, SgdArgs args, const O* grad_scale, const float* found_inf,
+    sgd_kernel(TensorListMeta<3, Rows> meta, SgdArgs args, const O* grad_scale, const float* found_inf,
                const double* lr) {
   if (skipped(found_inf)) return;
-  const Chunk<T, O, 3> c(meta);
+  const Chunk<T, O, 3, Rows> c(meta);
   const SgdScalars<O> sc = make_sgd<O>(with_lr(args, lr));
   const bool has_scale = grad_scale != nullptr;
   const O scale = has_scale ? *grad_scale : O(1);
-  chunk_loop<T, O, 1>(c.p, c.g, c.s, c.len,
-                      [&](O& p, O g, O* s) { sgd_update(p, g, s[0], sc, has_scale, scale); });
+  for_chunk<T, O, 1>(c, meta, [&](O& p, O g, O* s) { sgd_update(p, g, s[0], sc, has_scale, scale); });
 }
 
 }  // namespace
@@ -28,7 +27,7 @@ void sgd_cuda(FUSEDREG_SGD_PARAMS) {
   const bool has_momentum = momentum != 0;
   Staged st = stage("sgd_", c10::DeviceType::CUDA, params, grads,
                     {{"momentum_buffers", momentum_buffers, has_momentum}}, {}, false, grad_scale, found_inf,
-                    lr_tensor, group_l1, group_dim);
+                    lr_tensor, group_l1, group_dim, rows_of(rows));
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -37,9 +36,10 @@ void sgd_cuda(FUSEDREG_SGD_PARAMS) {
                                 penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_sgd_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
-    cuda::multi_tensor_apply<3>(st.lists, {}, [&](const cuda::TensorListMeta<3>& meta, int blocks) {
-      cuda::sgd_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, dev.scale_ptr<O>(),
-                                                                            dev.inf_ptr(), dev.lr_ptr());
+    cuda::apply_staged<3>(st, {}, [&](const auto& meta, int blocks) {
+      constexpr bool rows = std::decay_t<decltype(meta)>::kRows;
+      cuda::sgd_kernel<scalar_t, O, rows><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, dev.scale_ptr<O>(),
+                                                                                  dev.inf_ptr(), dev.lr_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

@@ -20,7 +20,10 @@ ADAGRAD = tl.constexpr(2)
 
 
 @triton.jit
-def offsets(gid, m, G, K):
+def offsets(gid, m, G, K, ROWS: tl.constexpr):
+    # Rows (A = 1) are contiguous: no 64-bit division and modulo an element.
+    if ROWS:
+        return gid * K + m
     return (m // K * G + gid) * K + m % K
 
 
@@ -46,7 +49,7 @@ def values(param, offs, mask, CDT: tl.constexpr):
 def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, group_l1: tl.float64,
                  l2: tl.float64, beta2: tl.float64, lr_decay: tl.float64, eps: tl.float64,
                  CDT: tl.constexpr, KIND: tl.constexpr, HAS_L2: tl.constexpr, HAS_FI: tl.constexpr,
-                 BLOCK: tl.constexpr):
+                 ROWS: tl.constexpr, BLOCK: tl.constexpr):
     gid = tl.program_id(0).to(tl.int64)
     size = A.to(tl.int64) * K
     n = size
@@ -70,12 +73,12 @@ def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, gro
         ss = tl.zeros([BLOCK], tl.float64)
         for start in range(0, n, BLOCK):
             m = start + tl.arange(0, BLOCK)
-            v = values(param, offsets(gid, m, G, K), m < n, CDT)
+            v = values(param, offsets(gid, m, G, K, ROWS), m < n, CDT)
             ss += v * v
         f = group_scale(c, tl.sum(ss, 0), CDT)
         for start in range(0, n, BLOCK):
             m = start + tl.arange(0, BLOCK)
-            offs = offsets(gid, m, G, K)
+            offs = offsets(gid, m, G, K, ROWS)
             store(param + offs, tl.load(param + offs, mask=m < n).to(CDT) * f, m < n)
     else:
         c_o = c.to(CDT)
@@ -85,7 +88,7 @@ def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, gro
             # The group in one block: v and a are read once and stay in registers (the same sums as the
             # passes below; in the interpreter, where every helper call costs, far fewer calls).
             m = tl.arange(0, BLOCK)
-            offs = offsets(gid, m, G, K)
+            offs = offsets(gid, m, G, K, ROWS)
             v = values(param, offs, m < n, CDT)
             a = metric_a(state, offs, m < n, c_o, c2, bc2_sqrt, eps, KIND, HAS_L2)
             amax = tl.maximum(tl.where(m < n, a, 0.0), 0.0, propagate_nan=tl.PropagateNan.ALL)
@@ -103,7 +106,7 @@ def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, gro
             amax = tl.zeros([BLOCK], tl.float64)
             for start in range(0, n, BLOCK):
                 m = start + tl.arange(0, BLOCK)
-                offs = offsets(gid, m, G, K)
+                offs = offsets(gid, m, G, K, ROWS)
                 v = values(param, offs, m < n, CDT)
                 a = metric_a(state, offs, m < n, c_o, c2, bc2_sqrt, eps, KIND, HAS_L2)
                 q += (v / a) * (v / a)
@@ -117,7 +120,7 @@ def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, gro
                 t = tl.zeros([BLOCK], tl.float64)
                 for start in range(0, n, BLOCK):
                     m = start + tl.arange(0, BLOCK)
-                    offs = offsets(gid, m, G, K)
+                    offs = offsets(gid, m, G, K, ROWS)
                     v = values(param, offs, m < n, CDT)
                     a = metric_a(state, offs, m < n, c_o, c2, bc2_sqrt, eps, KIND, HAS_L2)
                     ds, dt = newton_terms(v, a, r)
@@ -127,7 +130,7 @@ def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, gro
                 it += 1
             for start in range(0, n, BLOCK):
                 m = start + tl.arange(0, BLOCK)
-                offs = offsets(gid, m, G, K)
+                offs = offsets(gid, m, G, K, ROWS)
                 f = metric_factor(r, metric_a(state, offs, m < n, c_o, c2, bc2_sqrt, eps, KIND, HAS_L2), CDT)
                 store(param + offs, tl.load(param + offs, mask=m < n).to(CDT) * f, m < n)
 
@@ -152,6 +155,6 @@ def prox(kind, params, states=None, steps=None, *, lr, group_l1, group_dim, l2, 
             group_kernel[(G,)](pc, x, s, fi, A, G, K, lr=float(lr), group_l1=float(group_l1), l2=float(l2),
                                beta2=float(beta2), lr_decay=float(lr_decay), eps=float(eps),
                                CDT=launch.opmath(p.dtype), KIND=kind.value, HAS_L2=l2 != 0,
-                               HAS_FI=fi is not None, BLOCK=block, **launch.OPTIONS)
+                               HAS_FI=fi is not None, ROWS=A == 1, BLOCK=block, **launch.OPTIONS)
         if pc is not p:
             p.copy_(pc)

@@ -14,6 +14,10 @@ launches, plus one per grouped param with group_l1 (group.py):
 * one launch of the optimizer's kernel, grid = number of chunks: program i loads row i, turns the addresses into
   typed pointers (`col`) and walks its chunk in BLOCK-wide pieces (full pieces unmasked, so the compiler can
   vectorize them when every address is ALIGN-byte aligned; the last piece masked).
+* sparse grads (rows, fusedreg._ops.ROWS): the chunks cover the grads (the present rows' values); a row of the
+  table also holds the row indices' address, the param's row length and the chunk's first element, and
+  `targets` maps each grad element j*K + k to the param/state element rows[j]*K + k. The indices change every
+  step, so such a table is rebuilt (and copied to the device) every step.
 
 Non-contiguous params/states go through contiguous copies written back afterwards (a slow path that also
 rebuilds the table every step). The first call on a new list copies its table to the device (synchronously),
@@ -42,9 +46,14 @@ INTERPRET_BLOCK = 4096
 INTERPRET_CHUNK = 4096
 STEPS_BLOCK = 256
 
-ROW = tl.constexpr(8)  # int64 per chunk row: param, grad, state0, state1, state2, step, count, (pad)
+# int64 per chunk row: param, grad, state0, state1, state2, step, count, (pad), then with sparse grads: the row
+# indices, the row length, the chunk's first grad element, (pad).
+ROW = tl.constexpr(12)
 COUNT = tl.constexpr(6)
 STEP = tl.constexpr(5)
+INDEX = tl.constexpr(8)
+ROW_LEN = tl.constexpr(9)
+FIRST = tl.constexpr(10)
 ALIGN = tl.constexpr(16)
 CACHE_SIZE = 64
 
@@ -72,6 +81,20 @@ def chunk_row(rows, found_inf, HAS_FI: tl.constexpr):
     if HAS_FI:
         n = tl.where(tl.load(found_inf) == 0, n, 0)
     return row, n
+
+
+@triton.jit
+def targets(row, offs, n, SPARSE: tl.constexpr):
+    """The param/state offsets of the chunk's grad elements offs (< n): offs itself, or with sparse grads
+    rows[j]*K + k for grad element j*K + k."""
+    if SPARSE:
+        index = col(row, INDEX, tl.int64, False)
+        k = tl.load(row + ROW_LEN)
+        e = tl.load(row + FIRST) + offs
+        j = e // k
+        return tl.load(index + j, mask=offs < n, other=0) * k + (e - j * k)
+    else:
+        return offs
 
 
 @triton.jit(do_not_specialize=["n"])
@@ -111,32 +134,35 @@ def guard(device):
 _cache = OrderedDict()
 
 
-def plan(device, chunk, cols, steps):
-    """The chunk table of one call, cached: (rows, n_chunks, aligned, step addresses)."""
+def plan(device, chunk, cols, steps, index=None):
+    """The chunk table of one call, cached: (rows, n_chunks, aligned, step addresses). index: the row indices of
+    sparse grads, or None."""
     ptrs = torch.Tensor.data_ptr
     key = (device, chunk, cols[0][0].dtype, tuple(tuple(map(ptrs, c)) for c in cols),
-           tuple(map(torch.Tensor.numel, cols[0])), tuple(map(ptrs, steps)))
+           tuple(map(torch.Tensor.numel, cols[1])), tuple(map(ptrs, steps)),
+           None if index is None else tuple(map(ptrs, index)))
     found = _cache.get(key)
     if found is not None:
         _cache.move_to_end(key)
         return found
-    found = _cache[key] = _build(device, chunk, cols, steps)
+    found = _cache[key] = _build(device, chunk, cols, steps, index)
     while len(_cache) > CACHE_SIZE:
         _cache.popitem(last=False)
     return found
 
 
-def _build(device, chunk, cols, steps):
-    params = cols[0]
-    idx = [i for i, p in enumerate(params) if p.numel()]
+def _build(device, chunk, cols, steps, index):
+    params, grads = cols[0], cols[1]
+    idx = [i for i, g in enumerate(grads) if g.numel()]  # chunks cover the grads (sparse: the rows' values)
     addrs = torch.zeros(len(idx), COUNT.value, dtype=torch.int64)
     esize = torch.zeros(COUNT.value, dtype=torch.int64)
     for k, c in enumerate(cols):
         addrs[:, k] = torch.tensor([c[i].data_ptr() for i in idx], dtype=torch.int64)
-        esize[k] = c[0].element_size()
+        # Sparse: only the grad's address moves with the chunk (targets() finds the param's and state's).
+        esize[k] = c[0].element_size() if index is None or k == 1 else 0
     if steps:
         addrs[:, STEP.value] = torch.tensor([steps[i].data_ptr() for i in idx], dtype=torch.int64)
-    numel = torch.tensor([params[i].numel() for i in idx], dtype=torch.int64)
+    numel = torch.tensor([grads[i].numel() for i in idx], dtype=torch.int64)
     nchunks = (numel + chunk - 1) // chunk
     owner = torch.repeat_interleave(torch.arange(len(idx)), nchunks)
     first = torch.cumsum(nchunks, 0) - nchunks
@@ -144,6 +170,10 @@ def _build(device, chunk, cols, steps):
     rows = torch.zeros(len(owner), ROW.value, dtype=torch.int64)
     rows[:, :COUNT.value] = addrs[owner] + start[:, None] * esize[None, :]
     rows[:, COUNT.value] = torch.clamp_max(numel[owner] - start, chunk)
+    if index is not None:
+        rows[:, INDEX.value] = torch.tensor([index[i].data_ptr() for i in idx], dtype=torch.int64)[owner]
+        rows[:, ROW_LEN.value] = torch.tensor([grads[i][0].numel() for i in idx], dtype=torch.int64)[owner]
+        rows[:, FIRST.value] = start
     aligned = bool((rows[:, :len(cols)] % ALIGN.value == 0).all())
     step_addrs = torch.tensor([s.data_ptr() for s in steps], dtype=torch.int64).to(device) if steps else None
     return rows.reshape(-1).to(device), len(owner), aligned, step_addrs
@@ -167,16 +197,19 @@ def dense(cols):
     return [done[id(lst)] for lst in cols], back
 
 
-def run(kernel, cols, steps, grad_scale, found_inf, **args):
+def run(kernel, cols, steps, grad_scale, found_inf, index=None, **args):
     """Advance `steps` (a list, [] for SGD) and launch `kernel` over the chunk table of `cols` (params, grads,
-    then the op's state lists; an unused column repeats another list). `args` go to the kernel by name."""
+    then the op's state lists; an unused column repeats another list). `args` go to the kernel by name. index:
+    sparse grads' row indices (the kernel then gets SPARSE=True and maps its elements with `targets`), or None."""
     params = cols[0]
     if not params:
         return
     device = params[0].device
     block, size = shape(device)
     cols, back = dense(cols)
-    rows, n_chunks, aligned, step_addrs = plan(device, size, cols, steps)
+    if index is not None:
+        index = [r.contiguous() for r in index]
+    rows, n_chunks, aligned, step_addrs = plan(device, size, cols, steps, index)
     # The reference reads these on any device; a kernel can only read its own device's memory.
     gs = None if grad_scale is None else grad_scale.to(device)
     fi = None if found_inf is None else found_inf.to(device)
@@ -187,7 +220,7 @@ def run(kernel, cols, steps, grad_scale, found_inf, **args):
                 step_addrs, len(steps), fi, HAS_FI=fi is not None, BLOCK=STEPS_BLOCK)
         if n_chunks:
             kernel[(n_chunks,)](
-                rows, gs, fi, **args, P_DT=TL_DTYPES[dtype],
+                rows, gs, fi, **args, **({} if index is None else {"SPARSE": True}), P_DT=TL_DTYPES[dtype],
                 CDT=opmath(dtype), HAS_GS=gs is not None,
                 HAS_FI=fi is not None, ALIGNED=aligned, BLOCK=block, CHUNK=size, **OPTIONS)
     for t, c in back:
