@@ -44,7 +44,8 @@ inline at::TensorList rows_of(const std::optional<at::TensorList>& rows) {
 
 #define FUSEDREG_FTRL_PARAMS                                                                         \
   at::TensorList params, at::TensorList grads, at::TensorList accumulators, at::TensorList linears, double lr, \
-      double lr_power, double beta, double l2_shrinkage, bool maximize, FUSEDREG_PENALTY_PARAMS
+      double lr_power, double beta, double l2_shrinkage, bool maximize, FUSEDREG_PENALTY_PARAMS,      \
+      FUSEDREG_ROWS_PARAM
 
 void sgd_cpu(FUSEDREG_SGD_PARAMS);
 void adam_cpu(FUSEDREG_ADAM_PARAMS);

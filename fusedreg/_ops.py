@@ -41,7 +41,7 @@ class Arg(NamedTuple):
     when: str = ""
 
 
-# Sparse grads, for the ops whose math is row-separable (sgd_, adagrad_): the op's last argument, keyword-only.
+# Sparse grads, for the ops whose math is row-separable (sgd_, adagrad_, ftrl_): the op's last argument, keyword-only.
 ROWS = Arg("rows", "Tensor[]?", None, "None: dense grads; else one int64 1-D tensor of distinct row indices per "
                                       "param, and grads[i] the values of those rows of params[i] (shape "
                                       "(len(rows[i]),) + params[i].shape[1:]): only those rows and their state are "
@@ -120,7 +120,7 @@ ARGS = {
         Arg("l2_shrinkage", "float", 0.0, "TensorFlow's l2_shrinkage_regularization_strength: z sees "
                                           "g + 2·l2_shrinkage·w (the accumulator g²)"),
         Arg("maximize", "bool", False),
-    ) + PENALTY,
+    ) + PENALTY + (ROWS,),
 }
 
 

@@ -155,7 +155,7 @@ def _walk(params, missing_ok, lists, states):
             raise RuntimeError(f"param {i}: grads entry is {type(g).__name__}, not a tensor")
         if g.layout not in (strided, torch.sparse_coo):
             raise RuntimeError(f"param {i} has a {g.layout} gradient; fusedreg takes dense (strided) gradients "
-                               f"and, in SGD and Adagrad, sparse COO ones")
+                               f"and, in SGD, Adagrad and Ftrl, sparse COO ones")
         if g.shape != shape or g.dtype != dtype or g.device != device:
             raise RuntimeError(f"param {i}: grad {tuple(g.shape)} {g.dtype} on {g.device} does not match "
                                f"param {tuple(shape)} {dtype} on {device}")

@@ -195,36 +195,39 @@ def ftrl_power(n, lr_power):
 
 
 def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_shrinkage=0.0, maximize=False,
-          group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None, **pen):
+          group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None, rows=None, **pen):
     """FTRL-Proximal as TensorFlow's ApplyFtrlV2 (with Keras's beta), per element:
         g_s = g + 2*l2_shrinkage*w;  n' = n + g^2;  sigma = (n'^-p - n^-p)/lr;  z += g_s - sigma*w;
         q = (beta + n'^-p)/lr + 2*l2;  w = 0 where |z| <= l1, else -(z - sign(z)*l1)/q;  n = n'
     (p = lr_power; g after unscaling, maximize and a subgradient l1, which then leaves the closed form's l1 at 0),
     then l0 and nonneg with the element's step 1/q: the exact argmin of the same per-element objective. lr = 0
-    changes nothing (TensorFlow needs lr > 0; torch.distributed.checkpoint makes state with an lr = 0 step)."""
+    changes nothing (TensorFlow needs lr > 0; torch.distributed.checkpoint makes state with an lr = 0 step).
+    With rows, the same on the rows present (TensorFlow's sparse apply): the others and their state stay."""
     check_group_dim(group_dim)
     check_ftrl_group(group_l1)
+    check_rows("ftrl_", params, grads, rows, group_l1)
     lr = op_lr(lr, lr_tensor)
     if _skip(found_inf) or lr == 0:  # lr = 0 takes no step (FTRL divides by lr; DCP's state init steps with 0)
         return
     l1 = 0.0 if pen.get("l1_subgradient") else pen.get("l1", 0.0)
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        dt = opmath(param.dtype)
-        p = param.to(dt)
-        g = _grad(p, grad.to(dt), grad_scale, maximize, 0, **pen)
-        gs = g + _scalar(2 * l2_shrinkage, dt) * p if l2_shrinkage != 0 else g
-        n = accumulators[i].to(dt)
-        n_new = n + g * g
-        pn = ftrl_power(n_new, lr_power)
-        sigma = (pn - ftrl_power(n, lr_power)) / _scalar(lr, dt)
-        z = linears[i].to(dt) + (gs - sigma * p)
-        q = (_scalar(beta, dt) + pn) / _scalar(lr, dt) + _scalar(2 * pen.get("l2", 0.0), dt)
-        # The select, not the formula, makes the zeros: where q is 0 (n' = beta = l2 = 0) TensorFlow's 0 stays.
-        thr = _scalar(l1, dt)
-        w = torch.where(z.abs() <= thr, torch.zeros_like(z), -(torch.sign(z) * (z.abs() - thr)) / q)
-        accumulators[i].copy_(n_new)
-        linears[i].copy_(z)
-        param.copy_(prox(w, 1.0, q, l0=pen.get("l0", 0.0), nonneg=pen.get("nonneg", False)))
+    for i, grad in enumerate(grads):
+        with gathered(rows, i, params[i], accumulators[i], linears[i]) as (param, acc, linear):
+            dt = opmath(param.dtype)
+            p = param.to(dt)
+            g = _grad(p, grad.to(dt), grad_scale, maximize, 0, **pen)
+            gs = g + _scalar(2 * l2_shrinkage, dt) * p if l2_shrinkage != 0 else g
+            n = acc.to(dt)
+            n_new = n + g * g
+            pn = ftrl_power(n_new, lr_power)
+            sigma = (pn - ftrl_power(n, lr_power)) / _scalar(lr, dt)
+            z = linear.to(dt) + (gs - sigma * p)
+            q = (_scalar(beta, dt) + pn) / _scalar(lr, dt) + _scalar(2 * pen.get("l2", 0.0), dt)
+            # The select, not the formula, makes the zeros: where q is 0 (n' = beta = l2 = 0) TensorFlow's 0 stays.
+            thr = _scalar(l1, dt)
+            w = torch.where(z.abs() <= thr, torch.zeros_like(z), -(torch.sign(z) * (z.abs() - thr)) / q)
+            acc.copy_(n_new)
+            linear.copy_(z)
+            param.copy_(prox(w, 1.0, q, l0=pen.get("l0", 0.0), nonneg=pen.get("nonneg", False)))
 
 
 def check_ftrl_group(group_l1):

@@ -241,6 +241,11 @@ SPARSE_GRID = {
     "adagrad_plain": ("adagrad_", dict()),
     "adagrad_decay_l1_l2_l0_nonneg": ("adagrad_", dict(lr_decay=0.01, l1=0.3, l2=0.2, l0=0.01, nonneg=True)),
     "adagrad_max_scaled_eps": ("adagrad_", dict(maximize=True, eps=1e-3, grad_scale=8.0)),
+    "ftrl_plain": ("ftrl_", dict()),
+    "ftrl_l1_l2_shrink_beta_l0_nonneg": ("ftrl_", dict(beta=0.5, l2_shrinkage=0.05, l1=0.05, l2=0.1, l0=1e-3,
+                                                       nonneg=True)),
+    "ftrl_power_max_scaled_subgrad": ("ftrl_", dict(lr_power=-0.7, maximize=True, l1=0.02, l1_subgradient=True,
+                                                    grad_scale=8.0)),
 }
 
 
@@ -291,7 +296,7 @@ def test_sparse_step_of_all_rows_is_the_dense_step(backend, config):
             assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("backend,op", each(("cpp", "triton"), "sgd_", "adagrad_"))
+@pytest.mark.parametrize("backend,op", each(("cpp", "triton"), "sgd_", "adagrad_", "ftrl_"))
 def test_bad_rows_are_refused_before_anything_changes(backend, op):
     gen = seeded(op, "bad-rows")
     case = build(op, [(6, 2), (4,)], gen=gen, rows=[[1, 3], [2]], device=DEVICE[backend])

@@ -1,6 +1,7 @@
 """Sparse gradients (issue #17, item 2): SGD and Adagrad step torch.sparse_coo grads (nn.Embedding(sparse=True))
 as torch.optim does with every penalty at 0; with penalties they apply lazily, to the rows the grad holds only
 (duplicates summed first), as TensorFlow's sparse proximal updates do; Adam/AdamW refuse them with torch's error.
+Ftrl (issue #18) steps them as TensorFlow's sparse FTRL apply: only the rows present and their state change.
 Every test runs on each CPU backend (conftest); the kernels themselves are compared with the reference, rows
 and all, in tests/test_kernels.py."""
 import pytest
@@ -122,7 +123,15 @@ PENALIZED = [
     ("SGD", dict(lr=0.1, l1=0.2, l1_mode="subgradient")),
     ("Adagrad", dict(lr=0.3, l1=0.3)),
     ("Adagrad", dict(lr=0.3, l1=0.1, l2=0.5, eps=0.0, initial_accumulator_value=0.1)),
+    # Ftrl: a dense step with a zero grad would still move every row (w is recomputed from z and n; l2_shrinkage
+    # moves z): the sparse one leaves absent rows and their state as they are (TensorFlow's sparse apply).
+    ("Ftrl", dict(lr=0.1, l1=0.5)),
+    ("Ftrl", dict(lr=0.2, lr_power=-0.7, beta=0.5, l1=0.3, l2=0.1, l2_shrinkage=0.05, l0=1e-3, nonneg=True)),
+    ("Ftrl", dict(lr=0.1, lr_power=0.0, l1=0.1, l1_mode="subgradient", maximize=True)),
 ]
+# The per-row state of each class (what a sparse step may change on the present rows only), and its value before
+# the first step (Ftrl makes its state on the first step, Adagrad at construction).
+ROW_STATE = {"SGD": {}, "Adagrad": {"sum": 0.0}, "Ftrl": {"accumulator": 0.1, "linear": 0.0}}
 
 
 @pytest.mark.parametrize("config", PENALIZED, ids=ids)
@@ -131,13 +140,15 @@ def test_penalties_touch_only_the_rows_present(config, backend):
     torch.manual_seed(0)
     w = torch.randn(40, 6).requires_grad_()
     opt = getattr(fusedreg, name)([w], backend=backend, **kw)
-    state_key = "sum" if name == "Adagrad" else None
+    keys = ROW_STATE[name]
     zeros = 0
     for step, (idx, target) in enumerate(batches(6, n=40, size=5)):
         before = w.detach().clone()
-        state_before = opt.state[w][state_key].clone() if state_key else None
+        state_before = {k: opt.state[w][k].clone() if k in opt.state[w] else torch.full_like(before, init)
+                        for k, init in keys.items()}
         opt.zero_grad()
         (torch.nn.functional.embedding(idx, w, sparse=True).sum(1) - target).pow(2).sum().backward()
+        assert not w.grad.is_coalesced()  # repeated ids: summed by the step
         present = torch.zeros(40, dtype=torch.bool)
         present[idx] = True
         # The same step, dense, on a param made of the present rows only, with the summed (coalesced) grad values.
@@ -145,18 +156,41 @@ def test_penalties_touch_only_the_rows_present(config, backend):
         sub = before[g.indices()[0]].clone().requires_grad_()
         sub.grad = g.values().clone()
         sub_opt = getattr(fusedreg, name)([sub], backend=backend, **kw)
-        if state_key:
-            sub_opt.state[sub]["sum"] = state_before[g.indices()[0]].clone()
-            sub_opt.state[sub]["step"] = opt.state[w]["step"].clone()
+        if keys and step:
+            for k in keys:
+                sub_opt.state[sub][k] = state_before[k][g.indices()[0]].clone()
+            if "step" in opt.state[w]:
+                sub_opt.state[sub]["step"] = opt.state[w]["step"].clone()
         opt.step()
         sub_opt.step()
         assert torch.equal(w.detach()[~present], before[~present]), "an absent row moved"
-        if state_key:
-            assert torch.equal(opt.state[w][state_key][~present], state_before[~present]), "absent rows' state moved"
-            assert torch.equal(opt.state[w][state_key][present], sub_opt.state[sub]["sum"])
+        for k in keys:
+            assert torch.equal(opt.state[w][k][~present], state_before[k][~present]), f"absent rows' {k} moved"
+            assert torch.equal(opt.state[w][k][present], sub_opt.state[sub][k]), k
         assert torch.equal(w.detach()[present], sub.detach())
         zeros += int((w.detach()[present] == 0).sum())
     assert zeros > 0 or kw.get("l1_mode") == "subgradient", "the prox never gave an exact zero"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("init", [0.1, 0.0])
+def test_sparse_ftrl_steps_like_torchs_sparse_adagrad_from_zero(dtype, init, backend):
+    # The known equivalence (lr_power=-0.5, no penalties, w = 0 at the start: torch.optim.Adagrad with eps=0),
+    # through nn.Embedding(sparse=True) (repeated ids) and torch's own sparse Adagrad step, which also touches
+    # the rows present only.
+    ours, theirs = embeddings(dtype)
+    for emb in (ours, theirs):
+        torch.nn.init.zeros_(emb.weight)
+    opt = fusedreg.Ftrl(ours.parameters(), lr=0.1, lr_power=-0.5, initial_accumulator_value=init, backend=backend)
+    ref = torch.optim.Adagrad(theirs.parameters(), lr=0.1, initial_accumulator_value=init, eps=0, foreach=False)
+    for idx, w in batches(12):
+        for emb, o in ((ours, opt), (theirs, ref)):
+            o.zero_grad()
+            loss(emb, idx, w).backward()
+            assert emb.weight.grad.is_sparse
+            o.step()
+    assert rel_err(ours.weight.detach(), theirs.weight.detach()) <= TRAJECTORY[dtype]
+    assert rel_err(opt.state[ours.weight]["accumulator"], ref.state[theirs.weight]["sum"]) <= TRAJECTORY[dtype]
 
 
 def test_sgd_with_momentum_and_a_sparse_grad_is_the_dense_step(backend):
@@ -175,7 +209,7 @@ def test_sgd_with_momentum_and_a_sparse_grad_is_the_dense_step(backend):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("op", ["sgd", "adagrad"])
+@pytest.mark.parametrize("op", ["sgd", "adagrad", "ftrl"])
 @pytest.mark.parametrize("idx", [[4, 1, 4, 7, 1, 4], [4, 1, 9, 7, 0, 2]], ids=["repeated", "distinct"])
 def test_uncoalesced_grads_step_as_coalesced_ones(op, idx, backend):
     # functional with an uncoalesced grad (repeated indices summed first; distinct ones in any order) ==
@@ -191,10 +225,14 @@ def test_uncoalesced_grads_step_as_coalesced_ones(op, idx, backend):
         if op == "sgd":
             functional.sgd([q], [g], [], lr=0.1, l1=0.05, backend=backend)
             outs.append((q,))
-        else:
+        elif op == "adagrad":
             s, t = torch.full_like(q, 0.1), torch.zeros(())
             functional.adagrad([q], [g], [s], [t], lr=0.1, l1=0.05, backend=backend)
             outs.append((q, s, t))
+        else:
+            n, z = torch.full_like(q, 0.1), torch.zeros_like(q)
+            functional.ftrl([q], [g], [n], [z], lr=0.1, l1=0.05, l2_shrinkage=0.1, backend=backend)
+            outs.append((q, n, z))
     for x, y in zip(*outs):
         assert torch.equal(x, y)
     assert not grads[0].is_coalesced()

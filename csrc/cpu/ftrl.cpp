@@ -1,5 +1,5 @@
-// fusedreg::ftrl_ on the CPU: ftrl_update (fusedreg_math.h) over the element loop of cpu/loop.h (no group prox:
-// check_ftrl_group refuses it).
+// fusedreg::ftrl_ on the CPU: ftrl_update (fusedreg_math.h) over the element loop of cpu/loop.h (the rows
+// present with sparse grads; no group prox: check_ftrl_group refuses it).
 #include "loop.h"  // first: it brings in the Vectorized primitives before fusedreg_math.h
 
 #include <ATen/Dispatch.h>
@@ -10,7 +10,7 @@ namespace fusedreg {
 void ftrl_cpu(FUSEDREG_FTRL_PARAMS) {
   Staged st = stage("ftrl_", c10::DeviceType::CPU, params, grads,
                     {{"accumulators", accumulators, true}, {"linears", linears, true}}, {}, false, grad_scale,
-                    found_inf, lr_tensor, group_l1, group_dim);
+                    found_inf, lr_tensor, group_l1, group_dim, rows_of(rows));
   check_ftrl_group(group_l1);  // after stage()'s group_dim check, as the reference orders them
   if (skip_step(found_inf) || st.n == 0) return;
   lr = lr_of(lr_tensor, lr);

@@ -1,5 +1,5 @@
-// fusedreg::ftrl_ on CUDA: ftrl_update (fusedreg_math.h) in multi-tensor launches (no group prox: check_ftrl_group
-// refuses it).
+// fusedreg::ftrl_ on CUDA: ftrl_update (fusedreg_math.h) in multi-tensor launches, over the rows present with
+// sparse grads (no group prox: check_ftrl_group refuses it).
 #include <torch/library.h>
 
 #include "multi_tensor.cuh"
@@ -8,19 +8,18 @@ namespace fusedreg {
 namespace cuda {
 namespace {
 
-template <typename T, typename O>
+template <typename T, typename O, bool Rows>
 __global__ void __launch_bounds__(kThreads)
-    ftrl_kernel(TensorListMeta<4> meta, FtrlArgs args, const O* grad_scale, const float* found_inf,
+    ftrl_kernel(TensorListMeta<4, Rows> meta, FtrlArgs args, const O* grad_scale, const float* found_inf,
                 const double* lr) {
   if (skipped(found_inf)) return;
   args = with_lr(args, lr);
   if (args.lr == 0) return;  // no step (FTRL divides by lr), as the reference
-  const Chunk<T, O, 4> c(meta);
+  const Chunk<T, O, 4, Rows> c(meta);
   const FtrlScalars<O> sc = make_ftrl<O>(args);
   const bool has_scale = grad_scale != nullptr;
   const O scale = has_scale ? *grad_scale : O(1);
-  chunk_loop<T, O, 2>(c.p, c.g, c.s, c.len,
-                      [&](O& p, O g, O* s) { ftrl_update(p, g, s[0], s[1], sc, has_scale, scale); });
+  for_chunk<T, O, 2>(c, meta, [&](O& p, O g, O* s) { ftrl_update(p, g, s[0], s[1], sc, has_scale, scale); });
 }
 
 }  // namespace
@@ -29,7 +28,7 @@ __global__ void __launch_bounds__(kThreads)
 void ftrl_cuda(FUSEDREG_FTRL_PARAMS) {
   Staged st = stage("ftrl_", c10::DeviceType::CUDA, params, grads,
                     {{"accumulators", accumulators, true}, {"linears", linears, true}}, {}, false, grad_scale,
-                    found_inf, lr_tensor, group_l1, group_dim);
+                    found_inf, lr_tensor, group_l1, group_dim, rows_of(rows));
   check_ftrl_group(group_l1);  // after stage()'s group_dim check, as the reference orders them
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
@@ -38,9 +37,10 @@ void ftrl_cuda(FUSEDREG_FTRL_PARAMS) {
   const FtrlArgs args = ftrl_args(lr, lr_power, beta, l2_shrinkage, maximize, penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_ftrl_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
-    cuda::multi_tensor_apply<4>(st.lists, {}, [&](const cuda::TensorListMeta<4>& meta, int blocks) {
-      cuda::ftrl_kernel<scalar_t, O><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, dev.scale_ptr<O>(),
-                                                                             dev.inf_ptr(), dev.lr_ptr());
+    cuda::apply_staged<4>(st, {}, [&](const auto& meta, int blocks) {
+      constexpr bool rows = std::decay_t<decltype(meta)>::kRows;
+      cuda::ftrl_kernel<scalar_t, O, rows><<<blocks, cuda::kThreads, 0, stream>>>(meta, args, dev.scale_ptr<O>(),
+                                                                                   dev.inf_ptr(), dev.lr_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
