@@ -1,6 +1,6 @@
 """A few steps of every op for compute-sanitizer memcheck (bench/gpu.sh): sizes off the vector width, views at a
 misaligned storage offset, a tensor over one chunk, 2-D and 3-D params with group lasso on rows and on columns,
-grad scaling, found_inf clear and set, and sparse grads (rows) in SGD and Adagrad. The calls come from the tests'
+grad scaling, found_inf clear and set, and sparse grads (rows) in SGD, Adagrad and Ftrl. The calls come from the tests'
 op-case builder (tests/cases.py).
 
     python bench/memcheck_step.py [cuda|cpu]     (cpu: the same calls on the CPU kernels, run by the tests so
@@ -18,17 +18,20 @@ from cases import OPS, build  # noqa: E402
 
 dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 SHAPES = [(1,), (3,), (5,), (4097,), (65536 + 3,)] + [(7,)] * 40 + [(33, 65), (65, 33), (4, 3, 5)]
-# Every option that adds a path through a kernel, across the three ops.
+# Every option that adds a path through a kernel, across the ops.
 HP = {"sgd_": dict(momentum=0.9, weight_decay=1e-2, nesterov=True, l1=1e-3, l2=1e-3, l0=1e-4),
       "adam_": dict(lr=1e-3, weight_decay=1e-2, decoupled=True, amsgrad=True, l1=1e-3, l2=1e-3, l0=1e-4,
                     nonneg=True),
-      "adagrad_": dict(lr_decay=0.01, weight_decay=1e-2, l1=1e-3, l1_subgradient=True)}
+      "adagrad_": dict(lr_decay=0.01, weight_decay=1e-2, l1=1e-3, l1_subgradient=True),
+      "ftrl_": dict(lr_power=-0.6, beta=0.1, l2_shrinkage=1e-3, l1=1e-3, l2=1e-3, l0=1e-4, nonneg=True)}
+# Ftrl refuses group lasso.
+GROUPS = {op: ((0.0, 0),) if op == "ftrl_" else ((0.0, 0), (1e-2, 0), (1e-2, 1)) for op in OPS}
 
 for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
     for op in OPS:
         base = build(op, SHAPES, dtype, scale=2.0, init={"state_steps": 0.0}, **HP[op])
         for offset in (0, 1):
-            for group_l1, group_dim in ((0.0, 0), (1e-2, 0), (1e-2, 1)):
+            for group_l1, group_dim in GROUPS[op]:
                 case = base.clone(device=dev, offset=offset)
                 case.kw.update(group_l1=group_l1, group_dim=group_dim)
                 for found in (0.0, 1.0):
