@@ -17,7 +17,8 @@ the way fusedreg applied it before it was in the kernels; test_group_paired alte
 same step without group lasso (own tensors each) and keeps the per-round ratio, as the paired group does.
 Sparse grads (issue #17): an embedding table of 1M x 64 fp32 rows with a sparse COO grad of 4,096 distinct rows
 per step (uncoalesced, in random order, as nn.Embedding(sparse=True) makes them); the paired rows `sparse_*`
-against torch.optim's sparse step, and the sparse_scaling group times fusedreg.Adagrad + L1 + L2 and torch's
+against torch.optim's sparse step (Ftrl's against torch's sparse Adagrad, and against a dense Ftrl step on the
+same table), and the sparse_scaling group times fusedreg.Adagrad + L1 + L2 and torch's
 Adagrad over table sizes and rows touched:
 
     .venv/bin/python -m pytest bench/bench_cpu.py -k sparse --benchmark-json=bench/results/sparse.json
@@ -280,6 +281,14 @@ def _sparse_step(make_opt, table=TABLE, touched=TOUCHED, pool=8):
     return step
 
 
+def _dense_table_step(make_opt, table=TABLE):
+    """A step of make_opt([w]) on the same table with a dense grad: what a sparse step saves."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(table, DIM, generator=gen).requires_grad_()
+    w.grad = torch.randn(table, DIM, generator=gen)
+    return make_opt([w]).step
+
+
 def _fusedreg(name, **kw):
     import fusedreg
     return lambda params: getattr(fusedreg, name)(params, lr=0.1, backend="cpp", **kw)
@@ -294,6 +303,7 @@ SPARSE_PAIRS = {
     "sparse_adagrad_l1_l2": (_fusedreg("Adagrad", l1=SPARSE_L1, l2=SPARSE_L2), _torch("Adagrad")),
     "sparse_sgd": (_fusedreg("SGD"), _torch("SGD")),
     "sparse_adagrad": (_fusedreg("Adagrad"), _torch("Adagrad")),
+    "sparse_ftrl_l1_vs_adagrad": (_fusedreg("Ftrl", l1=SPARSE_L1), _torch("Adagrad")),
 }
 
 # (table rows, rows touched per step): the cost follows the rows touched, not the table.
@@ -337,6 +347,9 @@ PAIRS = {
     "adamw_l1_l2_vs_seeds_way": (_fusedreg_adamw, _seeds_step),
     "adamw_l1_l2_vs_seeds_way_fused": (_fusedreg_adamw, lambda: _seeds_step(fused=True)),
     **{name: (lambda a=a: _sparse_step(a), lambda b=b: _sparse_step(b)) for name, (a, b) in SPARSE_PAIRS.items()},
+    # the sparse Ftrl step against a dense Ftrl step on the same table (4,096 of 1M rows: the cost of the rows)
+    "sparse_ftrl_l1_vs_dense_ftrl": (lambda: _sparse_step(_fusedreg("Ftrl", l1=SPARSE_L1)),
+                                     lambda: _dense_table_step(_fusedreg("Ftrl", l1=SPARSE_L1))),
 }
 
 
@@ -361,7 +374,7 @@ def test_paired(benchmark, pair):
                                                      "sgd_momentum" if "momentum" in pair else "sgd"]
     # Many short rounds: the per-round ratio scatters by +-5% here, so the median of 200 moves by < 1%. A sparse
     # step takes about a millisecond: more rounds.
-    run(benchmark, both, rounds=40 if "seeds" in pair else 1000 if "sparse" in pair else 200)
+    run(benchmark, both, rounds=40 if "seeds" in pair or "dense" in pair else 1000 if "sparse" in pair else 200)
     ratios = ratios[2:]  # the warm-ups
     q1, med, q3 = statistics.quantiles(ratios, n=4)
     benchmark.extra_info.update(ratio_median=med, ratio_q1=q1, ratio_q3=q3, pairs=len(ratios))
