@@ -49,6 +49,16 @@ def loss(emb, idx, w):
     return ((out.sum(1) - w.to(out.dtype)) ** 2).sum() + (out ** 3).sum() * 0.01
 
 
+def train(pairs, steps):
+    """`steps` steps of every (embedding, optimizer) pair on the same batches, each grad sparse."""
+    for idx, w in batches(steps):
+        for emb, o in pairs:
+            o.zero_grad()
+            loss(emb, idx, w).backward()
+            assert emb.weight.grad.is_sparse
+            o.step()
+
+
 def dense(t):
     return t.to_dense() if t.is_sparse else t
 
@@ -60,12 +70,7 @@ def test_embedding_matches_torch(config, dtype, backend):
     ours, theirs = embeddings(dtype)
     opt = getattr(fusedreg, name)(ours.parameters(), backend=backend, **kw)
     ref = getattr(torch.optim, name)(theirs.parameters(), foreach=False, **kw)
-    for idx, w in batches(12):
-        for emb, o in ((ours, opt), (theirs, ref)):
-            o.zero_grad()
-            loss(emb, idx, w).backward()
-            assert emb.weight.grad.is_sparse
-            o.step()
+    train(((ours, opt), (theirs, ref)), steps=12)
     assert rel_err(ours.weight.detach(), theirs.weight.detach()) <= TRAJECTORY[dtype]
     mine, want = opt.state[ours.weight], ref.state[theirs.weight]
     assert set(mine) == set(want)
@@ -183,12 +188,7 @@ def test_sparse_ftrl_steps_like_torchs_sparse_adagrad_from_zero(dtype, init, bac
         torch.nn.init.zeros_(emb.weight)
     opt = fusedreg.Ftrl(ours.parameters(), lr=0.1, lr_power=-0.5, initial_accumulator_value=init, backend=backend)
     ref = torch.optim.Adagrad(theirs.parameters(), lr=0.1, initial_accumulator_value=init, eps=0, foreach=False)
-    for idx, w in batches(12):
-        for emb, o in ((ours, opt), (theirs, ref)):
-            o.zero_grad()
-            loss(emb, idx, w).backward()
-            assert emb.weight.grad.is_sparse
-            o.step()
+    train(((ours, opt), (theirs, ref)), steps=12)
     assert rel_err(ours.weight.detach(), theirs.weight.detach()) <= TRAJECTORY[dtype]
     assert rel_err(opt.state[ours.weight]["accumulator"], ref.state[theirs.weight]["sum"]) <= TRAJECTORY[dtype]
 
