@@ -120,6 +120,29 @@ def test_mixed_dense_and_sparse_params_in_one_group(name, backend):
         assert rel_err(a.detach(), b.detach()) <= TRAJECTORY[torch.float64]
 
 
+def test_ftrl_steps_a_group_of_dense_and_sparse_params_as_each_alone(backend):
+    # torch has no Ftrl: the mixed group must step each param as an optimizer holding only that param does.
+    def net():
+        torch.manual_seed(3)
+        return torch.nn.ModuleDict(dict(emb=torch.nn.Embedding(30, 4, sparse=True),
+                                        lin=torch.nn.Linear(4, 1))).double()
+
+    kw = dict(lr=0.05, l1=0.01, l2=0.1, l2_shrinkage=0.02, beta=0.3, backend=backend)
+    mixed, alone = net(), net()
+    opts = [fusedreg.Ftrl(mixed.parameters(), **kw)] + [fusedreg.Ftrl([p], **kw) for p in alone.parameters()]
+    for idx, w in batches(10, n=30):
+        for m, os_ in ((mixed, opts[:1]), (alone, opts[1:])):
+            for o in os_:
+                o.zero_grad()
+            ((m["lin"](m["emb"](idx)).squeeze(1) - w.double()) ** 2).sum().backward()
+            assert m["emb"].weight.grad.is_sparse and not m["lin"].weight.grad.is_sparse
+            for o in os_:
+                o.step()
+    assert bool((mixed["emb"].weight == 0).any())  # l1 made exact zeros on the rows used
+    for a, b in zip(mixed.parameters(), alone.parameters()):
+        assert torch.equal(a, b)
+
+
 # ---- penalties: lazily, on the rows the grad holds -------------------------------------------------------------
 
 PENALIZED = [
