@@ -446,6 +446,10 @@ class Ftrl(_Fused):
 
     def _check(self, group, scalars=None):
         F.check_nonneg("initial_accumulator_value", group["initial_accumulator_value"])
+        # TensorFlow's Ftrl is real-only and torch has none to follow; the complex path (re and im as two real
+        # elements, l1 as group lasso on the pairs) does not fit FTRL's accumulator or its closed form.
+        if any(p.is_complex() for p in group.get("params", ())):
+            raise ValueError("Ftrl takes real floating-point params only, not complex ones")
         super()._check(group, scalars)
 
     def _state_keys(self, group):

@@ -227,6 +227,22 @@ def test_penalties_a_complex_param_does_not_take_are_clear_errors(name, bad, bac
     assert torch.equal(z, before[0]) and all(torch.equal(opt.state[z][k], v) for k, v in before[1].items())
 
 
+def test_ftrl_refuses_complex_params_and_nothing_moves(backend):
+    # torch has no Ftrl to follow and TensorFlow's is real-only: a clear error, not a wrong accumulator start.
+    z = torch.randn(3, dtype=torch.complex64)
+    with pytest.raises(ValueError, match="Ftrl takes real floating-point params only"):
+        fusedreg.Ftrl([z], lr=0.1, backend=backend)
+    opt = fusedreg.Ftrl([torch.randn(3)], lr=0.1, l1=0.1, backend=backend)
+    with pytest.raises(ValueError, match="Ftrl takes real floating-point params only"):
+        opt.add_param_group(dict(params=[z]))
+    assert len(opt.param_groups) == 1
+    opt.param_groups[0]["params"].append(z)  # put there behind the check's back: the step refuses it
+    z.grad, before = torch.ones_like(z), z.clone()
+    with pytest.raises(ValueError, match="Ftrl takes real floating-point params only"):
+        opt.step()
+    assert torch.equal(z, before) and z not in opt.state
+
+
 def test_functional_takes_complex_lists(backend):
     z = torch.randn(5, dtype=torch.complex64)
     w = z.clone()
