@@ -18,8 +18,9 @@ same step without group lasso (own tensors each) and keeps the per-round ratio, 
 Sparse grads (issue #17): an embedding table of 1M x 64 fp32 rows with a sparse COO grad of 4,096 distinct rows
 per step (uncoalesced, in random order, as nn.Embedding(sparse=True) makes them); the paired rows `sparse_*`
 against torch.optim's sparse step (Ftrl's against torch's sparse Adagrad, and against a dense Ftrl step on the
-same table), and the sparse_scaling group times fusedreg.Adagrad + L1 + L2 and torch's
-Adagrad over table sizes and rows touched:
+same table; the sparse_bag_* pairs the same on an nn.EmbeddingBag(sparse=True) whose backward makes the grads),
+and the sparse_scaling group times fusedreg.Adagrad + L1 + L2, fusedreg.Ftrl + L1 (EmbeddingBag grads) and
+torch's Adagrad over table sizes and rows touched:
 
     .venv/bin/python -m pytest bench/bench_cpu.py -k sparse --benchmark-json=bench/results/sparse.json
 """
@@ -281,6 +282,26 @@ def _sparse_step(make_opt, table=TABLE, touched=TOUCHED, pool=8):
     return step
 
 
+def _bag_step(make_opt, table=TABLE, touched=TOUCHED, pool=8, bag=8):
+    """A step of make_opt on an nn.EmbeddingBag(table, DIM, mode="sum", sparse=True) whose grad is, in turn, one
+    of `pool` grads made by its own backward: `touched` distinct rows per batch, in bags of `bag`."""
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.nn.EmbeddingBag(table, DIM, mode="sum", sparse=True)
+    grads = []
+    for _ in range(pool):
+        idx = torch.randperm(table, generator=gen)[:touched]
+        emb(idx, torch.arange(0, touched, bag)).pow(2).sum().backward()
+        grads.append(emb.weight.grad)
+        emb.weight.grad = None
+    opt = make_opt(emb.parameters())
+    turn = itertools.count()
+
+    def step():
+        emb.weight.grad = grads[next(turn) % pool]
+        opt.step()
+    return step
+
+
 def _dense_table_step(make_opt, table=TABLE):
     """A step of make_opt([w]) on the same table with a dense grad: what a sparse step saves."""
     gen = torch.Generator().manual_seed(0)
@@ -329,6 +350,13 @@ def test_sparse_scaling_fusedreg_adagrad_l1_l2(benchmark, table, touched, one_th
 
 @pytest.mark.benchmark(group="sparse_scaling")
 @pytest.mark.parametrize("table,touched", SCALING, ids=[f"{t}x{r}" for t, r in SCALING])
+def test_sparse_scaling_fusedreg_ftrl_l1(benchmark, table, touched, one_thread):
+    benchmark.extra_info.update(table=table, touched=touched, threads=1)
+    run(benchmark, _bag_step(_fusedreg("Ftrl", l1=SPARSE_L1), table, touched), rounds=100)
+
+
+@pytest.mark.benchmark(group="sparse_scaling")
+@pytest.mark.parametrize("table,touched", SCALING, ids=[f"{t}x{r}" for t, r in SCALING])
 def test_sparse_scaling_torch_adagrad(benchmark, table, touched, one_thread):
     benchmark.extra_info.update(table=table, touched=touched, threads=1)
     run(benchmark, _sparse_step(_torch("Adagrad"), table, touched), rounds=100)
@@ -350,6 +378,11 @@ PAIRS = {
     # the sparse Ftrl step against a dense Ftrl step on the same table (4,096 of 1M rows: the cost of the rows)
     "sparse_ftrl_l1_vs_dense_ftrl": (lambda: _sparse_step(_fusedreg("Ftrl", l1=SPARSE_L1)),
                                      lambda: _dense_table_step(_fusedreg("Ftrl", l1=SPARSE_L1))),
+    # the same two on an nn.EmbeddingBag(sparse=True), its grads made by its own backward (issue #18)
+    "sparse_bag_ftrl_l1_vs_adagrad": (lambda: _bag_step(_fusedreg("Ftrl", l1=SPARSE_L1)),
+                                      lambda: _bag_step(_torch("Adagrad"))),
+    "sparse_bag_ftrl_l1_vs_dense_ftrl": (lambda: _bag_step(_fusedreg("Ftrl", l1=SPARSE_L1)),
+                                         lambda: _dense_table_step(_fusedreg("Ftrl", l1=SPARSE_L1))),
 }
 
 
