@@ -9,6 +9,7 @@
 #include <c10/util/bit_cast.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -100,6 +101,13 @@ constexpr double kSeriesTol = std::is_same_v<O, double> ? 1e-15 : 1e-9;
 constexpr double kZeroBand = 1e-6;
 // moment_root's answer when the exact passes must decide.
 constexpr double kExact = -2;
+// Vectors summed in opmath before a row's sums take them in doubles (group_prox_row).
+constexpr int kPart = 16;
+// See group_prox_row's factor.
+template <typename O>
+constexpr double kPolyU = std::is_same_v<O, double> ? 2e-4 : 1e-2;
+// A row is surely kept, without its sum (v/a)^2, where ||v||^2 > kSure max a^2: the sum is at least ||v||^2/max a^2.
+constexpr double kSure = 1 + 1e-4;
 
 struct Moments {
   double q = 0, nn = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0, amax = 0, amin = INFINITY;
@@ -181,6 +189,13 @@ inline Panels& panels() {
   thread_local Panels pn;
   return pn;
 }
+// A row's a = c/D in opmath, one per thread.
+template <typename O>
+O* row_panel(int64_t n) {
+  thread_local std::vector<O> b;
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
+}
 
 // The exact metric prox of one group from its v and a: the reference's first pass, Newton's passes from the
 // larger of metric_start and the Jensen bound (both at or below the root), r/(r + a).
@@ -223,55 +238,161 @@ inline double exact_root(int64_t n, const double* __restrict v, const double* __
   return r;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Rows, in vectors of opmath: one pass for the sums (no panels of doubles; only a = c/D is kept, in opmath), one
+// for the factors.
+
+// The lanes of an opmath vector as vectors of doubles, in order.
+FR_INLINE std::array<VD, 1> widen(const VD& x) { return {x}; }
+FR_INLINE std::array<VD, 2> widen(const Vec<float>& x) {
+  float b[Vec<float>::size()];
+  double d[Vec<float>::size()];
+  x.store(b);
+  for (int l = 0; l < Vec<float>::size(); ++l) d[l] = b[l];
+  return {VD::loadu(d), VD::loadu(d + VD::size())};
+}
+
+// f(v, k, cnt) for elements k..k+cnt of p (cnt = a vector's width but at the tail), v their opmath values, zero
+// past cnt.
+template <typename T, typename O, typename F>
+FR_INLINE void each_vec(const T* p, int64_t n, const F& f) {
+  using V = Vec<O>;
+  constexpr int64_t W = V::size();
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, O>) {
+    for (; k + W <= n; k += W) f(V::loadu(p + k), k, W);
+    if (k < n) f(V::loadu(p + k, n - k), k, n - k);
+  } else {
+    for (; k + 2 * W <= n; k += 2 * W) {
+      const auto [lo, hi] = at::vec::convert_to_float<T>(Vec<T>::loadu(p + k));
+      f(lo, k, W);
+      f(hi, k + W, W);
+    }
+    if (k < n) {
+      const auto [lo, hi] = at::vec::convert_to_float<T>(Vec<T>::loadu(p + k, n - k));
+      f(lo, k, std::min(W, n - k));
+      if (n - k > W) f(hi, k + W, n - k - W);
+    }
+  }
+}
+
+// p[k] = opmath(p[k]) * factor(k) (a vector of opmath factors for elements k..), cast back once.
+template <typename T, typename O, typename F>
+FR_INLINE void scale_row(T* p, int64_t n, const F& factor) {
+  using V = Vec<O>;
+  constexpr int64_t W = V::size();
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, O>) {
+    for (; k + W <= n; k += W) (V::loadu(p + k) * factor(k)).store(p + k);
+    if (k < n) (V::loadu(p + k, n - k) * factor(k)).store(p + k, n - k);
+  } else {
+    for (; k + 2 * W <= n; k += 2 * W) {
+      const auto [lo, hi] = at::vec::convert_to_float<T>(Vec<T>::loadu(p + k));
+      at::vec::convert_from_float<T>(lo * factor(k), hi * factor(k + W)).store(p + k);
+    }
+    if (k < n) {
+      const auto [lo, hi] = at::vec::convert_to_float<T>(Vec<T>::loadu(p + k, n - k));
+      at::vec::convert_from_float<T>(lo * factor(k), hi * factor(k + W)).store(p + k, n - k);
+    }
+  }
+}
+
+// max and min of a vector's lanes, NaN-propagating.
+template <typename O>
+FR_INLINE void lane_extremes(const Vec<O>& hi, const Vec<O>& lo, double& amax, double& amin) {
+  O hb[Vec<O>::size()], lb[Vec<O>::size()];
+  hi.store(hb);
+  lo.store(lb);
+  for (int l = 0; l < Vec<O>::size(); ++l) {
+    const double h = hb[l], m = lb[l];
+    amax = h > amax || h != h ? h : amax;
+    amin = m < amin || m != m ? m : amin;
+  }
+}
+
 // The group prox of row g (group_dim 0: K contiguous elements), right after the row's update, while it is in cache.
 template <typename T, typename O>
 void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
+  using V = Vec<O>;
   const int64_t n = job.sh.K;
   p += g * n;
   if (job.x == nullptr) {
-    double s = 0, t = 0;
-    double* __restrict v = panels().get(panels().v, n);
-    for (int64_t k = 0; k < n; ++k) v[k] = static_cast<double>(static_cast<O>(p[k]));
-    row_sums(n, s, t, [&](int64_t k, auto& sk, auto&) {
-      using V = std::decay_t<decltype(sk)>;
-      const V vk = ld<V>(v + k);
-      sk += vk * vk;
+    VD sv(0.0);
+    each_vec<T, O>(p, n, [&](const V& v, int64_t, int64_t) {
+      for (const VD& h : widen(v)) sv += h * h;
     });
-    const O f = static_cast<O>(group_factor(s, job.c));
-    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * f);
+    const V f(static_cast<O>(group_factor(hsum(sv), job.c)));
+    scale_row<T, O>(p, n, [&](int64_t) { return f; });
     return;
   }
-  Panels& pn = panels();
-  double* __restrict v = pn.get(pn.v, n);
-  double* __restrict d = pn.get(pn.d, n);
-  double* __restrict a = pn.get(pn.a, n);
-  metric_panels(job, p, job.x + g * n, n, v, d, a);
+  // One pass: a = c/D into the panel (as metric_panels rounds it), sum v^2 a^k (k <= 3) in doubles, max and min a.
+  // sum (v/a)^2 is only needed where ||v|| is near max a (below, it is at least ||v||^2 / max a^2), and sum v^2 a^4
+  // only for the series' remainder, which max a * sum v^2 a^3 bounds.
+  O* ap = row_panel<O>(n + 2 * V::size());
+  const O* x = job.x + g * n;
+  // + 0 without l2 is exact. (Written as `if (has_l2) d = d + c2` in this loop, GCC 12's AVX-512 build added c2 to
+  // lane 0 only; test_group caught it.)
+  // sqrt(x) * (1/bdiv), not sqrt(x) / bdiv: one division less, D within an ulp (and exact for Adagrad's bdiv = 1).
+  const V c(job.c_o), c2(job.has_l2 ? job.c2 : O(0)), ib(O(1) / job.bdiv), eps(job.eps);
+  // The sums run in opmath vectors over kPart vectors at a time, then in doubles: a part's relative error (below
+  // kPart ulps of float) moves r by half that, and the factor r/(r + a) by a/r times less (a/r is below 1e-2 on
+  // this path), far inside an ulp.
+  VD nn(0.0), m1(0.0), m2(0.0), m3(0.0);
+  V pn(O(0)), p1(O(0)), p2(O(0)), p3(O(0));
+  int part = 0;
+  auto flush = [&] {
+    for (const VD& h : widen(pn)) nn += h;
+    for (const VD& h : widen(p1)) m1 += h;
+    for (const VD& h : widen(p2)) m2 += h;
+    for (const VD& h : widen(p3)) m3 += h;
+    pn = p1 = p2 = p3 = V(O(0));
+    part = 0;
+  };
+  // Plain max and min: a NaN or infinite a makes sum v^2 a NaN or infinite, which moment_root sends to the exact
+  // passes.
+  V hi(O(0)), lo(std::numeric_limits<O>::infinity());
+  each_vec<T, O>(p, n, [&](const V& v, int64_t k, int64_t cnt) {
+    V a = c / (fr_fmadd(fr_sqrt(cnt == V::size() ? V::loadu(x + k) : V::loadu(x + k, cnt)), ib, eps) + c2);
+    if (cnt < V::size()) a = V::set(V(O(0)), a, cnt);  // past the row: 0 (v is 0 there too)
+    a.store(ap + k);
+    hi = at::vec::clamp_min(hi, a);
+    lo = at::vec::clamp_max(lo, cnt < V::size() ? V::set(V(std::numeric_limits<O>::infinity()), a, cnt) : a);
+    const V w = v * v;
+    pn += w;
+    const V w1 = w * a;
+    p1 += w1;
+    const V w2 = w1 * a;
+    p2 += w2;
+    p3 += w2 * a;
+    if (++part == kPart) flush();
+  });
+  flush();
   Moments m;
-  {
-    VD q(0.0), nn(0.0), m1(0.0), m2(0.0), m3(0.0), m4(0.0), amax(0.0), amin(INFINITY);
-    int64_t k = 0;
-    for (; k + VD::size() <= n; k += VD::size()) {
-      const VD ak = VD::loadu(a + k);
-      moment_terms(VD::loadu(v + k), VD::loadu(d + k), ak, q, nn, m1, m2, m3, m4);
-      amax = at::vec::clamp_min(amax, ak);  // a NaN a makes q NaN, which moment_root sends to the exact passes
-      amin = at::vec::clamp_max(amin, ak);
-    }
-    m.q = hsum(q), m.nn = hsum(nn), m.m1 = hsum(m1), m.m2 = hsum(m2), m.m3 = hsum(m3), m.m4 = hsum(m4);
-    double hb[VD::size()], lb[VD::size()];
-    amax.store(hb);
-    amin.store(lb);
-    for (int l = 0; l < VD::size(); ++l) {
-      m.amax = hb[l] > m.amax || hb[l] != hb[l] ? hb[l] : m.amax;
-      m.amin = lb[l] < m.amin || lb[l] != lb[l] ? lb[l] : m.amin;
-    }
-    for (; k < n; ++k) {
-      moment_terms(v[k], d[k], a[k], m.q, m.nn, m.m1, m.m2, m.m3, m.m4);
-      m.amax = a[k] > m.amax || a[k] != a[k] ? a[k] : m.amax;
-      m.amin = a[k] < m.amin || a[k] != a[k] ? a[k] : m.amin;
-    }
+  m.nn = hsum(nn), m.m1 = hsum(m1), m.m2 = hsum(m2), m.m3 = hsum(m3);
+  lane_extremes(hi, lo, m.amax, m.amin);
+  m.m4 = m.amax * m.m3;
+  const double cd = static_cast<double>(job.c_o);
+  if (m.nn > kSure * m.amax * m.amax) {
+    m.q = cd * cd * (m.nn / (m.amax * m.amax));  // a lower bound of sum (v/a)^2 * c^2, above 1 + kZeroBand
+  } else {
+    VD q(0.0);
+    each_vec<T, O>(p, n, [&](const V& v, int64_t k, int64_t) {
+      const auto vw = widen(v);
+      const auto aw = widen(V::loadu(ap + k));
+      for (size_t h = 0; h < vw.size(); ++h) {
+        const VD t = vw[h] / aw[h];  // past the row 0/0: masked below
+        q += VD::blendv(t * t, VD(0.0), vw[h] == VD(0.0));
+      }
+    });
+    m.q = hsum(q) * cd * cd;
   }
-  double r = moment_root<O>(m, static_cast<double>(job.c_o));
+  double r = moment_root<O>(m, cd);
   if (r == kExact) {
+    Panels& pn = panels();
+    double* __restrict v = pn.get(pn.v, n);
+    double* __restrict d = pn.get(pn.d, n);
+    double* __restrict a = pn.get(pn.ab, n);
+    metric_panels(job, p, x, n, v, d, a);
     r = exact_root(n, v, a);
     if (r >= 0) {
       for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * static_cast<O>(r / (r + a[k])));
@@ -279,16 +400,22 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
     }
   }
   if (r < 0) {
-    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * O(0));
+    scale_row<T, O>(p, n, [&](int64_t) { return V(O(0)); });
     return;
   }
-  // The factor in opmath (one division an element, in float for float): within an ulp or two of the reference's
-  // rounded double.
-  const O ro = static_cast<O>(r);
-  for (int64_t k = 0; k < n; ++k) {
-    const O ak = static_cast<O>(a[k]);
-    p[k] = static_cast<T>(static_cast<O>(p[k]) * (ro / (ro + ak)));
+  // The factor r/(r + a) = 1/(1 + u), u = a/r, in opmath, within an ulp or two of the reference's rounded double:
+  // where every u is below kPolyU, as 1 - u + u^2 - u^3 + u^4 (no division; the rest is below u^5, under half an
+  // ulp of 1), else divided.
+  if (m.amax <= kPolyU<O> * r) {
+    const V nir(static_cast<O>(-1 / r)), one(O(1));
+    scale_row<T, O>(p, n, [&](int64_t k) {
+      const V nu = V::loadu(ap + k) * nir;
+      return fr_fmadd(nu, fr_fmadd(nu, fr_fmadd(nu, one + nu, one), one), one);
+    });
+    return;
   }
+  const V ro(static_cast<O>(r));
+  scale_row<T, O>(p, n, [&](int64_t k) { return ro / (ro + V::loadu(ap + k)); });
 }
 
 // The columns one task takes: 256 elements of each row (one column for K >= 256, its run taken in chunks of 256),
