@@ -423,7 +423,9 @@ class Ftrl(_Fused):
     applied by the closed form); l2_shrinkage is l2_shrinkage_regularization_strength, beta Keras's beta.
     l1_mode="subgradient" adds l1*sign(w) to g instead (then the closed form's l1 is 0); l0 and nonneg are the
     exact argmin of the same per-element objective (w = 0 where |w| <= sqrt(2*l0/q), q the denominator above;
-    w = max(w, 0)). group_l1 is refused. lr_power = -0.5 is Adagrad's step (from w = 0 with no penalties the same
+    w = max(w, 0)). group_l1 adds group_l1*sqrt(|g|)*||w_g|| (groups as in the other classes) to that objective:
+    its exact argmin is the group prox of the w above in the metric q (per-element step 1/q; FTRL's penalties are
+    not scaled by lr), applied after l0 and nonneg. lr_power = -0.5 is Adagrad's step (from w = 0 with no penalties the same
     steps as torch.optim.Adagrad with eps=0), 0 plain SGD's. State per param, in opmath: "accumulator" (n) and
     "linear" (z), made on the param's first step. lr = 0 takes no step (TensorFlow needs lr > 0; FTRL divides by
     it), which is what torch.distributed.checkpoint's state initialization (an lr = 0 step) needs."""
