@@ -367,7 +367,8 @@ C10_HOST_DEVICE FR_INLINE void adagrad_update(V& p, V g, V& sum, const AdagradSc
 // ---------------------------------------------------------------------------------------------------------------
 // FTRL-Proximal (TensorFlow's ApplyFtrlV2 with Keras's beta): g_s = g + 2*l2_shrinkage*w; n' = n + g*g;
 // sigma = (n'^-p - n^-p)/lr; z = z + (g_s - sigma*w); q = (beta + n'^-p)/lr + 2*l2; w = 0 where |z| <= l1, else
-// -(z - sign(z)*l1)/q; n = n'; then l0 and nonneg with the element's step 1/q (prox with denom q). p = lr_power;
+// -(z - sign(z)*l1)/q; n = n'; then l0 and nonneg with the element's step 1/q (prox with denom q), then (group.h,
+// group.cu) the group prox in the metric q with step 1 (FTRL's penalties are not scaled by lr). p = lr_power;
 // n^-p is sqrt(n) for p = -0.5 (TensorFlow's case) and 1 for p = 0.
 enum class FtrlPower : int { kSqrt, kOne, kPow };
 
@@ -405,6 +406,18 @@ C10_HOST_DEVICE FR_INLINE V ftrl_power(V n, const FtrlScalars<O>& s) {
   return fr_pow(n, V(s.neg_power));
 }
 
+// q = (beta + n'^-p)/lr + 2*l2 from pn = n'^-p: the closed form's denominator, and the metric of Ftrl's group prox.
+template <typename V, typename O>
+C10_HOST_DEVICE FR_INLINE V ftrl_q(V pn, const FtrlScalars<O>& s) {
+  return (V(s.beta) + pn) / V(s.lr) + V(s.l2x2);
+}
+
+// q from the new accumulator n' (the group prox reads it back from the state the update has written).
+template <typename V, typename O>
+C10_HOST_DEVICE FR_INLINE V ftrl_denom(V n_new, const FtrlScalars<O>& s) {
+  return ftrl_q(ftrl_power(n_new, s), s);
+}
+
 template <typename V, typename O>
 C10_HOST_DEVICE FR_INLINE void ftrl_update(V& p, V g, V& n, V& z, const FtrlScalars<O>& s, bool has_scale, O scale) {
   g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
@@ -413,7 +426,7 @@ C10_HOST_DEVICE FR_INLINE void ftrl_update(V& p, V g, V& n, V& z, const FtrlScal
   const V pn = ftrl_power(n_new, s);
   const V sigma = (pn - ftrl_power(n, s)) / V(s.lr);
   z = z + (gs - sigma * p);
-  const V q = (V(s.beta) + pn) / V(s.lr) + V(s.l2x2);
+  const V q = ftrl_q(pn, s);
   const V az = fr_abs(z);
   // The select makes the zeros (also where q is 0, as TensorFlow's); elsewhere |z| - l1 > 0 takes -z's sign.
   p = fr_where_le(az, V(s.l1), V(O(0)), fr_signed(az - V(s.l1), fr_neg(z)) / q);
@@ -427,8 +440,9 @@ C10_HOST_DEVICE FR_INLINE void ftrl_update(V& p, V g, V& n, V& z, const FtrlScal
 // elementwise penalties). Group sums and the group factor are in double (a group may be a 10^5-long column); the
 // factor is rounded to opmath once and multiplies the element. fusedreg/reference.py's group_prox is the oracle.
 //   SGD (no denominator):  w_g = v_g * max(0, 1 - c/||v_g||),  c = step*group_l1*sqrt(|g|)/(1 + step*l2).
-//   Adam/Adagrad: the exact prox in the optimizer's own diagonal metric denom/step (what the per-element L1
-//   threshold step*l1/denom is for L1), with a_i = opmath(c)/(denom_i + opmath(step*l2)), c without the l2 term:
+//   Adam/Adagrad/Ftrl: the exact prox in the optimizer's own diagonal metric denom/step (what the per-element L1
+//   threshold step*l1/denom is for L1; Ftrl: denom q, step 1, its l2 inside q), with
+//   a_i = opmath(c)/(denom_i + opmath(step*l2)), c without the l2 term:
 //     w_g = 0 where ||v_g/a_g|| <= 1; else w_i = v_i*r/(r + a_i), r the root of sum_i v_i^2/(r + a_i)^2 = 1,
 //     found by Newton from max(||v_g|| - max a_g, 0) (monotone from the left, so it cannot overshoot).
 // The group constant c (before the metric): step*group_l1*sqrt(size), divided by 1 + step*l2 without a metric.

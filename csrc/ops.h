@@ -56,11 +56,6 @@ void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS);
 void ftrl_cpu(FUSEDREG_FTRL_PARAMS);
 void ftrl_cuda(FUSEDREG_FTRL_PARAMS);
 
-// FTRL's closed form has no group-lasso step: refused before anything changes (fusedreg/reference.py says it too).
-inline void check_ftrl_group(double group_l1) {
-  TORCH_CHECK(group_l1 == 0, "fusedreg: Ftrl does not support group lasso (group_l1 must be 0, got ", group_l1, ")");
-}
-
 inline at::ScalarType opmath_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // One state list of an op: its name, its tensors, and whether it is in use (an unused list must be empty).

@@ -108,7 +108,7 @@ ARGS = {
     ) + PENALTY + (ROWS,),
     # FTRL-Proximal (TensorFlow's ApplyFtrlV2, Keras's beta): its l1 and l2 are the closed form's (l2 adds 2·l2 to
     # the quadratic term: the penalty l2·Σw², TensorFlow's l2_regularization_strength), l0 and nonneg the exact
-    # argmin of the same per-element objective; group lasso is refused (group_l1 must be 0).
+    # argmin of the same per-element objective; group lasso the prox in FTRL's metric q with step 1.
     "ftrl_": (
         _PARAMS, _GRADS,
         Arg("accumulators", "Tensor(b!)[]", doc="n, the sum of squared grads (starts at the optimizer's "

@@ -49,11 +49,9 @@ def check_args(**kw):
                 raise ValueError(f"Invalid {name} value: {value} (must be in [0, 1))")
         elif name in _NONNEG:
             check_nonneg(name, value)
-    if "lr_power" in kw:  # FTRL's own rules: n^(-lr_power) must not blow up (TensorFlow's), no group lasso
+    if "lr_power" in kw:  # FTRL's own rule: n^(-lr_power) must not blow up (TensorFlow's)
         if not float(kw["lr_power"]) <= 0:
             raise ValueError(f"Invalid lr_power value: {kw['lr_power']} (must be <= 0)")
-        if kw.get("group_l1", 0) != 0:
-            raise ValueError(f"Ftrl does not support group lasso (group_l1 must be 0, got {kw['group_l1']})")
     if kw.get("l1_mode", "prox") not in L1_MODES:
         raise ValueError(f"Invalid l1_mode {kw['l1_mode']!r}; choose one of {L1_MODES}")
     group_dim = kw.get("group_dim", 0)
@@ -407,7 +405,9 @@ denom = sqrt(v_hat) + eps from the just-updated state; see reference.group_prox)
 ftrl = _stateless("ftrl_", """One FTRL-Proximal step (TensorFlow's / Keras's Ftrl; fusedreg.Ftrl documents the
 math): accumulators start at the initial accumulator value, linears at 0. l1 and l2 are the closed form's
 (l2 adds 2*l2 to the quadratic term), l0 and nonneg the exact argmin with them; l1_mode="subgradient" adds
-l1*sign(w) to the gradient instead; group_l1 must be 0.""")
+l1*sign(w) to the gradient instead. group_l1 > 0 then applies the group-lasso prox in FTRL's metric (per-element
+step 1/q, q the closed form's denominator from the just-updated accumulator; see reference.group_prox) to every
+param with dim >= 2.""")
 
 adagrad = _stateless("adagrad_", """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is
 TensorFlow's proximal l2. group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step

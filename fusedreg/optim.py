@@ -423,10 +423,13 @@ class Ftrl(_Fused):
     applied by the closed form); l2_shrinkage is l2_shrinkage_regularization_strength, beta Keras's beta.
     l1_mode="subgradient" adds l1*sign(w) to g instead (then the closed form's l1 is 0); l0 and nonneg are the
     exact argmin of the same per-element objective (w = 0 where |w| <= sqrt(2*l0/q), q the denominator above;
-    w = max(w, 0)). group_l1 is refused. lr_power = -0.5 is Adagrad's step (from w = 0 with no penalties the same
-    steps as torch.optim.Adagrad with eps=0), 0 plain SGD's. State per param, in opmath: "accumulator" (n) and
-    "linear" (z), made on the param's first step. lr = 0 takes no step (TensorFlow needs lr > 0; FTRL divides by
-    it), which is what torch.distributed.checkpoint's state initialization (an lr = 0 step) needs."""
+    w = max(w, 0)). group_l1 adds group_l1*sqrt(|g|)*||w_g|| (groups as in the other classes) to that objective;
+    with l1 and l2 its exact argmin is the group prox, in the metric q, of the w above (per-element step 1/q:
+    FTRL's penalties are not scaled by lr), applied after l0 and nonneg as the other classes order them.
+    lr_power = -0.5 is Adagrad's step (from w = 0 with no penalties the same steps as torch.optim.Adagrad with
+    eps=0), 0 plain SGD's. State per param, in opmath: "accumulator" (n) and "linear" (z), made on the param's
+    first step. lr = 0 takes no step (TensorFlow needs lr > 0; FTRL divides by it), which is what
+    torch.distributed.checkpoint's state initialization (an lr = 0 step) needs."""
     _defaults = dict(lr_power=-0.5, initial_accumulator_value=0.1, beta=0.0, l2=0.0, l2_shrinkage=0.0,
                      maximize=False)
     _op = "ftrl_"

@@ -103,8 +103,8 @@ def _tensor_penalty(w, l1, half_l2, group_l1, group_dim, l0):
 def _ftrl(group):
     """An Ftrl group's penalty in penalty()'s terms: FTRL's l2 is the penalty l2·Σw² (TensorFlow's
     l2_regularization_strength) and l2_shrinkage adds 2·l2_shrinkage·w to the gradient, l2_shrinkage·Σw²."""
-    return dict(l1=group["l1"], weight_decay=0, group_l1=0, group_dim=0, l0=group["l0"],
-                l2=2 * (group["l2"] + group["l2_shrinkage"]))
+    return dict(l1=group["l1"], weight_decay=0, group_l1=group["group_l1"], group_dim=group["group_dim"],
+                l0=group["l0"], l2=2 * (group["l2"] + group["l2_shrinkage"]))
 
 
 @torch.no_grad()

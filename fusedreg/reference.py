@@ -200,11 +200,13 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
         g_s = g + 2*l2_shrinkage*w;  n' = n + g^2;  sigma = (n'^-p - n^-p)/lr;  z += g_s - sigma*w;
         q = (beta + n'^-p)/lr + 2*l2;  w = 0 where |z| <= l1, else -(z - sign(z)*l1)/q;  n = n'
     (p = lr_power; g after unscaling, maximize and a subgradient l1, which then leaves the closed form's l1 at 0),
-    then l0 and nonneg with the element's step 1/q: the exact argmin of the same per-element objective. lr = 0
-    changes nothing (TensorFlow needs lr > 0; torch.distributed.checkpoint makes state with an lr = 0 step).
-    With rows, the same on the rows present (TensorFlow's sparse apply): the others and their state stay."""
+    then l0 and nonneg with the element's step 1/q: the exact argmin of the same per-element objective; then
+    group lasso, group_l1*sqrt(|g|)*||w_g|| added to that objective: the group prox in the metric q with step 1
+    (FTRL's penalties are not scaled by lr; q holds 1/lr and l2), which composed with the l1 threshold is the exact
+    joint prox, as for Adam. lr = 0 changes nothing (TensorFlow needs lr > 0; torch.distributed.checkpoint makes
+    state with an lr = 0 step). With rows, the same on the rows present (TensorFlow's sparse apply): the others
+    and their state stay."""
     check_group_dim(group_dim)
-    check_ftrl_group(group_l1)
     check_rows("ftrl_", params, grads, rows, group_l1)
     lr = op_lr(lr, lr_tensor)
     if _skip(found_inf) or lr == 0:  # lr = 0 takes no step (FTRL divides by lr; DCP's state init steps with 0)
@@ -228,12 +230,7 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
             acc.copy_(n_new)
             linear.copy_(z)
             param.copy_(prox(w, 1.0, q, l0=pen.get("l0", 0.0), nonneg=pen.get("nonneg", False)))
-
-
-def check_ftrl_group(group_l1):
-    # Every FTRL kernel checks this before it changes anything.
-    if group_l1 != 0:
-        raise RuntimeError(f"fusedreg: Ftrl does not support group lasso (group_l1 must be 0, got {group_l1})")
+            _group(param, 1.0, q, group_l1, group_dim, 0.0)  # l2 is in q
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -253,9 +250,10 @@ def group_prox(v, step, group_l1, group_dim, denom=None, l2=0.0, max_iter=NEWTON
 
     denom is None (SGD): the textbook prox with the scalar step t = step,
         w_g = v_g * max(0, 1 - t*group_l1*sqrt(|g|) / ||v_g||).
-    denom is a tensor (Adam: sqrt(v_hat) + eps, Adagrad: sqrt(sum) + eps): the exact prox in the optimizer's own
-    diagonal metric D = denom/step, i.e. argmin_w 1/2 (w - v)^T D (w - v) + group_l1*sqrt(|g|)*||w_g||, which is
-    what the elementwise L1 threshold step*l1/denom is for L1. With a_i = step*group_l1*sqrt(|g|)/denom_i:
+    denom is a tensor (Adam: sqrt(v_hat) + eps, Adagrad: sqrt(sum) + eps, Ftrl: q with step 1): the exact prox in
+    the optimizer's own diagonal metric D = denom/step, i.e. argmin_w 1/2 (w - v)^T D (w - v) +
+    group_l1*sqrt(|g|)*||w_g||, which is what the elementwise L1 threshold step*l1/denom is for L1. With
+    a_i = step*group_l1*sqrt(|g|)/denom_i:
         w_g = 0                       if ||v_g / a_g|| <= 1   (one scalar test per group),
         w_i = v_i * r / (r + a_i)     otherwise, r = ||w_g|| the root of sum_i v_i^2/(r + a_i)^2 = 1,
     found by Newton on the concave increasing 1/sqrt(sum_i v_i^2/(r + a_i)^2) - 1 from the lower bound

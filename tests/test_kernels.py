@@ -118,6 +118,10 @@ GRID = {
     "ftrl_power_max_l0_nonneg_scaled": ("ftrl_", dict(lr_power=-0.7, maximize=True, l1=0.02, l0=1e-3,
                                                       nonneg=True, scale=True)),
     "ftrl_sgd_power_subgrad": ("ftrl_", dict(lr_power=0.0, l1=0.05, l1_subgradient=True, l2=0.1)),
+    # FTRL's w is recomputed from z at every step (q ~ 10 here): a group_l1 that zeroes some groups is large
+    "ftrl_group_rows_l1_l2_beta": ("ftrl_", dict(beta=0.5, l2_shrinkage=0.05, l1=0.05, l2=0.1, group_l1=8.0)),
+    "ftrl_group_cols_power_l0_nonneg_scaled": ("ftrl_", dict(lr_power=-0.7, l1=0.02, l0=1e-3, nonneg=True,
+                                                             group_l1=6.0, group_dim=1, scale=True)),
 }
 # name -> (op, hyperparameters, size): every size in one call. These run on every backend (on Triton at
 # float32/bf16/fp16, or float64 only for the f64_ ones); GRID runs size by size on cpp and cuda only, where a
@@ -152,6 +156,11 @@ MIXED_GRID = {
                                                       grad_scale=8.0), "mixed"),
     "ftrl_sgd_power_subgrad": ("ftrl_", dict(lr_power=0.0, l1=0.05, l1_subgradient=True), "mixed"),
     "f64_ftrl": ("ftrl_", dict(lr_power=-0.6, beta=0.1, l2_shrinkage=0.01, l1=0.05, l2=0.1, l0=1e-3), "mixed"),
+    "ftrl_group_rows": ("ftrl_", dict(beta=0.5, l1=0.02, l2=0.1, group_l1=6.0), "group"),
+    "ftrl_group_cols_power_scaled": ("ftrl_", dict(lr_power=-0.6, maximize=True, l1=0.02, nonneg=True,
+                                                   group_l1=6.0, group_dim=1, grad_scale=8.0), "group"),
+    "f64_ftrl_group_cols": ("ftrl_", dict(lr_power=-0.6, beta=0.1, l1=0.02, l2=0.1, group_l1=8.0, group_dim=1),
+                            "mixed"),
     "f64_sgd": ("sgd_", dict(momentum=0.9, weight_decay=0.01, l1=0.05, l2=0.1), "mixed"),
     "f64_adamw": ("adam_", dict(amsgrad=True, decoupled=True, weight_decay=0.1, l1=0.01, l0=1e-4), "mixed"),
     "f64_adagrad": ("adagrad_", dict(lr_decay=0.01, l1=0.01, l2=0.1, l0=1e-3), "mixed"),
@@ -358,7 +367,8 @@ HP = {
                   group_dim=1),
     "adagrad_": dict(lr_decay=0.01, weight_decay=1e-2, maximize=True, l1=0.7, l2=0.3, nonneg=True,
                      group_l1=0.05),
-    "ftrl_": dict(lr_power=-0.6, beta=0.2, l2_shrinkage=0.01, maximize=True, l1=0.2, l2=0.3, l0=1e-3, nonneg=True),
+    "ftrl_": dict(lr_power=-0.6, beta=0.2, l2_shrinkage=0.01, maximize=True, l1=0.2, l2=0.3, l0=1e-3, nonneg=True,
+                  group_l1=3.0, group_dim=1),
 }
 
 

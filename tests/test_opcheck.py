@@ -27,8 +27,9 @@ VARIANTS = {
                  "found_inf": dict(l1=0.01, l2=0.02, l0=0.001, group_l1=0.03, group_dim=1,
                                    found_inf=torch.tensor(1.0)),
                  "rows": dict(lr_decay=0.01, l1=0.1, l0=0.001, nonneg=True, rows=[[1, 2, 4], [0], []])},
-    "ftrl_": {"plain": dict(beta=0.5, l2_shrinkage=0.01, l1=0.1, l2=0.02, l0=0.001, nonneg=True),
-              "power_max_subgrad": dict(lr_power=-0.7, maximize=True, l1=0.01, l1_subgradient=True),
+    "ftrl_": {"plain": dict(beta=0.5, l2_shrinkage=0.01, l1=0.1, l2=0.02, l0=0.001, nonneg=True, group_l1=0.5),
+              "power_max_subgrad": dict(lr_power=-0.7, maximize=True, l1=0.01, l1_subgradient=True, group_l1=0.5,
+                                        group_dim=1),
               "rows": dict(lr_power=-0.6, l2_shrinkage=0.01, l1=0.1, l2=0.02, rows=[[0, 2, 3], [6, 1], []])},
 }
 CASES = [(op, name) for op in VARIANTS for name in VARIANTS[op]]

@@ -445,6 +445,59 @@ def test_ftrl_matches_an_fp64_implementation_of_the_formula(cfg, dtype, backend)
         assert any((p == 0).any() for p in ps) and not all((p == 0).all() for p in ps)  # the penalty made zeros
 
 
+@pytest.mark.parametrize("group_dim", [0, 1])
+def test_ftrl_group_lasso_step_is_the_argmin_of_the_ftrl_objective(group_dim, backend):
+    # FTRL's step is w = argmin z'.w + 1/2 sum q w^2 + l1 |w|_1 (+ the group term c ||w_g||, c = group_l1 sqrt(|g|)),
+    # with z' and q from the new state. The step's w is checked against that problem's optimality conditions, from
+    # the state before the step and the grad alone, in fp64: a zero group needs ||soft(z'_g, l1)|| <= c; in a
+    # nonzero group, w_i = 0 needs |z'_i| <= l1, else z'_i + q_i w_i + l1 sign(w_i) + c w_i/||w_g|| = 0.
+    gen = torch.Generator().manual_seed(11)
+    cfg = dict(lr=0.1, lr_power=-0.6, beta=0.3, l1=0.3, l2=0.05, group_l1=8.0, group_dim=group_dim)
+    ps = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in ((12, 9), (5, 4, 6), (7,))]
+    opt = fusedreg.Ftrl(ps, **cfg, backend=backend)
+    grads = [[torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in ps] for _ in range(4)]
+    for gs in grads[:-1]:
+        for p, g in zip(ps, gs):
+            p.grad = g
+        opt.step()
+    before = [(opt.state[p]["accumulator"].clone(), opt.state[p]["linear"].clone(), p.detach().clone()) for p in ps]
+    for p, g in zip(ps, grads[-1]):
+        p.grad = g
+    opt.step()
+    zero_groups = shrunk_groups = 0
+    for p, g, (n, z, w0) in zip(ps, grads[-1], before):
+        e = -cfg["lr_power"]
+        n1 = n + g * g
+        z1 = z + g - (n1 ** e - n ** e) / cfg["lr"] * w0
+        q = (cfg["beta"] + n1 ** e) / cfg["lr"] + 2 * cfg["l2"]
+        w = p.detach()
+        torch.testing.assert_close(opt.state[p]["linear"], z1, rtol=1e-13, atol=1e-13)
+        if w.dim() < 2:  # no group term: the closed form
+            want = -torch.sign(z1) * torch.clamp_min(z1.abs() - cfg["l1"], 0) / q
+            torch.testing.assert_close(w, want, rtol=1e-13, atol=0)
+            continue
+        groups = lambda t: t.movedim(group_dim, 0).reshape(t.shape[group_dim], -1)  # noqa: E731
+        c = cfg["group_l1"] * (w.numel() / w.shape[group_dim]) ** 0.5
+        for wg, zg, qg in zip(groups(w), groups(z1), groups(q)):
+            soft = torch.sign(zg) * torch.clamp_min(zg.abs() - cfg["l1"], 0)
+            if (wg == 0).all():
+                zero_groups += 1
+                assert soft.norm() <= c * (1 + 1e-12)
+                continue
+            shrunk_groups += 1
+            nz = wg != 0
+            assert (zg[~nz].abs() <= cfg["l1"]).all()
+            grad = zg + qg * wg + cfg["l1"] * torch.sign(wg) + c * wg / wg.norm()
+            assert grad[nz].abs().max() <= 1e-12 * (zg.abs().max() + c), grad[nz].abs().max()
+            assert soft.norm() > c
+    assert zero_groups > 0 and shrunk_groups > 0, (zero_groups, shrunk_groups)
+    # lr = 0 takes no step, group lasso included
+    snap = [p.detach().clone() for p in ps]
+    opt.param_groups[0]["lr"] = 0.0
+    opt.step()
+    assert all(torch.equal(p.detach(), s) for p, s in zip(ps, snap))
+
+
 def linreg(dtype):
     model = torch.nn.Linear(6, 3).to(dtype)
     torch.nn.init.zeros_(model.weight)
@@ -495,7 +548,7 @@ def test_ftrl_state_dict_round_trip_and_param_groups(backend):
     (dict(lr_power=0.5), "lr_power"), (dict(lr_power=float("nan")), "lr_power"), (dict(lr=-0.1), "lr"),
     (dict(initial_accumulator_value=-0.1), "initial_accumulator_value"), (dict(beta=-1.0), "beta"),
     (dict(l1=-1.0), "l1"), (dict(l2=-1.0), "l2"), (dict(l2_shrinkage=-1.0), "l2_shrinkage"),
-    (dict(l0=-1.0), "l0"), (dict(group_l1=0.1), "group lasso")], ids=str)
+    (dict(l0=-1.0), "l0"), (dict(group_l1=-0.1), "group_l1")], ids=str)
 def test_ftrl_bad_hyperparameters(kw, match, backend):
     with pytest.raises(ValueError, match=match):
         fusedreg.Ftrl(mlp(torch.float32).parameters(), **{"lr": 0.1, **kw})

@@ -551,6 +551,11 @@ def test_penalty_of_ftrl_counts_its_l2_as_tensorflow_does():
     w = torch.cat([p.detach().double().flatten() for p in m.parameters()])
     expected = 0.1 * w.abs().sum() + (0.2 + 0.05) * (w * w).sum()
     assert fusedreg.penalty(opt).item() == pytest.approx(expected.item(), rel=1e-12)
+    # and its group lasso as every class's: group_l1 * sqrt(|g|) * ||w_g|| over the columns of each param of dim >= 2
+    opt = fusedreg.Ftrl(m.parameters(), lr=0.1, l1=0.1, l2=0.2, l2_shrinkage=0.05, group_l1=0.3, group_dim=1)
+    cols = [p.detach().double().transpose(0, 1).flatten(1) for p in m.parameters() if p.dim() >= 2]
+    group = sum(0.3 * c.shape[1] ** 0.5 * c.norm(dim=1).sum() for c in cols)
+    assert fusedreg.penalty(opt).item() == pytest.approx((expected + group).item(), rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- sparsity

@@ -493,9 +493,9 @@ def test_kernel_lr_tensor_replaces_the_float_lr(op, lr_dtype, backend):
     # a step can be captured in a CUDA graph); it must step exactly like the float it holds, group lasso included.
     lr = 0.01 if lr_dtype == torch.float64 else float(torch.tensor(0.01, dtype=lr_dtype))
     hp = dict(KERNEL_HP[op], l1=0.3, l2=0.01, **({"lr_decay": 0.1} if op == "adagrad_" else {}),
-              # FTRL has no weight decay nor group lasso: its shrinkage and beta carry lr instead
-              **(dict(l2_shrinkage=0.1, beta=0.5) if op == "ftrl_" else dict(weight_decay=1e-2, group_l1=2.0,
-                                                                             group_dim=1)))
+              # FTRL has no weight decay: its shrinkage and beta carry lr instead
+              **(dict(l2_shrinkage=0.1, beta=0.5) if op == "ftrl_" else dict(weight_decay=1e-2)),
+              group_l1=2.0, group_dim=1)
 
     def call(lr_float, lr_tensor):
         case = build(op, [(6, 5), (7,)], gen=torch.Generator().manual_seed(7), **hp)

@@ -278,6 +278,7 @@ def torch_error(cls, **kw):
     ("SGD", dict(lr=0.1, weight_decay=0.1), {}),
     ("SGD", dict(lr=0.1), dict(group_l1=0.1)),
     ("Adagrad", dict(lr=0.1), dict(group_l1=0.1)),
+    ("Ftrl", dict(lr=0.1), dict(group_l1=0.1)),
 ])
 def test_refused_as_torch_refuses_and_nothing_changes(name, kw, ours, backend):
     torch.manual_seed(0)

@@ -23,7 +23,8 @@ namespace fusedreg {
 namespace {
 
 // The per-element denominators come from x (Adam's v_hat, Adagrad's sum) as adam_denom(x, bdiv, eps), with
-// bdiv = sqrt(bc2) for Adam and 1 for Adagrad (metric_a); x == nullptr is SGD (no metric).
+// bdiv = sqrt(bc2) for Adam and 1 for Adagrad (metric_a), or (ftrl set) from Ftrl's new accumulator n' = x as
+// ftrl_denom(x, *ftrl), its q; x == nullptr is SGD (no metric).
 template <typename O>
 struct GroupJob {
   size_t slot;
@@ -33,12 +34,19 @@ struct GroupJob {
   bool has_l2;
   const O* x;
   O bdiv, eps;
+  const FtrlScalars<O>* ftrl = nullptr;  // the op's scalars, alive for the call
 };
+
+// The denominator of element x (without the l2 term).
+template <typename O>
+FR_INLINE O denom_of(const GroupJob<O>& job, O x) {
+  return job.ftrl != nullptr ? ftrl_denom(x, *job.ftrl) : adam_denom(x, job.bdiv, job.eps);
+}
 
 // The group job of slot i, if its param gets the group prox; x == nullptr for SGD.
 template <typename O>
 void add_group_job(std::vector<GroupJob<O>>& jobs, const Staged& st, size_t i, double step, double group_l1,
-                   int64_t group_dim, double l2, const O* x, O bdiv, O eps) {
+                   int64_t group_dim, double l2, const O* x, O bdiv, O eps, const FtrlScalars<O>* ftrl = nullptr) {
   const at::Tensor& p = st.lists[0][i];
   if (!has_groups(p, step, group_l1)) return;
   GroupJob<O> job;
@@ -51,6 +59,7 @@ void add_group_job(std::vector<GroupJob<O>>& jobs, const Staged& st, size_t i, d
   job.has_l2 = l2 != 0;
   job.bdiv = bdiv;
   job.eps = eps;
+  job.ftrl = ftrl;
   jobs.push_back(job);
 }
 
@@ -160,7 +169,14 @@ template <typename T, typename O>
 inline void metric_panels(const GroupJob<O>& job, const T* __restrict p, const O* __restrict x, int64_t n,
                           double* __restrict v, double* __restrict d, double* __restrict a) {
   const O c = job.c_o, c2 = job.c2, bdiv = job.bdiv, eps = job.eps;
-  if (job.has_l2) {
+  if (job.ftrl != nullptr) {  // its l2 is in q
+    for (int64_t k = 0; k < n; ++k) {
+      const O dk = denom_of(job, x[k]);
+      v[k] = static_cast<double>(static_cast<O>(p[k]));
+      d[k] = static_cast<double>(dk);
+      a[k] = static_cast<double>(c / dk);
+    }
+  } else if (job.has_l2) {
     for (int64_t k = 0; k < n; ++k) {
       const O dk = adam_denom(x[k], bdiv, eps) + c2;
       v[k] = static_cast<double>(static_cast<O>(p[k]));
@@ -566,7 +582,7 @@ void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
       for (int64_t a = 0; a < A; ++a)
         for (int64_t e = 0; e < ne; ++e)
           for (int64_t k = 0, i = a * row + (g0 + ex[e]) * K; k < K; ++k, ++i) {
-            const O dk = job.has_l2 ? adam_denom(x[i], job.bdiv, job.eps) + job.c2 : adam_denom(x[i], job.bdiv, job.eps);
+            const O dk = job.has_l2 ? denom_of(job, x[i]) + job.c2 : denom_of(job, x[i]);
             f(e, static_cast<double>(static_cast<O>(p[i])), static_cast<double>(job.c_o / dk));
           }
     };

@@ -1,5 +1,5 @@
 // fusedreg::ftrl_ on CUDA: ftrl_update (fusedreg_math.h) in multi-tensor launches, over the rows present with
-// sparse grads (no group prox: check_ftrl_group refuses it).
+// sparse grads, then the group prox in FTRL's metric q (group.cu).
 #include <torch/library.h>
 
 #include "multi_tensor.cuh"
@@ -29,7 +29,6 @@ void ftrl_cuda(FUSEDREG_FTRL_PARAMS) {
   Staged st = stage("ftrl_", c10::DeviceType::CUDA, params, grads,
                     {{"accumulators", accumulators, true}, {"linears", linears, true}}, {}, false, grad_scale,
                     found_inf, lr_tensor, group_l1, group_dim, rows_of(rows));
-  check_ftrl_group(group_l1);  // after stage()'s group_dim check, as the reference orders them
   if (st.n == 0) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -44,6 +43,8 @@ void ftrl_cuda(FUSEDREG_FTRL_PARAMS) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
+  // x_list 2: the accumulators, as the update has written them (n')
+  cuda::group_prox(st, 2, {}, args, group_l1, group_dim, dev.inf_ptr(), dev.lr_ptr(), stream);
   st.finish();
 }
 

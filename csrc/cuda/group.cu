@@ -17,18 +17,25 @@ struct NanMax {
 };
 
 // Blocks stride over the groups, so any number of groups fits one launch. Args: the op's (SgdArgs: the scalar
-// step lr; AdamArgs, AdagradArgs: the metric prox, with the step-dependent factors from the step counter).
+// step lr; AdamArgs, AdagradArgs: the metric prox, with the step-dependent factors from the step counter;
+// FtrlArgs: the metric prox in q from the new accumulator, step 1).
 template <typename T, typename O, typename Args>
 __global__ void __launch_bounds__(kThreads)
     group_kernel(T* p, const O* x, const float* step_ptr, const float* found_inf, const double* lr_ptr, GroupShape sh,
                  Args args, double group_l1) {
   if (skipped(found_inf)) return;
   constexpr bool metric = !std::is_same_v<Args, SgdArgs>;
+  constexpr bool ftrl = std::is_same_v<Args, FtrlArgs>;
   const int64_t n = sh.A * sh.K;
   args = with_lr(args, lr_ptr);
   double step = args.lr;
   O bdiv = O(1), eps = O(0);
-  if constexpr (metric) {
+  FtrlScalars<O> fs{};
+  if constexpr (ftrl) {
+    if (args.lr == 0) return;  // no step, as ftrl_kernel
+    step = 1.0;                // FTRL's penalties are not scaled by lr (q holds it)
+    fs = make_ftrl<O>(args);
+  } else if constexpr (metric) {
     const double t = static_cast<double>(*step_ptr + 1.0f);  // the counter advances after this kernel
     if constexpr (std::is_same_v<Args, AdamArgs>) {
       bdiv = static_cast<O>(bc2_sqrt(args.beta2, t));
@@ -38,12 +45,13 @@ __global__ void __launch_bounds__(kThreads)
     eps = static_cast<O>(args.eps);
   }
   if (step * group_l1 == 0) return;
-  const double l2 = args.pen.l2;
+  const double l2 = ftrl ? 0.0 : args.pen.l2;  // FTRL's l2 is in q
   const double c = group_c(step, group_l1, static_cast<double>(n), l2, metric);
   const O c_o = static_cast<O>(c), c2 = static_cast<O>(step * l2);
   const bool has_l2 = l2 != 0;
   auto val = [&](int64_t i) { return static_cast<double>(static_cast<O>(p[i])); };
-  auto a_of = [&](int64_t i) { return group_a(c_o, adam_denom(x[i], bdiv, eps), c2, has_l2); };
+  auto denom = [&](int64_t i) { return ftrl ? ftrl_denom(x[i], fs) : adam_denom(x[i], bdiv, eps); };
+  auto a_of = [&](int64_t i) { return group_a(c_o, denom(i), c2, has_l2); };
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ double shared[2];
   for (int64_t g = blockIdx.x; g < sh.G; g += gridDim.x) {
@@ -128,6 +136,8 @@ template void group_prox<AdamArgs>(const Staged&, int, at::TensorList, const Ada
                                    const double*, cudaStream_t);
 template void group_prox<AdagradArgs>(const Staged&, int, at::TensorList, const AdagradArgs&, double, int64_t,
                                       const float*, const double*, cudaStream_t);
+template void group_prox<FtrlArgs>(const Staged&, int, at::TensorList, const FtrlArgs&, double, int64_t,
+                                   const float*, const double*, cudaStream_t);
 
 }  // namespace cuda
 }  // namespace fusedreg

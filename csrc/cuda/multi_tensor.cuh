@@ -270,8 +270,9 @@ __device__ inline Args with_lr(Args args, const double* lr) {
 }
 
 // The group-lasso pass of one op (group.cu), enqueued after the op's kernel and before advance_steps: args is the
-// op's (SgdArgs: the scalar step lr; AdamArgs, AdagradArgs: the metric prox, its factors from the step counters).
-// x_list: the index in st.lists of the state the denominators come from (Adam's v_hat, Adagrad's sum); -1 for SGD.
+// op's (SgdArgs: the scalar step lr; AdamArgs, AdagradArgs: the metric prox, its factors from the step counters;
+// FtrlArgs: the metric prox in q, step 1). x_list: the index in st.lists of the state the denominators come from
+// (Adam's v_hat, Adagrad's sum, Ftrl's accumulator n'); -1 for SGD.
 template <typename Args>
 void group_prox(const Staged& st, int x_list, at::TensorList steps, const Args& args, double group_l1,
                 int64_t group_dim, const float* found_inf, const double* lr, cudaStream_t stream);

@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 from .. import _ops, reference
-from . import launch
+from . import group, launch
 from .launch import chunk_row, col, targets
 from .math import f64, ftrl_update, penalties, store
 
@@ -67,7 +67,6 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
     if torch.compiler.is_compiling():
         return torch.ops.fusedreg.triton_ftrl_(**kw, **pen)
     _ops.check("ftrl_", **kw)
-    reference.check_ftrl_group(group_l1)
     if rows and params[0].device.type == "cpu":  # read on the host only where that costs no device sync
         _ops.rows_ok("ftrl_", params, rows)
     lr = float(reference.op_lr(lr, lr_tensor))
@@ -83,3 +82,5 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
                index=rows or None, lr=lr, neg_power=-float(lr_power), beta=float(beta),
                l2_shrinkage=float(l2_shrinkage), l1=l1, l2=float(pen.get("l2", 0.0)), pen=pens, pen_prox=pen_prox,
                PEN=flags, POWER=power, MAXIMIZE=bool(maximize))
+    group.prox(group.FTRL, params, accumulators, lr=lr, group_l1=group_l1, group_dim=group_dim,
+               l2=pen.get("l2", 0.0), found_inf=found_inf, beta=beta, neg_power=-float(lr_power), power=power)

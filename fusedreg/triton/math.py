@@ -267,6 +267,14 @@ def ftrl_power(n, neg_power, POWER: tl.constexpr):
 
 
 @triton.jit
+def ftrl_q(pn, lr, beta, l2):
+    """q = (beta + n'^-p)/lr + 2*l2 from pn = n'^-p (lr, beta, l2 fp64): the closed form's denominator, and the
+    metric of the group prox (group.py)."""
+    dt = pn.dtype
+    return div(beta.to(dt) + pn, lr.to(dt)) + (2.0 * l2).to(dt)
+
+
+@triton.jit
 def ftrl_update(p, g, n, z, gs, lr, neg_power, beta, l2_shrinkage, l1, l2, pen, pen_prox,
                 HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr, POWER: tl.constexpr):
     """FTRL-Proximal (fusedreg.reference.ftrl_), all scalars fp64; l1 is the closed form's (0 for a subgradient
@@ -278,10 +286,9 @@ def ftrl_update(p, g, n, z, gs, lr, neg_power, beta, l2_shrinkage, l1, l2, pen, 
         g_s = g + (2.0 * l2_shrinkage).to(dt) * p
     n_new = n + g * g
     pn = ftrl_power(n_new, neg_power, POWER)
-    lr = lr.to(dt)
-    sigma = div(pn - ftrl_power(n, neg_power, POWER), lr)
+    sigma = div(pn - ftrl_power(n, neg_power, POWER), lr.to(dt))
     z = z + (g_s - sigma * p)
-    q = div(beta.to(dt) + pn, lr) + (2.0 * l2).to(dt)
+    q = ftrl_q(pn, lr, beta, l2)
     az = tl.abs(z)
     l1 = l1.to(dt)
     # The select makes the zeros (also where q is 0, as TensorFlow's).
