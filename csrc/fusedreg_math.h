@@ -233,7 +233,8 @@ C10_HOST_DEVICE FR_INLINE V prox(V v, const D& denom, const Penalty<O>& pen) {
   return v;
 }
 
-// The per-element denominators (the step of element i is step/denom_i). Adam: sqrt(v_hat)/sqrt(bc2) + eps;
+// The per-element denominators (the step of element i is step/denom_i; the metric ops' updates return theirs, which
+// the CPU's row group prox takes). Adam: sqrt(v_hat)/sqrt(bc2) + eps;
 // Adagrad: sqrt(sum) + eps, which is Adam's form with sqrt(bc2) = 1 (IEEE division by 1 is exact).
 template <typename V>
 C10_HOST_DEVICE FR_INLINE V adam_denom(V vh, V bc2_sqrt, V eps) { return fr_sqrt(vh) / bc2_sqrt + eps; }
@@ -318,7 +319,7 @@ C10_HOST_DEVICE FR_INLINE AdamScalars<O> make_adam(const AdamArgs& a, double ste
 }
 
 template <typename V, typename O>
-C10_HOST_DEVICE FR_INLINE void adam_update(V& p, V g, V& m, V& v, V& vmax, const AdamScalars<O>& s, bool has_scale,
+C10_HOST_DEVICE FR_INLINE V adam_update(V& p, V g, V& m, V& v, V& vmax, const AdamScalars<O>& s, bool has_scale,
                                         O scale) {
   g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
   if (s.decoupled) p = p * V(s.decay);
@@ -332,6 +333,7 @@ C10_HOST_DEVICE FR_INLINE void adam_update(V& p, V g, V& m, V& v, V& vmax, const
   const V denom = adam_denom(vh, V(s.bc2_sqrt), V(s.eps));
   p = p - V(s.lr_bc1) * (m / denom);
   p = prox(p, denom, s.pen);
+  return denom;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -356,12 +358,13 @@ C10_HOST_DEVICE FR_INLINE AdagradScalars<O> make_adagrad(const AdagradArgs& a, d
 }
 
 template <typename V, typename O>
-C10_HOST_DEVICE FR_INLINE void adagrad_update(V& p, V g, V& sum, const AdagradScalars<O>& s, bool has_scale, O scale) {
+C10_HOST_DEVICE FR_INLINE V adagrad_update(V& p, V g, V& sum, const AdagradScalars<O>& s, bool has_scale, O scale) {
   g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
   sum = sum + g * g;
   const V denom = adagrad_denom(sum, V(s.eps));
   p = p - V(s.clr) * (g / denom);
   p = prox(p, denom, s.pen);
+  return denom;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -419,7 +422,7 @@ C10_HOST_DEVICE FR_INLINE V ftrl_denom(V n_new, const FtrlScalars<O>& s) {
 }
 
 template <typename V, typename O>
-C10_HOST_DEVICE FR_INLINE void ftrl_update(V& p, V g, V& n, V& z, const FtrlScalars<O>& s, bool has_scale, O scale) {
+C10_HOST_DEVICE FR_INLINE V ftrl_update(V& p, V g, V& n, V& z, const FtrlScalars<O>& s, bool has_scale, O scale) {
   g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
   const V gs = s.has_shrink ? g + V(s.shrink) * p : g;
   const V n_new = n + g * g;
@@ -432,6 +435,7 @@ C10_HOST_DEVICE FR_INLINE void ftrl_update(V& p, V g, V& n, V& z, const FtrlScal
   p = fr_where_le(az, V(s.l1), V(O(0)), fr_signed(az - V(s.l1), fr_neg(z)) / q);
   n = n_new;
   p = prox(p, q, s.pen);
+  return q;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS) {
                        O(1), sc.eps);
     }
     run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {
-      adagrad_update(p, g, st_[0], s, hs, scale);
+      return adagrad_update(p, g, st_[0], s, hs, scale);
     });
   });
   st.finish();

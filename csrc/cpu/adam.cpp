@@ -32,7 +32,7 @@ void adam_cpu(FUSEDREG_ADAM_PARAMS) {
       add_group_job<O>(jobs, st, i, lr, group_l1, group_dim, l2, amsgrad ? sl.s[2] : sl.s[1], sc.bc2_sqrt, sc.eps);
     }
     run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {
-      adam_update(p, g, st_[0], st_[1], st_[2], s, hs, scale);
+      return adam_update(p, g, st_[0], st_[1], st_[2], s, hs, scale);
     });
   });
   st.finish();

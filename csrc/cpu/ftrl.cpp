@@ -29,7 +29,7 @@ void ftrl_cpu(FUSEDREG_FTRL_PARAMS) {
       add_group_job<O>(jobs, st, i, step, group_l1, group_dim, prox_l2, slots.back().s[0], O(1), O(0), &sc);
     }
     run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {
-      ftrl_update(p, g, st_[0], st_[1], s, hs, scale);
+      return ftrl_update(p, g, st_[0], st_[1], s, hs, scale);
     });
   });
   st.finish();

@@ -153,12 +153,15 @@ inline double moment_root(const Moments& m, double c) {
   if (!(r > 0) || !(m.amax <= 0.5 * r)) return kExact;
   const double u0 = 1 / r;
   if (!(5 * m.m4 * (u0 * u0) * (u0 * u0) <= kSeriesTol<O> * m.nn)) return kExact;
-  // r^2 = nn - 2 m1/r + 3 m2/r^2 - 4 m3/r^3: each round shrinks the error by about 2 (mean a)/r.
+  // r^2 = nn - 2 m1/r + 3 m2/r^2 - 4 m3/r^3: each round shrinks the error by about 2 (mean a)/r (at most 1/2 here),
+  // so a round moving r by under Newton's tolerance leaves it within that of the root. (Run to equality, the
+  // rounds went on to the cap, a third of an AdamW rows step's prox.)
   for (int i = 0; i < 6; ++i) {
     const double u = 1 / r;
     const double next = std::sqrt(m.nn - u * (2 * m.m1 - u * (3 * m.m2 - u * (4 * m.m3))));
-    if (next == r) break;
+    const bool done = std::abs(next - r) <= kMetricTol * next;
     r = next;
+    if (done) break;
   }
   return r;
 }
@@ -205,7 +208,7 @@ inline Panels& panels() {
   thread_local Panels pn;
   return pn;
 }
-// A row's a = c/D in opmath, one per thread.
+// A thread's panel of the denominators of a block of rows (cpu/loop.h), in opmath.
 template <typename O>
 O* row_panel(int64_t n) {
   thread_local std::vector<O> b;
@@ -313,22 +316,36 @@ FR_INLINE void scale_row(T* p, int64_t n, const F& factor) {
   }
 }
 
-// max and min of a vector's lanes, NaN-propagating.
+// max and min of a vector's lanes (NaN: see group_prox_row).
 template <typename O>
 FR_INLINE void lane_extremes(const Vec<O>& hi, const Vec<O>& lo, double& amax, double& amin) {
   O hb[Vec<O>::size()], lb[Vec<O>::size()];
   hi.store(hb);
   lo.store(lb);
-  for (int l = 0; l < Vec<O>::size(); ++l) {
-    const double h = hb[l], m = lb[l];
-    amax = h > amax || h != h ? h : amax;
-    amin = m < amin || m != m ? m : amin;
+  O h = hb[0], m = lb[0];
+  for (int l = 1; l < Vec<O>::size(); ++l) {
+    h = std::max(h, hb[l]);
+    m = std::min(m, lb[l]);
+  }
+  amax = h;
+  amin = m;
+}
+
+// Elements k.. of p (cnt of them, zero past) in opmath.
+template <typename T, typename O>
+FR_INLINE Vec<O> load_o(const T* p, int64_t cnt) {
+  if constexpr (std::is_same_v<T, O>) {
+    return cnt == Vec<O>::size() ? Vec<O>::loadu(p) : Vec<O>::loadu(p, cnt);
+  } else {
+    return std::get<0>(at::vec::convert_to_float<T>(Vec<T>::loadu(p, cnt)));
   }
 }
 
 // The group prox of row g (group_dim 0: K contiguous elements), right after the row's update, while it is in cache.
+// den: the row's denominators as the update returned them (denom_of(job, x), x as the update wrote it), for a job
+// with a metric; the prox overwrites them.
 template <typename T, typename O>
-void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
+void group_prox_row(T* p, const GroupJob<O>& job, int64_t g, O* den) {
   using V = Vec<O>;
   const int64_t n = job.sh.K;
   p += g * n;
@@ -341,48 +358,56 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g) {
     scale_row<T, O>(p, n, [&](int64_t) { return f; });
     return;
   }
-  // One pass: a = c/D into the panel (as metric_panels rounds it), sum v^2 a^k (k <= 3) in doubles, max and min a.
+  // One pass: a = c/D into the panel (as metric_panels rounds it; past the row, den holds what the update's padded
+  // lanes returned), sum v^2 a^k (k <= 3) in doubles, max and min a.
   // sum (v/a)^2 is only needed where ||v|| is near max a (below, it is at least ||v||^2 / max a^2), and sum v^2 a^4
   // only for the series' remainder, which max a * sum v^2 a^3 bounds.
-  O* ap = row_panel<O>(n + 2 * V::size());
   const O* x = job.x + g * n;
+  O* ap = den;  // a replaces D in place
   // + 0 without l2 is exact. (Written as `if (has_l2) d = d + c2` in this loop, GCC 12's AVX-512 build added c2 to
   // lane 0 only; test_group caught it.)
-  // sqrt(x) * (1/bdiv), not sqrt(x) / bdiv: one division less, D within an ulp (and exact for Adagrad's bdiv = 1).
-  const V c(job.c_o), c2(job.has_l2 ? job.c2 : O(0)), ib(O(1) / job.bdiv), eps(job.eps);
+  const V c(job.c_o), c2(job.has_l2 ? job.c2 : O(0));
   // The sums run in opmath vectors over kPart vectors at a time, then in doubles: a part's relative error (below
   // kPart ulps of float) moves r by half that, and the factor r/(r + a) by a/r times less (a/r is below 1e-2 on
   // this path), far inside an ulp.
   VD nn(0.0), m1(0.0), m2(0.0), m3(0.0);
-  V pn(O(0)), p1(O(0)), p2(O(0)), p3(O(0));
-  int part = 0;
-  auto flush = [&] {
+  // Plain max and min: a NaN or infinite a makes sum v^2 a NaN or infinite, which moment_root sends to the exact
+  // passes.
+  V hi(O(0)), lo(std::numeric_limits<O>::infinity());
+  constexpr int64_t W = V::size();
+  for (int64_t k0 = 0; k0 < n; k0 += kPart * W) {
+    const int64_t k1 = std::min(n, k0 + kPart * W);
+    V pn(O(0)), p1(O(0)), p2(O(0)), p3(O(0));
+    auto terms = [&](const V& v, const V& a) {
+      const V w = v * v;
+      pn += w;
+      const V w1 = w * a;
+      p1 += w1;
+      const V w2 = w1 * a;
+      p2 += w2;
+      p3 += w2 * a;
+    };
+    int64_t k = k0;
+    for (; k + W <= k1; k += W) {
+      const V a = c / (V::loadu(den + k) + c2);
+      a.store(ap + k);
+      hi = at::vec::clamp_min(hi, a);
+      lo = at::vec::clamp_max(lo, a);
+      terms(load_o<T, O>(p + k, W), a);
+    }
+    if (k < k1) {  // the row's last elements: a = 0 past them (v is 0 there too)
+      const int64_t cnt = k1 - k;
+      const V a = V::set(V(O(0)), c / (V::loadu(den + k) + c2), cnt);
+      a.store(ap + k, cnt);  // past the row: the next row's denominators
+      hi = at::vec::clamp_min(hi, a);
+      lo = at::vec::clamp_max(lo, V::set(V(std::numeric_limits<O>::infinity()), a, cnt));
+      terms(load_o<T, O>(p + k, cnt), a);
+    }
     for (const VD& h : widen(pn)) nn += h;
     for (const VD& h : widen(p1)) m1 += h;
     for (const VD& h : widen(p2)) m2 += h;
     for (const VD& h : widen(p3)) m3 += h;
-    pn = p1 = p2 = p3 = V(O(0));
-    part = 0;
-  };
-  // Plain max and min: a NaN or infinite a makes sum v^2 a NaN or infinite, which moment_root sends to the exact
-  // passes.
-  V hi(O(0)), lo(std::numeric_limits<O>::infinity());
-  each_vec<T, O>(p, n, [&](const V& v, int64_t k, int64_t cnt) {
-    V a = c / (fr_fmadd(fr_sqrt(cnt == V::size() ? V::loadu(x + k) : V::loadu(x + k, cnt)), ib, eps) + c2);
-    if (cnt < V::size()) a = V::set(V(O(0)), a, cnt);  // past the row: 0 (v is 0 there too)
-    a.store(ap + k);
-    hi = at::vec::clamp_min(hi, a);
-    lo = at::vec::clamp_max(lo, cnt < V::size() ? V::set(V(std::numeric_limits<O>::infinity()), a, cnt) : a);
-    const V w = v * v;
-    pn += w;
-    const V w1 = w * a;
-    p1 += w1;
-    const V w2 = w1 * a;
-    p2 += w2;
-    p3 += w2 * a;
-    if (++part == kPart) flush();
-  });
-  flush();
+  }
   Moments m;
   m.nn = hsum(nn), m.m1 = hsum(m1), m.m2 = hsum(m2), m.m3 = hsum(m3);
   lane_extremes(hi, lo, m.amax, m.amin);

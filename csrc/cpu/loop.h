@@ -193,6 +193,9 @@ void for_each_row(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
 template <typename T, typename O, int NS, typename S, typename F>
 void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<GroupJob<O>>& jobs,
                               int64_t group_dim, const F& f) {
+  // The metric ops' updates return their denominators, which the row prox takes.
+  constexpr bool kDenoms = !std::is_void_v<decltype(f(std::declval<const S&>(), std::declval<Vec<O>&>(),
+                                                      std::declval<Vec<O>>(), std::declval<std::array<Vec<O>, NS>&>()))>;
   if (!slots.empty() && slots[0].rows) return for_each_row(slots, f);  // no group lasso with sparse grads
   if (jobs.empty()) return for_each_element(slots, f);
   std::vector<Slot<T, O, NS, S>> flat;
@@ -205,15 +208,25 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
     const auto& sl = slots[job.slot];
     const GroupShape& sh = job.sh;
     if (group_dim == 0) {
-      // The update runs a block of rows at a time (long runs for the hardware prefetchers), then the prox of
-      // each of its rows, from L2.
+      // The update runs a block of rows at a time (long runs for the hardware prefetchers), keeping the
+      // denominators it returns (the metric ops') in a panel, then the prox of each of its rows, from L2.
       const int64_t block = std::max<int64_t>(1, kRowBlock / sh.K);
       at::parallel_for(0, sh.G, std::max<int64_t>(1, kGrainUnits * kUnit / sh.K), [&](int64_t b, int64_t e) {
         const S sc = sl.sc;
+        O* den = nullptr;
         for (int64_t g0 = b; g0 < e; g0 += block) {
           const int64_t g1 = std::min(e, g0 + block);
-          process_range(sl, g0 * sh.K, g1 * sh.K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
-          for (int64_t g = g0; g < g1; ++g) group_prox_row<T, O>(sl.p, job, g);
+          if constexpr (kDenoms) den = row_panel<O>((g1 - g0) * sh.K + 2 * Vec<T>::size());
+          O* d = den;
+          process_range(sl, g0 * sh.K, g1 * sh.K, [&](auto& p, auto gr, auto& st) {
+            if constexpr (kDenoms) {
+              f(sc, p, gr, st).store(d);  // in element order: process_range calls f a vector at a time
+              d += Vec<O>::size();
+            } else {
+              f(sc, p, gr, st);
+            }
+          });
+          for (int64_t g = g0; g < g1; ++g) group_prox_row<T, O>(sl.p, job, g, den ? den + (g - g0) * sh.K : nullptr);
         }
       });
     } else {
@@ -260,10 +273,10 @@ void run_update(const std::vector<Slot<T, O, NS, S>>& slots, const std::vector<G
                 bool has_scale, const F& update) {
   if (!has_scale && is_common(slots[0].sc)) {
     for_each_element_grouped(slots, jobs, group_dim,
-                             [&](const S& s, auto& p, auto g, auto& st) { update(common(s), false, p, g, st); });
+                             [&](const S& s, auto& p, auto g, auto& st) { return update(common(s), false, p, g, st); });
   } else {
     for_each_element_grouped(slots, jobs, group_dim,
-                             [&](const S& s, auto& p, auto g, auto& st) { update(s, has_scale, p, g, st); });
+                             [&](const S& s, auto& p, auto g, auto& st) { return update(s, has_scale, p, g, st); });
   }
 }
 
