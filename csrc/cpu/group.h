@@ -341,77 +341,118 @@ FR_INLINE Vec<O> load_o(const T* p, int64_t cnt) {
   }
 }
 
-// The group prox of row g (group_dim 0: K contiguous elements), right after the row's update, while it is in cache.
-// den: the row's denominators as the update returned them (denom_of(job, x), x as the update wrote it), for a job
-// with a metric; the prox overwrites them.
-template <typename T, typename O>
-void group_prox_row(T* p, const GroupJob<O>& job, int64_t g, O* den) {
-  using V = Vec<O>;
-  const int64_t n = job.sh.K;
-  p += g * n;
-  if (job.x == nullptr) {
-    VD sv(0.0);
-    each_vec<T, O>(p, n, [&](const V& v, int64_t, int64_t) {
-      for (const VD& h : widen(v)) sv += h * h;
-    });
-    const V f(static_cast<O>(group_factor(hsum(sv), job.c)));
-    scale_row<T, O>(p, n, [&](int64_t) { return f; });
-    return;
+// c/x, from the hardware's reciprocal estimate and one Newton step where the build has one (float: within about
+// 2 ulps; 0, infinite or NaN x give NaN, which sends the row to the exact passes), else divided. The row prox's one
+// pass takes a = c/(D + c2) this way: a division there, beside the update's own, cost a tenth of an AdamW step.
+template <typename O>
+FR_INLINE Vec<O> over(const Vec<O>& c, const Vec<O>& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<O, float>) {
+    const __m512 r = _mm512_rcp14_ps(x);
+    return Vec<O>(_mm512_mul_ps(c, _mm512_fmadd_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(1)), r)));
   }
-  // One pass: a = c/D into the panel (as metric_panels rounds it; past the row, den holds what the update's padded
-  // lanes returned), sum v^2 a^k (k <= 3) in doubles, max and min a.
-  // sum (v/a)^2 is only needed where ||v|| is near max a (below, it is at least ||v||^2 / max a^2), and sum v^2 a^4
-  // only for the series' remainder, which max a * sum v^2 a^3 bounds.
-  const O* x = job.x + g * n;
-  O* ap = den;  // a replaces D in place
-  // + 0 without l2 is exact. (Written as `if (has_l2) d = d + c2` in this loop, GCC 12's AVX-512 build added c2 to
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<O, float>) {
+    const __m256 r = _mm256_rcp_ps(x);
+    return Vec<O>(_mm256_mul_ps(c, _mm256_fmadd_ps(r, _mm256_fnmadd_ps(x, r, _mm256_set1_ps(1)), r)));
+  }
+#endif
+  return c / x;
+}
+
+// The sums of one row's prox, taken a vector at a time in element order (by the update itself, or by a pass over
+// the written row): sum v^2 without a metric; with one, a = c/(D + c2) (within 2 ulps: over()) into the panel in
+// place of D, sum v^2 a^k (k <= 3), max and min a. sum (v/a)^2 is only needed where ||v|| is near max a (below,
+// it is at least ||v||^2 / max a^2), and sum v^2 a^4 only for the series' remainder, which max a * sum v^2 a^3
+// bounds. The last vector may be partial: its lanes past the row count as v = 0, a = 0.
+template <typename O>
+struct RowSums {
+  using V = Vec<O>;
+  static constexpr int64_t W = V::size();
+  int64_t n, k = 0;
+  O* ap;  // the row's D, then a
+  // + 0 without l2 is exact. (Written as `if (has_l2) d = d + c2` in add(), GCC 12's AVX-512 build added c2 to
   // lane 0 only; test_group caught it.)
-  const V c(job.c_o), c2(job.has_l2 ? job.c2 : O(0));
-  // The sums run in opmath vectors over kPart vectors at a time, then in doubles: a part's relative error (below
-  // kPart ulps of float) moves r by half that, and the factor r/(r + a) by a/r times less (a/r is below 1e-2 on
-  // this path), far inside an ulp.
-  VD nn(0.0), m1(0.0), m2(0.0), m3(0.0);
+  V c, c2;
+  // The metric sums run in opmath vectors over kPart vectors at a time, then in doubles: a part's relative error
+  // (below kPart ulps of float) moves r by half that, and the factor r/(r + a) by a/r times less (a/r is below
+  // 1e-2 on the one-pass path), far inside an ulp. Without a metric, v^2 is summed in doubles.
+  V pn = V(O(0)), p1 = pn, p2 = pn, p3 = pn;
   // Plain max and min: a NaN or infinite a makes sum v^2 a NaN or infinite, which moment_root sends to the exact
   // passes.
-  V hi(O(0)), lo(std::numeric_limits<O>::infinity());
-  constexpr int64_t W = V::size();
-  for (int64_t k0 = 0; k0 < n; k0 += kPart * W) {
-    const int64_t k1 = std::min(n, k0 + kPart * W);
-    V pn(O(0)), p1(O(0)), p2(O(0)), p3(O(0));
-    auto terms = [&](const V& v, const V& a) {
-      const V w = v * v;
-      pn += w;
-      const V w1 = w * a;
-      p1 += w1;
-      const V w2 = w1 * a;
-      p2 += w2;
-      p3 += w2 * a;
-    };
-    int64_t k = k0;
-    for (; k + W <= k1; k += W) {
-      const V a = c / (V::loadu(den + k) + c2);
+  V hi = V(O(0)), lo = V(std::numeric_limits<O>::infinity());
+  VD nn = VD(0.0), nn2 = nn, m1 = nn, m2 = nn, m3 = nn;
+  int part = 0;
+
+  RowSums(const GroupJob<O>& job, O* den, int64_t len)
+      : n(len), ap(den), c(job.c_o), c2(job.has_l2 ? job.c2 : O(0)) {}
+
+  // Without a metric.
+  FR_INLINE void add(V v) {
+    if (n - k < W) v = V::set(V(O(0)), v, n - k);
+    const auto h = widen(v);
+    nn += h[0] * h[0];
+    if constexpr (h.size() > 1) nn2 += h[1] * h[1];  // two chains of adds, not one
+    k += W;
+  }
+  // With one: d, the update's denominators of these elements.
+  FR_INLINE void add(V v, const V& d) {
+    V a = over(c, d + c2);
+    V low = a;
+    if (n - k < W) {
+      const int64_t cnt = n - k;
+      v = V::set(V(O(0)), v, cnt);
+      a = V::set(V(O(0)), a, cnt);
+      low = V::set(V(std::numeric_limits<O>::infinity()), a, cnt);
+      a.store(ap + k, cnt);  // past the row: another row's denominators
+    } else {
       a.store(ap + k);
-      hi = at::vec::clamp_min(hi, a);
-      lo = at::vec::clamp_max(lo, a);
-      terms(load_o<T, O>(p + k, W), a);
     }
-    if (k < k1) {  // the row's last elements: a = 0 past them (v is 0 there too)
-      const int64_t cnt = k1 - k;
-      const V a = V::set(V(O(0)), c / (V::loadu(den + k) + c2), cnt);
-      a.store(ap + k, cnt);  // past the row: the next row's denominators
-      hi = at::vec::clamp_min(hi, a);
-      lo = at::vec::clamp_max(lo, V::set(V(std::numeric_limits<O>::infinity()), a, cnt));
-      terms(load_o<T, O>(p + k, cnt), a);
-    }
+    hi = at::vec::clamp_min(hi, a);
+    lo = at::vec::clamp_max(lo, low);
+    const V w = v * v;
+    pn += w;
+    const V w1 = w * a;
+    p1 += w1;
+    const V w2 = w1 * a;
+    p2 += w2;
+    p3 += w2 * a;
+    k += W;
+    if (++part == kPart) flush();
+  }
+  void flush() {
     for (const VD& h : widen(pn)) nn += h;
     for (const VD& h : widen(p1)) m1 += h;
     for (const VD& h : widen(p2)) m2 += h;
     for (const VD& h : widen(p3)) m3 += h;
+    pn = p1 = p2 = p3 = V(O(0));
+    part = 0;
   }
-  Moments m;
-  m.nn = hsum(nn), m.m1 = hsum(m1), m.m2 = hsum(m2), m.m3 = hsum(m3);
-  lane_extremes(hi, lo, m.amax, m.amin);
-  m.m4 = m.amax * m.m3;
+  double sumsq() const { return hsum(nn + nn2); }
+  Moments moments() {
+    flush();
+    Moments m;
+    m.nn = hsum(nn), m.m1 = hsum(m1), m.m2 = hsum(m2), m.m3 = hsum(m3);
+    lane_extremes(hi, lo, m.amax, m.amin);
+    m.m4 = m.amax * m.m3;
+    return m;
+  }
+};
+
+// The group prox of row g (group_dim 0: K contiguous elements) from its sums, right after the row's update, while
+// it is in cache.
+template <typename T, typename O>
+void finish_row(T* p, const GroupJob<O>& job, int64_t g, RowSums<O>& rs) {
+  using V = Vec<O>;
+  const int64_t n = job.sh.K;
+  p += g * n;
+  if (job.x == nullptr) {
+    const V f(static_cast<O>(group_factor(rs.sumsq(), job.c)));
+    scale_row<T, O>(p, n, [&](int64_t) { return f; });
+    return;
+  }
+  const O* ap = rs.ap;
+  Moments m = rs.moments();
   const double cd = static_cast<double>(job.c_o);
   if (m.nn > kSure * m.amax * m.amax) {
     m.q = cd * cd * (m.nn / (m.amax * m.amax));  // a lower bound of sum (v/a)^2 * c^2, above 1 + kZeroBand
@@ -433,7 +474,7 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g, O* den) {
     double* __restrict v = pn.get(pn.v, n);
     double* __restrict d = pn.get(pn.d, n);
     double* __restrict a = pn.get(pn.ab, n);
-    metric_panels(job, p, x, n, v, d, a);
+    metric_panels(job, p, job.x + g * n, n, v, d, a);
     r = exact_root(n, v, a);
     if (r >= 0) {
       for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(static_cast<O>(p[k]) * static_cast<O>(r / (r + a[k])));
@@ -457,6 +498,23 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g, O* den) {
   }
   const V ro(static_cast<O>(r));
   scale_row<T, O>(p, n, [&](int64_t k) { return ro / (ro + V::loadu(ap + k)); });
+}
+
+// The group prox of row g from a pass over the written row: for bf16/fp16 params, whose sums are of the rounded
+// values (the update's are in opmath). den: the row's denominators (metric), which it overwrites.
+template <typename T, typename O>
+void group_prox_row(T* p, const GroupJob<O>& job, int64_t g, O* den) {
+  using V = Vec<O>;
+  const int64_t n = job.sh.K;
+  RowSums<O> rs(job, den, n);
+  each_vec<T, O>(p + g * n, n, [&](const V& v, int64_t k, int64_t) {
+    if (job.x == nullptr) {
+      rs.add(v);
+    } else {
+      rs.add(v, V::loadu(den + k));
+    }
+  });
+  finish_row<T, O>(p, job, g, rs);
 }
 
 // The columns one task takes: 256 elements of each row (one column for K >= 256, its run taken in chunks of 256),

@@ -207,8 +207,28 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
   for (const auto& job : jobs) {
     const auto& sl = slots[job.slot];
     const GroupShape& sh = job.sh;
-    if (group_dim == 0) {
-      // The update runs a block of rows at a time (long runs for the hardware prefetchers), keeping the
+    if (group_dim == 0 && std::is_same_v<T, O>) {
+      // Each row's update feeds its prox's sums (a vector at a time, from registers); the prox then shrinks the
+      // row from L1.
+      at::parallel_for(0, sh.G, std::max<int64_t>(1, kGrainUnits * kUnit / sh.K), [&](int64_t b, int64_t e) {
+        const S sc = sl.sc;
+        O* den = kDenoms ? row_panel<O>(sh.K + Vec<O>::size()) : nullptr;
+        for (int64_t g = b; g < e; ++g) {
+          RowSums<O> rs(job, den, sh.K);
+          process_range(sl, g * sh.K, (g + 1) * sh.K, [&](auto& p, auto gr, auto& st) {
+            if constexpr (kDenoms) {
+              const auto d = f(sc, p, gr, st);
+              rs.add(p, d);
+            } else {
+              f(sc, p, gr, st);
+              rs.add(p);
+            }
+          });
+          finish_row<T, O>(sl.p, job, g, rs);
+        }
+      });
+    } else if (group_dim == 0) {
+      // bf16/fp16: the update runs a block of rows at a time (long runs for the hardware prefetchers), keeping the
       // denominators it returns (the metric ops') in a panel, then the prox of each of its rows, from L2.
       const int64_t block = std::max<int64_t>(1, kRowBlock / sh.K);
       at::parallel_for(0, sh.G, std::max<int64_t>(1, kGrainUnits * kUnit / sh.K), [&](int64_t b, int64_t e) {
