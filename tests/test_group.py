@@ -80,14 +80,16 @@ def test_conv_weight_groups_are_filters_or_input_channels(op, group_dim):
 
 @pytest.mark.parametrize("group_dim", [0, 1])
 @pytest.mark.parametrize("op", list(SMALL))
-def test_one_pass_does_not_depend_on_thread_count(op, group_dim):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_one_pass_does_not_depend_on_thread_count(op, group_dim, dtype):
+    # fp32/fp64 rows take their sums from the update itself, bf16/fp16 rows from a pass over the written row
     results = []
     n = torch.get_num_threads()
     for threads in (1, 2):
         torch.set_num_threads(threads)
         try:
             gen = seeded("group-threads", op, group_dim)
-            case = build(op, [(600, 70), (70, 600), (6, 50, 40), (4, 2000), (5, 3, 600)], torch.float64, gen=gen,
+            case = build(op, [(600, 70), (70, 600), (6, 50, 40), (4, 2000), (5, 3, 600)], dtype, gen=gen,
                          **{**SMALL[op], "group_dim": group_dim})
             for _ in range(2):
                 case.call(backends.kernel("cpp", op), grads=case.new_grads(gen))

@@ -122,11 +122,9 @@ struct Moments {
   double q = 0, nn = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0, amax = 0, amin = INFINITY;
 };
 
-// One element's moment terms: (v*D)^2 to q, v^2 to nn, v^2 a^k to mk. V: double or a vector of doubles.
+// One element's v^2 a^k, k = 0..3, to nn, m1, m2, m3; returns v^2 a^3. V: a scalar or a vector.
 template <typename V>
-FR_INLINE void moment_terms(V v, V d, V a, V& q, V& nn, V& m1, V& m2, V& m3, V& m4) {
-  const V vd = v * d;
-  q += vd * vd;
+FR_INLINE V power_terms(V v, V a, V& nn, V& m1, V& m2, V& m3) {
   const V w = v * v;
   nn += w;
   const V w1 = w * a;
@@ -135,7 +133,15 @@ FR_INLINE void moment_terms(V v, V d, V a, V& q, V& nn, V& m1, V& m2, V& m3, V& 
   m2 += w2;
   const V w3 = w2 * a;
   m3 += w3;
-  m4 += w3 * a;
+  return w3;
+}
+
+// One element's moment terms: (v*D)^2 to q, v^2 to nn, v^2 a^k to mk. V: double or a vector of doubles.
+template <typename V>
+FR_INLINE void moment_terms(V v, V d, V a, V& q, V& nn, V& m1, V& m2, V& m3, V& m4) {
+  const V vd = v * d;
+  q += vd * vd;
+  m4 += power_terms(v, a, nn, m1, m2, m3) * a;
 }
 
 // r of the metric prox from the group's moments, -1 for a group the prox zeroes, or kExact. c: the opmath c of
@@ -410,13 +416,7 @@ struct RowSums {
     }
     hi = at::vec::clamp_min(hi, a);
     lo = at::vec::clamp_max(lo, low);
-    const V w = v * v;
-    pn += w;
-    const V w1 = w * a;
-    p1 += w1;
-    const V w2 = w1 * a;
-    p2 += w2;
-    p3 += w2 * a;
+    power_terms(v, a, pn, p1, p2, p3);
     k += W;
     if (++part == kPart) flush();
   }
