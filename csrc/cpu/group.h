@@ -1,5 +1,6 @@
 // The group-lasso prox on the CPU (formulas in fusedreg_math.h): the jobs an op's call needs (add_group_job), the
-// prox of one row right after the row's update (group_prox_row) and of every column after the whole update
+// prox of one row right after the row's update (RowSums fed by the update, then finish_row; group_prox_row for
+// bf16/fp16) and of every column after the whole update
 // (group_prox_columns). cpu/loop.h runs them with the op's element loop.
 #pragma once
 
@@ -110,9 +111,9 @@ constexpr double kSeriesTol = std::is_same_v<O, double> ? 1e-15 : 1e-9;
 constexpr double kZeroBand = 1e-6;
 // moment_root's answer when the exact passes must decide.
 constexpr double kExact = -2;
-// Vectors summed in opmath before a row's sums take them in doubles (group_prox_row).
+// Vectors summed in opmath before a row's sums take them in doubles (RowSums).
 constexpr int kPart = 16;
-// See group_prox_row's factor.
+// See finish_row's factor.
 template <typename O>
 constexpr double kPolyU = std::is_same_v<O, double> ? 2e-4 : 1e-2;
 // A row is surely kept, without its sum (v/a)^2, where ||v||^2 > kSure max a^2: the sum is at least ||v||^2/max a^2.
@@ -322,7 +323,7 @@ FR_INLINE void scale_row(T* p, int64_t n, const F& factor) {
   }
 }
 
-// max and min of a vector's lanes (NaN: see group_prox_row).
+// max and min of a vector's lanes (NaN: see RowSums).
 template <typename O>
 FR_INLINE void lane_extremes(const Vec<O>& hi, const Vec<O>& lo, double& amax, double& amin) {
   O hb[Vec<O>::size()], lb[Vec<O>::size()];
@@ -626,7 +627,7 @@ void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
         for (int64_t i = 0; i < nr; ++i) {
           const VD ak = VD::loadu(ab + i * Wc + j);
           moment_terms(VD::loadu(vb + i * Wc + j), VD::loadu(db + i * Wc + j), ak, qj, nj, aj, bj, cj, dj);
-          hj = at::vec::clamp_min(hj, ak);  // NaN: see group_prox_row
+          hj = at::vec::clamp_min(hj, ak);  // a NaN a makes q NaN, which moment_root sends to the exact passes
           lj = at::vec::clamp_max(lj, ak);
         }
         qj.store(q + j), nj.store(nn + j), aj.store(m1 + j), bj.store(m2 + j), cj.store(m3 + j), dj.store(m4 + j);
