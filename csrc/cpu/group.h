@@ -39,9 +39,9 @@ struct GroupJob {
 };
 
 // The denominator of element x (without the l2 term).
-template <typename O>
-FR_INLINE O denom_of(const GroupJob<O>& job, O x) {
-  return job.ftrl != nullptr ? ftrl_denom(x, *job.ftrl) : adam_denom(x, job.bdiv, job.eps);
+template <typename O, typename V>
+FR_INLINE V denom_of(const GroupJob<O>& job, V x) {
+  return job.ftrl != nullptr ? ftrl_denom(x, *job.ftrl) : adam_denom(x, V(job.bdiv), V(job.eps));
 }
 
 // The group job of slot i, if its param gets the group prox; x == nullptr for SGD.
@@ -536,6 +536,42 @@ inline void prefetch_piece(const void* base, int64_t bytes) {
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 1, 3);
 }
 
+// The reference's passes for the columns g0 + g (g < ng) with exact[g] set (few, unless the prox is strong), element
+// by element: ||v/a||^2, ||v||^2, max a (NaN-propagating) and sum v^2 a, then Newton's; their roots into r[g].
+template <typename T, typename O>
+void exact_columns(const T* p, const GroupJob<O>& job, int64_t g0, int64_t ng, const double* exact, double* r) {
+  const int64_t A = job.sh.A, K = job.sh.K, row = job.sh.G * K;
+  const O* x = job.x;
+  std::vector<int64_t> ex;
+  for (int64_t g = 0; g < ng; ++g)
+    if (exact[g]) ex.push_back(g);
+  const int64_t ne = static_cast<int64_t>(ex.size());
+  auto each = [&](const auto& f) {  // f(e, v, a) for every element of every exact column, rows in order
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t e = 0; e < ne; ++e)
+        for (int64_t k = 0, i = a * row + (g0 + ex[e]) * K; k < K; ++k, ++i) {
+          const O dk = job.has_l2 ? denom_of(job, x[i]) + job.c2 : denom_of(job, x[i]);
+          f(e, static_cast<double>(static_cast<O>(p[i])), static_cast<double>(job.c_o / dk));
+        }
+  };
+  std::vector<MetricSums> first(ne);
+  std::vector<double> sm1(ne, 0.0), rs(ne), ss(ne), ts(ne), rk(ne);
+  each([&](int64_t e, double v, double a) {
+    first[e].add(v, a);
+    sm1[e] += v * v * a;
+  });
+  for (int64_t e = 0; e < ne; ++e) {
+    rs[e] = metric_start(first[e]);
+    const double jensen = std::sqrt(first[e].nn) - sm1[e] / first[e].nn;
+    if (rs[e] >= 0 && jensen > rs[e]) rs[e] = jensen;
+  }
+  newton_solve(ne, rs.data(), ss.data(), ts.data(), [&] {
+    for (int64_t e = 0; e < ne; ++e) rk[e] = rs[e] < 0 ? 0.0 : rs[e], ss[e] = 0, ts[e] = 0;
+    each([&](int64_t e, double v, double a) { newton_terms(v, a, rk[e], ss[e], ts[e]); });
+  });
+  for (int64_t e = 0; e < ne; ++e) r[ex[e]] = rs[e];
+}
+
 // The group prox of columns g0..g1 (group_dim 1) of one param, after its update: every sum of a column is made by
 // one task, over the rows in order (the result does not depend on the thread count). Per element lane j of the
 // strip's row (column g0 + j/K), lane sums over the rows, then each column's K lanes in order.
@@ -655,38 +691,7 @@ void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
     exact[g] = r[g] == kExact;
     any_exact = any_exact || exact[g];
   }
-  if (any_exact) {
-    // The reference's passes for the exact columns only (few, unless the prox is strong), element by element:
-    // ||v/a||^2, ||v||^2, max a (NaN-propagating) and sum v^2 a, then Newton's.
-    std::vector<int64_t> ex;
-    for (int64_t g = 0; g < ng; ++g)
-      if (exact[g]) ex.push_back(g);
-    const int64_t ne = static_cast<int64_t>(ex.size());
-    auto each = [&](const auto& f) {  // f(e, v, a) for every element of every exact column, rows in order
-      for (int64_t a = 0; a < A; ++a)
-        for (int64_t e = 0; e < ne; ++e)
-          for (int64_t k = 0, i = a * row + (g0 + ex[e]) * K; k < K; ++k, ++i) {
-            const O dk = job.has_l2 ? denom_of(job, x[i]) + job.c2 : denom_of(job, x[i]);
-            f(e, static_cast<double>(static_cast<O>(p[i])), static_cast<double>(job.c_o / dk));
-          }
-    };
-    std::vector<MetricSums> first(ne);
-    std::vector<double> sm1(ne, 0.0), rs(ne), ss(ne), ts(ne), rk(ne);
-    each([&](int64_t e, double v, double a) {
-      first[e].add(v, a);
-      sm1[e] += v * v * a;
-    });
-    for (int64_t e = 0; e < ne; ++e) {
-      rs[e] = metric_start(first[e]);
-      const double jensen = std::sqrt(first[e].nn) - sm1[e] / first[e].nn;
-      if (rs[e] >= 0 && jensen > rs[e]) rs[e] = jensen;
-    }
-    newton_solve(ne, rs.data(), ss.data(), ts.data(), [&] {
-      for (int64_t e = 0; e < ne; ++e) rk[e] = rs[e] < 0 ? 0.0 : rs[e], ss[e] = 0, ts[e] = 0;
-      each([&](int64_t e, double v, double a) { newton_terms(v, a, rk[e], ss[e], ts[e]); });
-    });
-    for (int64_t e = 0; e < ne; ++e) r[ex[e]] = rs[e];
-  }
+  if (any_exact) exact_columns<T, O>(p, job, g0, ng, exact, r);
   // Per lane: opmath r (0 in a zeroed column: a > 0 there, so the factor is 0), and the exact columns' r.
   double *__restrict lr = lane(0), *__restrict lx = lane(1), *__restrict lrr = lane(2);
   for (jc = 0; jc < W; jc += C) {
@@ -714,6 +719,170 @@ void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Columns summed by the update itself (fp32/fp64 params; cpu/loop.h): the update runs kColumnBlocks fixed blocks of
+// rows, each of which keeps its own lane sums over its rows in order (lane j of a row: column j / K); the totals
+// then add the blocks in order, so no sum depends on the thread count. The buffer is kColumnBlocks rows of lanes
+// per sum, not the param. Then one pass over the param (and its state, for a) shrinks it.
+constexpr int64_t kColumnBlocks = 16;
+
+template <typename O>
+struct ColumnSums {
+  using V = Vec<O>;
+  static constexpr int64_t W = V::size();
+  const GroupJob<O>& job;
+  int64_t R, nb, ns;  // lanes (a row), blocks, sums per block
+  std::vector<double> sums;  // per block: nn [, m1, m2, m3] lanes
+  std::vector<O> ext;        // per block (metric): max a, min a lanes
+  V c, c2;
+
+  explicit ColumnSums(const GroupJob<O>& j)
+      : job(j), R(j.sh.G * j.sh.K), nb(std::min(j.sh.A, kColumnBlocks)), ns(j.x == nullptr ? 1 : 4),
+        sums(nb * ns * R, 0.0), ext(j.x == nullptr ? 0 : nb * 2 * R), c(j.c_o), c2(j.has_l2 ? j.c2 : O(0)) {
+    for (int64_t b = 0; b < nb && !ext.empty(); ++b) {
+      std::fill(ext.begin() + (2 * b) * R, ext.begin() + (2 * b + 1) * R, O(0));
+      std::fill(ext.begin() + (2 * b + 1) * R, ext.begin() + (2 * b + 2) * R, std::numeric_limits<O>::infinity());
+    }
+  }
+  int64_t row0(int64_t b) const { return b * job.sh.A / nb; }
+  double* lane(int64_t b, int64_t i) { return sums.data() + (b * ns + i) * R; }
+
+  // Lanes k.. of block b: v (the update's new values) and, with a metric, d (its denominators).
+  FR_INLINE void add(int64_t b, int64_t k, const V& v) {
+    double* nn = lane(b, 0) + k;
+    if (R - k >= W) {
+      const auto h = widen(v);
+      for (size_t i = 0; i < h.size(); ++i) (VD::loadu(nn + i * VD::size()) + h[i] * h[i]).store(nn + i * VD::size());
+    } else {
+      O vb[W];
+      v.store(vb);
+      for (int64_t l = 0; l < R - k; ++l) nn[l] += static_cast<double>(vb[l]) * static_cast<double>(vb[l]);
+    }
+  }
+  FR_INLINE void add(int64_t b, int64_t k, const V& v, const V& d) {
+    const V a = over(c, d + c2);
+    double *nn = lane(b, 0) + k, *m1 = lane(b, 1) + k, *m2 = lane(b, 2) + k, *m3 = lane(b, 3) + k;
+    O *hi = ext.data() + (2 * b) * R + k, *lo = ext.data() + (2 * b + 1) * R + k;
+    if (R - k >= W) {
+      at::vec::clamp_min(V::loadu(hi), a).store(hi);
+      at::vec::clamp_max(V::loadu(lo), a).store(lo);
+      const auto vw = widen(v), aw = widen(a);
+      for (size_t i = 0; i < vw.size(); ++i) {
+        const int64_t o = i * VD::size();
+        VD n0 = VD::loadu(nn + o), s1 = VD::loadu(m1 + o), s2 = VD::loadu(m2 + o), s3 = VD::loadu(m3 + o);
+        power_terms(vw[i], aw[i], n0, s1, s2, s3);
+        n0.store(nn + o), s1.store(m1 + o), s2.store(m2 + o), s3.store(m3 + o);
+      }
+    } else {
+      O vb[W], ab[W];
+      v.store(vb);
+      a.store(ab);
+      for (int64_t l = 0; l < R - k; ++l) {
+        hi[l] = std::max(hi[l], ab[l]);
+        lo[l] = std::min(lo[l], ab[l]);
+        power_terms(static_cast<double>(vb[l]), static_cast<double>(ab[l]), nn[l], m1[l], m2[l], m3[l]);
+      }
+    }
+  }
+};
+
+// The prox of every column from the sums: roots (the exact passes for the columns that need them), then one pass
+// over the param: factor r/(r + a) per element, a = c/(D + c2) from the state as the sums took it (exact columns:
+// the reference's a and factor).
+template <typename T, typename O>
+void finish_columns(T* p, ColumnSums<O>& cs, int64_t grain) {
+  using V = Vec<O>;
+  constexpr int64_t W = V::size();
+  const GroupJob<O>& job = cs.job;
+  const int64_t A = job.sh.A, G = job.sh.G, K = job.sh.K, R = cs.R;
+  const bool metric = job.x != nullptr;
+  // Each column's sums: its lanes' totals over the blocks in order, then its K lanes in order.
+  std::vector<double> tot(4 * R, 0.0);
+  std::vector<O> hi(R, O(0)), lo(R, std::numeric_limits<O>::infinity());
+  for (int64_t b = 0; b < cs.nb; ++b) {
+    for (int64_t i = 0; i < cs.ns; ++i) {
+      const double* l = cs.lane(b, i);
+      double* t = tot.data() + i * R;
+      for (int64_t j = 0; j < R; ++j) t[j] += l[j];
+    }
+    for (int64_t j = 0; j < R && metric; ++j) {
+      hi[j] = std::max(hi[j], cs.ext[(2 * b) * R + j]);  // NaN: see RowSums
+      lo[j] = std::min(lo[j], cs.ext[(2 * b + 1) * R + j]);
+    }
+  }
+  std::vector<Moments> mom(G);
+  for (int64_t j = 0; j < R; ++j) {
+    Moments& m = mom[j / K];
+    m.nn += tot[j], m.m1 += tot[R + j], m.m2 += tot[2 * R + j], m.m3 += tot[3 * R + j];
+    m.amax = std::max(m.amax, static_cast<double>(hi[j]));
+    m.amin = std::min(m.amin, static_cast<double>(lo[j]));
+  }
+  std::vector<double> r(G), exact(G, 0.0);
+  std::vector<O> ro(R);
+  bool any_exact = false;
+  for (int64_t g = 0; g < G; ++g) {
+    Moments& m = mom[g];
+    if (!metric) {
+      r[g] = group_factor(m.nn, job.c);  // SGD: the factor itself
+      continue;
+    }
+    m.m4 = m.amax * m.m3;
+    const double cd = static_cast<double>(job.c_o);
+    // sum (v/a)^2 is at least ||v||^2 / max a^2; a column not surely kept takes the exact passes
+    const bool sure = m.nn > kSure * m.amax * m.amax;
+    m.q = cd * cd * (m.nn / (m.amax * m.amax));
+    r[g] = m.nn == 0 ? -1.0 : sure ? moment_root<O>(m, cd) : kExact;  // a zero column stays zero
+    exact[g] = r[g] == kExact;
+    any_exact = any_exact || exact[g];
+  }
+  if (any_exact) exact_columns<T, O>(p, job, 0, G, exact.data(), r.data());
+  // Per lane: opmath r (SGD: the factor), or for the lanes of exact columns, which the vector pass leaves alone
+  // (factor 1) for the scalar one, NaN. The factor as a polynomial where every column allows it (finish_row).
+  bool poly = metric;
+  for (int64_t g = 0; g < G; ++g) poly = poly && (exact[g] || (r[g] > 0 && mom[g].amax <= kPolyU<O> * r[g]));
+  for (int64_t j = 0; j < R; ++j) {
+    const int64_t g = j / K;
+    const double rg = metric ? (r[g] < 0 ? 0.0 : r[g]) : r[g];
+    ro[j] = exact[g] ? std::numeric_limits<O>::quiet_NaN() : static_cast<O>(poly ? -1 / rg : rg);
+  }
+  std::vector<int64_t> exact_lanes;
+  for (int64_t j = 0; j < R && any_exact; ++j)
+    if (exact[j / K]) exact_lanes.push_back(j);
+  const V c(job.c_o), c2(job.has_l2 ? job.c2 : O(0)), one(O(1));
+  at::parallel_for(0, A, std::max<int64_t>(1, grain / std::max<int64_t>(R, 1)), [&](int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+      T* pr = p + a * R;
+      const O* xr = metric ? job.x + a * R : nullptr;
+      for (int64_t j = 0; j < R; j += W) {
+        const int64_t cnt = std::min(W, R - j);
+        const V rv = V::loadu(ro.data() + j, cnt);
+        V f = rv;  // SGD: the factor
+        if (metric) {
+          const V a = over(c, denom_of(job, cnt == W ? V::loadu(xr + j) : V::loadu(xr + j, cnt)) + c2);
+          if (poly) {
+            const V nu = a * rv;
+            f = fr_fmadd(nu, fr_fmadd(nu, fr_fmadd(nu, one + nu, one), one), one);
+          } else {
+            f = V::blendv(rv / (rv + a), V(O(0)), rv == V(O(0)));  // a zeroed column: 0, whatever a is
+          }
+          if (any_exact) f = V::blendv(f, one, rv != rv);
+        }
+        const V out = V::loadu(pr + j, cnt) * f;
+        if (cnt == W) {
+          out.store(pr + j);
+        } else {
+          out.store(pr + j, cnt);
+        }
+      }
+      for (const int64_t j : exact_lanes) {
+        const double rg = r[j / K];
+        const O dk = job.has_l2 ? denom_of(job, xr[j]) + job.c2 : denom_of(job, xr[j]);
+        pr[j] = static_cast<T>(static_cast<O>(pr[j]) * static_cast<O>(metric_factor(rg, static_cast<double>(job.c_o / dk))));
+      }
+    }
+  });
 }
 
 // The group prox of every column (group_dim 1) of one param, right after its own update (it is still in the

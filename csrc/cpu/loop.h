@@ -249,7 +249,31 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
           for (int64_t g = g0; g < g1; ++g) group_prox_row<T, O>(sl.p, job, g, den ? den + (g - g0) * sh.K : nullptr);
         }
       });
+    } else if constexpr (std::is_same_v<T, O>) {
+      // Columns: the update of each fixed block of rows feeds that block's lane sums (ColumnSums), then one
+      // pass over the param shrinks it.
+      ColumnSums<O> cs(job);
+      const int64_t per = std::max<int64_t>(1, sh.A / cs.nb * cs.R);  // elements a block
+      at::parallel_for(0, cs.nb, std::max<int64_t>(1, kGrainUnits * kUnit / per), [&](int64_t b0, int64_t b1) {
+        const S sc = sl.sc;
+        for (int64_t b = b0; b < b1; ++b)
+          for (int64_t a = cs.row0(b); a < cs.row0(b + 1); ++a) {
+            int64_t k = 0;
+            process_range(sl, a * cs.R, (a + 1) * cs.R, [&](auto& p, auto gr, auto& st) {
+              if constexpr (kDenoms) {
+                const auto d = f(sc, p, gr, st);
+                cs.add(b, k, p, d);
+              } else {
+                f(sc, p, gr, st);
+                cs.add(b, k, p);
+              }
+              k += Vec<O>::size();
+            });
+          }
+      });
+      finish_columns<T, O>(sl.p, cs, kGrainUnits * kUnit);
     } else {
+      // bf16/fp16: the sums are of the rounded values, from the written param, per column strip.
       for_each_element(std::vector<Slot<T, O, NS, S>>{sl}, f);
       group_prox_columns<T, O>(sl.p, job, kGrainUnits * kUnit);
     }
