@@ -725,8 +725,10 @@ void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
 // Columns summed by the update itself (fp32/fp64 params; cpu/loop.h): the update runs kColumnBlocks fixed blocks of
 // rows, each of which keeps its own lane sums over its rows in order (lane j of a row: column j / K); the totals
 // then add the blocks in order, so no sum depends on the thread count. The buffer is kColumnBlocks rows of lanes
-// per sum, not the param. Then one pass over the param (and its state, for a) shrinks it.
+// per sum, at most kColumnBlocks and one per kColumnBlockRows rows (so the buffer stays under a sixth of an fp32
+// param: 40 bytes a lane a block against 4 a row). Then one pass over the param (and its state, for a) shrinks it.
 constexpr int64_t kColumnBlocks = 16;
+constexpr int64_t kColumnBlockRows = 64;
 
 template <typename O>
 struct ColumnSums {
@@ -739,7 +741,8 @@ struct ColumnSums {
   V c, c2;
 
   explicit ColumnSums(const GroupJob<O>& j)
-      : job(j), R(j.sh.G * j.sh.K), nb(std::min(j.sh.A, kColumnBlocks)), ns(j.x == nullptr ? 1 : 4),
+      : job(j), R(j.sh.G * j.sh.K), nb(std::clamp<int64_t>(j.sh.A / kColumnBlockRows, 1, kColumnBlocks)),
+        ns(j.x == nullptr ? 1 : 4),
         sums(nb * ns * R, 0.0), ext(j.x == nullptr ? 0 : nb * 2 * R), c(j.c_o), c2(j.has_l2 ? j.c2 : O(0)) {
     for (int64_t b = 0; b < nb && !ext.empty(); ++b) {
       std::fill(ext.begin() + (2 * b) * R, ext.begin() + (2 * b + 1) * R, O(0));
