@@ -14,10 +14,12 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
 #include "../ops.h"
+
 
 namespace fusedreg {
 // Internal linkage, as when every kernel was one file: each op's file gets its own copy, inlined as before.
@@ -205,7 +207,7 @@ inline void metric_panels(const GroupJob<O>& job, const T* __restrict p, const O
 
 // Row panels, one set per thread: v, D, a of the row (or of a column strip's row), and the scale factors.
 struct Panels {
-  std::vector<double> v, d, a, vb, db, ab;
+  std::vector<double> v, d, a, vb, db, ab, xv, xd, xa;  // x*: exact_columns' (its callers hold the others)
   double* get(std::vector<double>& b, int64_t n) {
     if (static_cast<int64_t>(b.size()) < n) b.resize(n);
     return b.data();
@@ -365,6 +367,23 @@ FR_INLINE Vec<O> over(const Vec<O>& c, const Vec<O>& x) {
   }
 #endif
   return c / x;
+}
+
+// sqrt(x) from the hardware's reciprocal square root estimate and one Newton step where the build has one (float:
+// within a few ulps; 0 at 0), else the exact root. finish_columns takes Adam's and Adagrad's D this way: a square
+// root and a division an element made its pass compute-bound on one thread.
+template <typename O>
+FR_INLINE Vec<O> fast_sqrt(const Vec<O>& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<O, float>) {
+    const __m512 r = _mm512_rsqrt14_ps(x);
+    const __m512 s = _mm512_mul_ps(x, r);
+    const __m512 e = _mm512_fnmadd_ps(s, _mm512_mul_ps(r, _mm512_set1_ps(0.5f)), _mm512_set1_ps(0.5f));
+    const __m512 t = _mm512_fmadd_ps(s, e, s);
+    return Vec<O>(_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_UQ), t));
+  }
+#endif
+  return x.sqrt();
 }
 
 // The sums of one row's prox, taken a vector at a time in element order (by the update itself, or by a pass over
@@ -536,40 +555,26 @@ inline void prefetch_piece(const void* base, int64_t bytes) {
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 1, 3);
 }
 
-// The reference's passes for the columns g0 + g (g < ng) with exact[g] set (few, unless the prox is strong), element
-// by element: ||v/a||^2, ||v||^2, max a (NaN-propagating) and sum v^2 a, then Newton's; their roots into r[g].
+// The reference's passes for the columns g0 + g (g < ng) with exact[g] set (few, unless the prox is strong): each
+// column's v and a gathered once into a thread's panels (its elements are strided), then exact_root on them; their
+// roots into r[g]. In parallel over the columns.
 template <typename T, typename O>
 void exact_columns(const T* p, const GroupJob<O>& job, int64_t g0, int64_t ng, const double* exact, double* r) {
-  const int64_t A = job.sh.A, K = job.sh.K, row = job.sh.G * K;
-  const O* x = job.x;
+  const int64_t A = job.sh.A, K = job.sh.K, row = job.sh.G * K, n = A * K;
   std::vector<int64_t> ex;
   for (int64_t g = 0; g < ng; ++g)
     if (exact[g]) ex.push_back(g);
-  const int64_t ne = static_cast<int64_t>(ex.size());
-  auto each = [&](const auto& f) {  // f(e, v, a) for every element of every exact column, rows in order
-    for (int64_t a = 0; a < A; ++a)
-      for (int64_t e = 0; e < ne; ++e)
-        for (int64_t k = 0, i = a * row + (g0 + ex[e]) * K; k < K; ++k, ++i) {
-          const O dk = job.has_l2 ? denom_of(job, x[i]) + job.c2 : denom_of(job, x[i]);
-          f(e, static_cast<double>(static_cast<O>(p[i])), static_cast<double>(job.c_o / dk));
-        }
-  };
-  std::vector<MetricSums> first(ne);
-  std::vector<double> sm1(ne, 0.0), rs(ne), ss(ne), ts(ne), rk(ne);
-  each([&](int64_t e, double v, double a) {
-    first[e].add(v, a);
-    sm1[e] += v * v * a;
+  at::parallel_for(0, static_cast<int64_t>(ex.size()), 1, [&](int64_t e0, int64_t e1) {
+    Panels& pn = panels();
+    double* __restrict v = pn.get(pn.xv, n);
+    double* __restrict d = pn.get(pn.xd, n);
+    double* __restrict a = pn.get(pn.xa, n);
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t at = (g0 + ex[e]) * K;
+      for (int64_t i = 0; i < A; ++i) metric_panels(job, p + i * row + at, job.x + i * row + at, K, v + i * K, d + i * K, a + i * K);
+      r[ex[e]] = exact_root(n, v, a);
+    }
   });
-  for (int64_t e = 0; e < ne; ++e) {
-    rs[e] = metric_start(first[e]);
-    const double jensen = std::sqrt(first[e].nn) - sm1[e] / first[e].nn;
-    if (rs[e] >= 0 && jensen > rs[e]) rs[e] = jensen;
-  }
-  newton_solve(ne, rs.data(), ss.data(), ts.data(), [&] {
-    for (int64_t e = 0; e < ne; ++e) rk[e] = rs[e] < 0 ? 0.0 : rs[e], ss[e] = 0, ts[e] = 0;
-    each([&](int64_t e, double v, double a) { newton_terms(v, a, rk[e], ss[e], ts[e]); });
-  });
-  for (int64_t e = 0; e < ne; ++e) r[ex[e]] = rs[e];
 }
 
 // The group prox of columns g0..g1 (group_dim 1) of one param, after its update: every sum of a column is made by
@@ -724,11 +729,15 @@ void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
 // ---------------------------------------------------------------------------------------------------------------
 // Columns summed by the update itself (fp32/fp64 params; cpu/loop.h): the update runs kColumnBlocks fixed blocks of
 // rows, each of which keeps its own lane sums over its rows in order (lane j of a row: column j / K); the totals
-// then add the blocks in order, so no sum depends on the thread count. The buffer is kColumnBlocks rows of lanes
-// per sum, at most kColumnBlocks and one per kColumnBlockRows rows (so the buffer stays under a sixth of an fp32
-// param: 40 bytes a lane a block against 4 a row). Then one pass over the param (and its state, for a) shrinks it.
+// then add the blocks in order, so no sum depends on the thread count. Within a block, a thread sums kPartRows rows
+// at a time in opmath (its Part, which stays in L1), then adds them to the block's sums in doubles, as RowSums does
+// with kPart vectors: doubles loaded and stored by every vector of the update cost half an AdamW step. The block
+// sums are kColumnBlocks rows of lanes per sum, at most kColumnBlocks and one per kColumnBlockRows rows (so they stay
+// under a sixth of an fp32 param: 40 bytes a lane a block against 4 a row). Then one pass over the param (and its
+// state, for a) shrinks it.
 constexpr int64_t kColumnBlocks = 16;
 constexpr int64_t kColumnBlockRows = 64;
+constexpr int64_t kPartRows = 64;
 
 template <typename O>
 struct ColumnSums {
@@ -736,58 +745,94 @@ struct ColumnSums {
   static constexpr int64_t W = V::size();
   const GroupJob<O>& job;
   int64_t R, nb, ns;  // lanes (a row), blocks, sums per block
-  std::vector<double> sums;  // per block: nn [, m1, m2, m3] lanes
-  std::vector<O> ext;        // per block (metric): max a, min a lanes
+  // min a only matters where a = c/(D + c2) could fall below the normal range (moment_root). Adam's and Adagrad's
+  // finite D are at most sqrt(max)/bdiv + eps: min a is kept only where c over that could be (and for Ftrl).
+  bool lo_needed;
+  int64_t np;                          // vectors per W lanes in a Part
+  std::unique_ptr<double[]> sums;      // per block: nn [, m1, m2, m3] lanes (each block's first flush writes them)
+  std::unique_ptr<O[]> ext;            // per block (metric): max a, min a lanes
   V c, c2;
+
+  static bool needs_lo(const GroupJob<O>& j) {
+    if (j.x == nullptr) return false;
+    if (j.ftrl != nullptr) return true;
+    const double dmax = std::sqrt(static_cast<double>(std::numeric_limits<O>::max())) / static_cast<double>(j.bdiv) +
+                        static_cast<double>(j.eps) + static_cast<double>(j.has_l2 ? j.c2 : O(0));
+    return !(static_cast<double>(j.c_o) / dmax >= 4 * static_cast<double>(std::numeric_limits<O>::min()));
+  }
 
   explicit ColumnSums(const GroupJob<O>& j)
       : job(j), R(j.sh.G * j.sh.K), nb(std::clamp<int64_t>(j.sh.A / kColumnBlockRows, 1, kColumnBlocks)),
-        ns(j.x == nullptr ? 1 : 4),
-        sums(nb * ns * R, 0.0), ext(j.x == nullptr ? 0 : nb * 2 * R), c(j.c_o), c2(j.has_l2 ? j.c2 : O(0)) {
-    for (int64_t b = 0; b < nb && !ext.empty(); ++b) {
-      std::fill(ext.begin() + (2 * b) * R, ext.begin() + (2 * b + 1) * R, O(0));
-      std::fill(ext.begin() + (2 * b + 1) * R, ext.begin() + (2 * b + 2) * R, std::numeric_limits<O>::infinity());
-    }
-  }
+        ns(j.x == nullptr ? 1 : 4), lo_needed(needs_lo(j)), np(j.x == nullptr ? 1 : lo_needed ? 6 : 5),
+        sums(std::make_unique_for_overwrite<double[]>(nb * ns * R)),
+        ext(std::make_unique_for_overwrite<O[]>(j.x == nullptr ? 0 : nb * 2 * R)), c(j.c_o),
+        c2(j.has_l2 ? j.c2 : O(0)) {}
   int64_t row0(int64_t b) const { return b * job.sh.A / nb; }
-  double* lane(int64_t b, int64_t i) { return sums.data() + (b * ns + i) * R; }
+  double* lane(int64_t b, int64_t i) { return sums.get() + (b * ns + i) * R; }
+  O* hi(int64_t b) { return ext.get() + (2 * b) * R; }
+  O* lo(int64_t b) { return ext.get() + (2 * b + 1) * R; }
 
-  // Lanes k.. of block b: v (the update's new values) and, with a metric, d (its denominators).
-  FR_INLINE void add(int64_t b, int64_t k, const V& v) {
-    double* nn = lane(b, 0) + k;
-    if (R - k >= W) {
-      const auto h = widen(v);
-      for (size_t i = 0; i < h.size(); ++i) (VD::loadu(nn + i * VD::size()) + h[i] * h[i]).store(nn + i * VD::size());
-    } else {
-      O vb[W];
-      v.store(vb);
-      for (int64_t l = 0; l < R - k; ++l) nn[l] += static_cast<double>(vb[l]) * static_cast<double>(vb[l]);
+  // A thread's sums of up to kPartRows rows of block b, in opmath: per W lanes, np vectors (sum v^2 [, v^2 a^k
+  // k = 1..3, max a, min a]). The last W lanes may run past the row; those lanes are never flushed.
+  struct Part {
+    O* q;
+    int64_t b;
+    bool first = true;  // no flush yet
+  };
+  Part part(int64_t b) {
+    thread_local std::vector<O> buf;
+    const int64_t n = (R + W - 1) / W * np * W;
+    if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+    Part pt{buf.data(), b};
+    clear(pt);
+    return pt;
+  }
+  void clear(Part& pt) {
+    for (int64_t k = 0; k < R; k += W) {
+      O* q = pt.q + k * np;
+      for (int64_t i = 0; i < np; ++i) V(i == 5 ? std::numeric_limits<O>::infinity() : O(0)).store(q + i * W);
     }
   }
-  FR_INLINE void add(int64_t b, int64_t k, const V& v, const V& d) {
-    const V a = over(c, d + c2);
-    double *nn = lane(b, 0) + k, *m1 = lane(b, 1) + k, *m2 = lane(b, 2) + k, *m3 = lane(b, 3) + k;
-    O *hi = ext.data() + (2 * b) * R + k, *lo = ext.data() + (2 * b + 1) * R + k;
-    if (R - k >= W) {
-      at::vec::clamp_min(V::loadu(hi), a).store(hi);
-      at::vec::clamp_max(V::loadu(lo), a).store(lo);
-      const auto vw = widen(v), aw = widen(a);
-      for (size_t i = 0; i < vw.size(); ++i) {
-        const int64_t o = i * VD::size();
-        VD n0 = VD::loadu(nn + o), s1 = VD::loadu(m1 + o), s2 = VD::loadu(m2 + o), s3 = VD::loadu(m3 + o);
-        power_terms(vw[i], aw[i], n0, s1, s2, s3);
-        n0.store(nn + o), s1.store(m1 + o), s2.store(m2 + o), s3.store(m3 + o);
+  // The Part's sums into its block's, in lane order; then a fresh Part.
+  void flush(Part& pt) {
+    for (int64_t k = 0; k < R; k += W) {
+      const O* q = pt.q + k * np;
+      const int64_t cnt = std::min(W, R - k);
+      for (int64_t i = 0; i < ns; ++i) {
+        double* s = lane(pt.b, i) + k;
+        if (cnt == W) {
+          const auto h = widen(V::loadu(q + i * W));
+          for (size_t j = 0; j < h.size(); ++j) {
+            double* sj = s + j * VD::size();
+            (pt.first ? h[j] : VD::loadu(sj) + h[j]).store(sj);
+          }
+        } else {
+          for (int64_t l = 0; l < cnt; ++l) s[l] = (pt.first ? 0.0 : s[l]) + static_cast<double>(q[i * W + l]);
+        }
       }
-    } else {
-      O vb[W], ab[W];
-      v.store(vb);
-      a.store(ab);
-      for (int64_t l = 0; l < R - k; ++l) {
-        hi[l] = std::max(hi[l], ab[l]);
-        lo[l] = std::min(lo[l], ab[l]);
-        power_terms(static_cast<double>(vb[l]), static_cast<double>(ab[l]), nn[l], m1[l], m2[l], m3[l]);
-      }
+      if (np == 1) continue;
+      O *h = hi(pt.b) + k, *m = lo(pt.b) + k;
+      for (int64_t l = 0; l < cnt; ++l) h[l] = pt.first ? q[4 * W + l] : std::max(h[l], q[4 * W + l]);  // NaN: see RowSums
+      for (int64_t l = 0; l < cnt; ++l)
+        m[l] = !lo_needed ? std::numeric_limits<O>::infinity() : pt.first ? q[5 * W + l] : std::min(m[l], q[5 * W + l]);
     }
+    pt.first = false;
+    clear(pt);
+  }
+
+  // Lanes k.. (a multiple of W): v (the update's new values) and, with a metric, d (its denominators).
+  FR_INLINE void add(Part& pt, int64_t k, const V& v) {
+    O* q = pt.q + k * np;
+    (V::loadu(q) + v * v).store(q);
+  }
+  FR_INLINE void add(Part& pt, int64_t k, const V& v, const V& d) {
+    const V a = over(c, d + c2);
+    O* q = pt.q + k * np;
+    V n0 = V::loadu(q), s1 = V::loadu(q + W), s2 = V::loadu(q + 2 * W), s3 = V::loadu(q + 3 * W);
+    power_terms(v, a, n0, s1, s2, s3);
+    n0.store(q), s1.store(q + W), s2.store(q + 2 * W), s3.store(q + 3 * W);
+    at::vec::clamp_min(V::loadu(q + 4 * W), a).store(q + 4 * W);
+    if (lo_needed) at::vec::clamp_max(V::loadu(q + 5 * W), a).store(q + 5 * W);
   }
 };
 
@@ -801,50 +846,54 @@ void finish_columns(T* p, ColumnSums<O>& cs, int64_t grain) {
   const GroupJob<O>& job = cs.job;
   const int64_t A = job.sh.A, G = job.sh.G, K = job.sh.K, R = cs.R;
   const bool metric = job.x != nullptr;
-  // Each column's sums: its lanes' totals over the blocks in order, then its K lanes in order.
-  std::vector<double> tot(4 * R, 0.0);
-  std::vector<O> hi(R, O(0)), lo(R, std::numeric_limits<O>::infinity());
-  for (int64_t b = 0; b < cs.nb; ++b) {
-    for (int64_t i = 0; i < cs.ns; ++i) {
-      const double* l = cs.lane(b, i);
-      double* t = tot.data() + i * R;
-      for (int64_t j = 0; j < R; ++j) t[j] += l[j];
+  // Each column's sums: its lanes' totals over the blocks in order, then its K lanes in order; then its root. Per
+  // range of columns in parallel (a root is a few square roots a column: serial, this was a tenth of a 2-thread
+  // step).
+  std::vector<double> r(G), exact(G, 0.0), amax(G);
+  at::parallel_for(0, G, std::max<int64_t>(1, 1024 / K), [&](int64_t g0, int64_t g1) {
+    const int64_t j0 = g0 * K, nl = (g1 - g0) * K;
+    std::vector<double> tot(4 * nl, 0.0);
+    std::vector<O> hi(nl, O(0)), lo(nl, std::numeric_limits<O>::infinity());
+    for (int64_t b = 0; b < cs.nb; ++b) {
+      for (int64_t i = 0; i < cs.ns; ++i) {
+        const double* l = cs.lane(b, i) + j0;
+        double* t = tot.data() + i * nl;
+        for (int64_t j = 0; j < nl; ++j) t[j] += l[j];
+      }
+      for (int64_t j = 0; j < nl && metric; ++j) {
+        hi[j] = std::max(hi[j], cs.hi(b)[j0 + j]);  // NaN: see RowSums
+        lo[j] = std::min(lo[j], cs.lo(b)[j0 + j]);
+      }
     }
-    for (int64_t j = 0; j < R && metric; ++j) {
-      hi[j] = std::max(hi[j], cs.ext[(2 * b) * R + j]);  // NaN: see RowSums
-      lo[j] = std::min(lo[j], cs.ext[(2 * b + 1) * R + j]);
+    for (int64_t g = g0; g < g1; ++g) {
+      Moments m;
+      for (int64_t j = (g - g0) * K; j < (g - g0 + 1) * K; ++j) {
+        m.nn += tot[j], m.m1 += tot[nl + j], m.m2 += tot[2 * nl + j], m.m3 += tot[3 * nl + j];
+        m.amax = std::max(m.amax, static_cast<double>(hi[j]));
+        m.amin = std::min(m.amin, static_cast<double>(lo[j]));
+      }
+      amax[g] = m.amax;
+      if (!metric) {
+        r[g] = group_factor(m.nn, job.c);  // SGD: the factor itself
+        continue;
+      }
+      m.m4 = m.amax * m.m3;
+      const double cd = static_cast<double>(job.c_o);
+      // sum (v/a)^2 is at least ||v||^2 / max a^2; a column not surely kept takes the exact passes
+      const bool sure = m.nn > kSure * m.amax * m.amax;
+      m.q = cd * cd * (m.nn / (m.amax * m.amax));
+      r[g] = m.nn == 0 ? -1.0 : sure ? moment_root<O>(m, cd) : kExact;  // a zero column stays zero
+      exact[g] = r[g] == kExact;
     }
-  }
-  std::vector<Moments> mom(G);
-  for (int64_t j = 0; j < R; ++j) {
-    Moments& m = mom[j / K];
-    m.nn += tot[j], m.m1 += tot[R + j], m.m2 += tot[2 * R + j], m.m3 += tot[3 * R + j];
-    m.amax = std::max(m.amax, static_cast<double>(hi[j]));
-    m.amin = std::min(m.amin, static_cast<double>(lo[j]));
-  }
-  std::vector<double> r(G), exact(G, 0.0);
+  });
   std::vector<O> ro(R);
   bool any_exact = false;
-  for (int64_t g = 0; g < G; ++g) {
-    Moments& m = mom[g];
-    if (!metric) {
-      r[g] = group_factor(m.nn, job.c);  // SGD: the factor itself
-      continue;
-    }
-    m.m4 = m.amax * m.m3;
-    const double cd = static_cast<double>(job.c_o);
-    // sum (v/a)^2 is at least ||v||^2 / max a^2; a column not surely kept takes the exact passes
-    const bool sure = m.nn > kSure * m.amax * m.amax;
-    m.q = cd * cd * (m.nn / (m.amax * m.amax));
-    r[g] = m.nn == 0 ? -1.0 : sure ? moment_root<O>(m, cd) : kExact;  // a zero column stays zero
-    exact[g] = r[g] == kExact;
-    any_exact = any_exact || exact[g];
-  }
+  for (int64_t g = 0; g < G; ++g) any_exact = any_exact || exact[g];
   if (any_exact) exact_columns<T, O>(p, job, 0, G, exact.data(), r.data());
   // Per lane: opmath r (SGD: the factor), or for the lanes of exact columns, which the vector pass leaves alone
   // (factor 1) for the scalar one, NaN. The factor as a polynomial where every column allows it (finish_row).
   bool poly = metric;
-  for (int64_t g = 0; g < G; ++g) poly = poly && (exact[g] || (r[g] > 0 && mom[g].amax <= kPolyU<O> * r[g]));
+  for (int64_t g = 0; g < G; ++g) poly = poly && (exact[g] || (r[g] > 0 && amax[g] <= kPolyU<O> * r[g]));
   for (int64_t j = 0; j < R; ++j) {
     const int64_t g = j / K;
     const double rg = metric ? (r[g] < 0 ? 0.0 : r[g]) : r[g];
@@ -854,6 +903,10 @@ void finish_columns(T* p, ColumnSums<O>& cs, int64_t grain) {
   for (int64_t j = 0; j < R && any_exact; ++j)
     if (exact[j / K]) exact_lanes.push_back(j);
   const V c(job.c_o), c2(job.has_l2 ? job.c2 : O(0)), one(O(1));
+  // Adam's and Adagrad's a from fast_sqrt (a few ulps from the sums' a: the factor r/(r + a) moves by a/(r + a)
+  // of that, under an ulp; a zeroed column's factor is 0 whatever a is).
+  const bool fast = metric && job.ftrl == nullptr;
+  const V ibdiv(O(1) / job.bdiv), ec2 = V(job.eps) + c2;
   at::parallel_for(0, A, std::max<int64_t>(1, grain / std::max<int64_t>(R, 1)), [&](int64_t a0, int64_t a1) {
     for (int64_t a = a0; a < a1; ++a) {
       T* pr = p + a * R;
@@ -863,7 +916,8 @@ void finish_columns(T* p, ColumnSums<O>& cs, int64_t grain) {
         const V rv = V::loadu(ro.data() + j, cnt);
         V f = rv;  // SGD: the factor
         if (metric) {
-          const V a = over(c, denom_of(job, cnt == W ? V::loadu(xr + j) : V::loadu(xr + j, cnt)) + c2);
+          const V xv = cnt == W ? V::loadu(xr + j) : V::loadu(xr + j, cnt);
+          const V a = over(c, fast ? fr_fmadd(fast_sqrt<O>(xv), ibdiv, ec2) : denom_of(job, xv) + c2);
           if (poly) {
             const V nu = a * rv;
             f = fr_fmadd(nu, fr_fmadd(nu, fr_fmadd(nu, one + nu, one), one), one);

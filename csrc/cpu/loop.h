@@ -256,20 +256,23 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
       const int64_t per = std::max<int64_t>(1, sh.A / cs.nb * cs.R);  // elements a block
       at::parallel_for(0, cs.nb, std::max<int64_t>(1, kGrainUnits * kUnit / per), [&](int64_t b0, int64_t b1) {
         const S sc = sl.sc;
-        for (int64_t b = b0; b < b1; ++b)
+        for (int64_t b = b0; b < b1; ++b) {
+          auto part = cs.part(b);
           for (int64_t a = cs.row0(b); a < cs.row0(b + 1); ++a) {
             int64_t k = 0;
             process_range(sl, a * cs.R, (a + 1) * cs.R, [&](auto& p, auto gr, auto& st) {
               if constexpr (kDenoms) {
                 const auto d = f(sc, p, gr, st);
-                cs.add(b, k, p, d);
+                cs.add(part, k, p, d);
               } else {
                 f(sc, p, gr, st);
-                cs.add(b, k, p);
+                cs.add(part, k, p);
               }
               k += Vec<O>::size();
             });
+            if ((a - cs.row0(b) + 1) % kPartRows == 0 || a + 1 == cs.row0(b + 1)) cs.flush(part);
           }
+        }
       });
       finish_columns<T, O>(sl.p, cs, kGrainUnits * kUnit);
     } else {
