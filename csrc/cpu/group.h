@@ -752,6 +752,11 @@ struct ColumnSums {
   std::unique_ptr<double[]> sums;      // per block: nn [, m1, m2, m3] lanes (each block's first flush writes them)
   std::unique_ptr<O[]> ext;            // per block (metric): max a, min a lanes
   V c, c2;
+  // The roots (column_roots) and what the shrink needs (prepare_shrink).
+  std::vector<double> r, exact, amax;
+  bool any_exact = false, poly = false;
+  std::vector<O> ro;
+  std::vector<int64_t> exact_lanes;
 
   static bool needs_lo(const GroupJob<O>& j) {
     if (j.x == nullptr) return false;
@@ -766,7 +771,7 @@ struct ColumnSums {
         ns(j.x == nullptr ? 1 : 4), lo_needed(needs_lo(j)), np(j.x == nullptr ? 1 : lo_needed ? 6 : 5),
         sums(std::make_unique_for_overwrite<double[]>(nb * ns * R)),
         ext(std::make_unique_for_overwrite<O[]>(j.x == nullptr ? 0 : nb * 2 * R)), c(j.c_o),
-        c2(j.has_l2 ? j.c2 : O(0)) {}
+        c2(j.has_l2 ? j.c2 : O(0)), r(j.sh.G), exact(j.sh.G, 0.0), amax(j.sh.G) {}
   int64_t row0(int64_t b) const { return b * job.sh.A / nb; }
   double* lane(int64_t b, int64_t i) { return sums.get() + (b * ns + i) * R; }
   O* hi(int64_t b) { return ext.get() + (2 * b) * R; }
@@ -820,126 +825,136 @@ struct ColumnSums {
     clear(pt);
   }
 
-  // Lanes k.. (a multiple of W): v (the update's new values) and, with a metric, d (its denominators).
-  FR_INLINE void add(Part& pt, int64_t k, const V& v) {
-    O* q = pt.q + k * np;
-    (V::loadu(q) + v * v).store(q);
-  }
-  FR_INLINE void add(Part& pt, int64_t k, const V& v, const V& d) {
+  // The W lanes at q (a Part's, from at()): v (the update's new values) and, with a metric, d (its denominators).
+  // Static, with the scalars passed in: the caller keeps them (and q's base) in registers, where members would be
+  // reloaded after every store.
+  O* at(const Part& pt, int64_t k) const { return pt.q + k * np; }
+  static FR_INLINE void add(O* q, const V& v) { (V::loadu(q) + v * v).store(q); }
+  static FR_INLINE void add(O* q, const V& v, const V& d, const V& c, const V& c2, bool lo) {
     const V a = over(c, d + c2);
-    O* q = pt.q + k * np;
     V n0 = V::loadu(q), s1 = V::loadu(q + W), s2 = V::loadu(q + 2 * W), s3 = V::loadu(q + 3 * W);
     power_terms(v, a, n0, s1, s2, s3);
     n0.store(q), s1.store(q + W), s2.store(q + 2 * W), s3.store(q + 3 * W);
     at::vec::clamp_min(V::loadu(q + 4 * W), a).store(q + 4 * W);
-    if (lo_needed) at::vec::clamp_max(V::loadu(q + 5 * W), a).store(q + 5 * W);
+    if (lo) at::vec::clamp_max(V::loadu(q + 5 * W), a).store(q + 5 * W);
   }
 };
 
-// The prox of every column from the sums: roots (the exact passes for the columns that need them), then one pass
-// over the param: factor r/(r + a) per element, a = c/(D + c2) from the state as the sums took it (exact columns:
-// the reference's a and factor).
+// The prox of every column from the sums, in three parts that cpu/loop.h runs over all the column jobs at once
+// (column_roots, prepare_shrink, shrink_rows): roots (the exact passes for the columns that need them), then one
+// pass over the param: factor r/(r + a) per element, a = c/(D + c2) from the state (exact columns: the reference's
+// a and factor).
+
+// The roots of columns g0..g1: each column's sums are its lanes' totals over the blocks in order, then its K lanes
+// in order.
+template <typename O>
+void column_roots(ColumnSums<O>& cs, int64_t g0, int64_t g1) {
+  const GroupJob<O>& job = cs.job;
+  const int64_t K = job.sh.K;
+  const bool metric = job.x != nullptr;
+  const int64_t j0 = g0 * K, nl = (g1 - g0) * K;
+  std::vector<double> tot(4 * nl, 0.0);
+  std::vector<O> hi(nl, O(0)), lo(nl, std::numeric_limits<O>::infinity());
+  for (int64_t b = 0; b < cs.nb; ++b) {
+    for (int64_t i = 0; i < cs.ns; ++i) {
+      const double* l = cs.lane(b, i) + j0;
+      double* t = tot.data() + i * nl;
+      for (int64_t j = 0; j < nl; ++j) t[j] += l[j];
+    }
+    for (int64_t j = 0; j < nl && metric; ++j) {
+      hi[j] = std::max(hi[j], cs.hi(b)[j0 + j]);  // NaN: see RowSums
+      lo[j] = std::min(lo[j], cs.lo(b)[j0 + j]);
+    }
+  }
+  for (int64_t g = g0; g < g1; ++g) {
+    Moments m;
+    for (int64_t j = (g - g0) * K; j < (g - g0 + 1) * K; ++j) {
+      m.nn += tot[j], m.m1 += tot[nl + j], m.m2 += tot[2 * nl + j], m.m3 += tot[3 * nl + j];
+      m.amax = std::max(m.amax, static_cast<double>(hi[j]));
+      m.amin = std::min(m.amin, static_cast<double>(lo[j]));
+    }
+    cs.amax[g] = m.amax;
+    if (!metric) {
+      cs.r[g] = group_factor(m.nn, job.c);  // SGD: the factor itself
+      continue;
+    }
+    m.m4 = m.amax * m.m3;
+    const double cd = static_cast<double>(job.c_o);
+    // sum (v/a)^2 is at least ||v||^2 / max a^2; a column not surely kept takes the exact passes
+    const bool sure = m.nn > kSure * m.amax * m.amax;
+    m.q = cd * cd * (m.nn / (m.amax * m.amax));
+    cs.r[g] = m.nn == 0 ? -1.0 : sure ? moment_root<O>(m, cd) : kExact;  // a zero column stays zero
+    cs.exact[g] = cs.r[g] == kExact;
+  }
+}
+
+// After every column's root: the exact columns' roots, then per lane the opmath r (SGD: the factor), or NaN for the
+// lanes of exact columns, which the vector pass leaves alone (factor 1) for the scalar one. The factor is a
+// polynomial where every column allows it (finish_row).
 template <typename T, typename O>
-void finish_columns(T* p, ColumnSums<O>& cs, int64_t grain) {
+void prepare_shrink(const T* p, ColumnSums<O>& cs) {
+  const GroupJob<O>& job = cs.job;
+  const int64_t G = job.sh.G, K = job.sh.K;
+  const bool metric = job.x != nullptr;
+  cs.any_exact = std::find(cs.exact.begin(), cs.exact.end(), 1.0) != cs.exact.end();
+  if (cs.any_exact) exact_columns<T, O>(p, job, 0, G, cs.exact.data(), cs.r.data());
+  cs.poly = metric;
+  for (int64_t g = 0; g < G; ++g)
+    cs.poly = cs.poly && (cs.exact[g] || (cs.r[g] > 0 && cs.amax[g] <= kPolyU<O> * cs.r[g]));
+  cs.ro.resize(cs.R);
+  for (int64_t j = 0; j < cs.R; ++j) {
+    const int64_t g = j / K;
+    const double rg = metric ? (cs.r[g] < 0 ? 0.0 : cs.r[g]) : cs.r[g];
+    cs.ro[j] = cs.exact[g] ? std::numeric_limits<O>::quiet_NaN() : static_cast<O>(cs.poly ? -1 / rg : rg);
+    if (cs.exact[g]) cs.exact_lanes.push_back(j);
+  }
+}
+
+// Rows a0..a1 of the param, shrunk.
+template <typename T, typename O>
+void shrink_rows(T* p, const ColumnSums<O>& cs, int64_t a0, int64_t a1) {
   using V = Vec<O>;
   constexpr int64_t W = V::size();
   const GroupJob<O>& job = cs.job;
-  const int64_t A = job.sh.A, G = job.sh.G, K = job.sh.K, R = cs.R;
-  const bool metric = job.x != nullptr;
-  // Each column's sums: its lanes' totals over the blocks in order, then its K lanes in order; then its root. Per
-  // range of columns in parallel (a root is a few square roots a column: serial, this was a tenth of a 2-thread
-  // step).
-  std::vector<double> r(G), exact(G, 0.0), amax(G);
-  at::parallel_for(0, G, std::max<int64_t>(1, 1024 / K), [&](int64_t g0, int64_t g1) {
-    const int64_t j0 = g0 * K, nl = (g1 - g0) * K;
-    std::vector<double> tot(4 * nl, 0.0);
-    std::vector<O> hi(nl, O(0)), lo(nl, std::numeric_limits<O>::infinity());
-    for (int64_t b = 0; b < cs.nb; ++b) {
-      for (int64_t i = 0; i < cs.ns; ++i) {
-        const double* l = cs.lane(b, i) + j0;
-        double* t = tot.data() + i * nl;
-        for (int64_t j = 0; j < nl; ++j) t[j] += l[j];
-      }
-      for (int64_t j = 0; j < nl && metric; ++j) {
-        hi[j] = std::max(hi[j], cs.hi(b)[j0 + j]);  // NaN: see RowSums
-        lo[j] = std::min(lo[j], cs.lo(b)[j0 + j]);
-      }
-    }
-    for (int64_t g = g0; g < g1; ++g) {
-      Moments m;
-      for (int64_t j = (g - g0) * K; j < (g - g0 + 1) * K; ++j) {
-        m.nn += tot[j], m.m1 += tot[nl + j], m.m2 += tot[2 * nl + j], m.m3 += tot[3 * nl + j];
-        m.amax = std::max(m.amax, static_cast<double>(hi[j]));
-        m.amin = std::min(m.amin, static_cast<double>(lo[j]));
-      }
-      amax[g] = m.amax;
-      if (!metric) {
-        r[g] = group_factor(m.nn, job.c);  // SGD: the factor itself
-        continue;
-      }
-      m.m4 = m.amax * m.m3;
-      const double cd = static_cast<double>(job.c_o);
-      // sum (v/a)^2 is at least ||v||^2 / max a^2; a column not surely kept takes the exact passes
-      const bool sure = m.nn > kSure * m.amax * m.amax;
-      m.q = cd * cd * (m.nn / (m.amax * m.amax));
-      r[g] = m.nn == 0 ? -1.0 : sure ? moment_root<O>(m, cd) : kExact;  // a zero column stays zero
-      exact[g] = r[g] == kExact;
-    }
-  });
-  std::vector<O> ro(R);
-  bool any_exact = false;
-  for (int64_t g = 0; g < G; ++g) any_exact = any_exact || exact[g];
-  if (any_exact) exact_columns<T, O>(p, job, 0, G, exact.data(), r.data());
-  // Per lane: opmath r (SGD: the factor), or for the lanes of exact columns, which the vector pass leaves alone
-  // (factor 1) for the scalar one, NaN. The factor as a polynomial where every column allows it (finish_row).
-  bool poly = metric;
-  for (int64_t g = 0; g < G; ++g) poly = poly && (exact[g] || (r[g] > 0 && amax[g] <= kPolyU<O> * r[g]));
-  for (int64_t j = 0; j < R; ++j) {
-    const int64_t g = j / K;
-    const double rg = metric ? (r[g] < 0 ? 0.0 : r[g]) : r[g];
-    ro[j] = exact[g] ? std::numeric_limits<O>::quiet_NaN() : static_cast<O>(poly ? -1 / rg : rg);
-  }
-  std::vector<int64_t> exact_lanes;
-  for (int64_t j = 0; j < R && any_exact; ++j)
-    if (exact[j / K]) exact_lanes.push_back(j);
+  const int64_t K = job.sh.K, R = cs.R;
+  const bool metric = job.x != nullptr, poly = cs.poly, any_exact = cs.any_exact;
   const V c(job.c_o), c2(job.has_l2 ? job.c2 : O(0)), one(O(1));
   // Adam's and Adagrad's a from fast_sqrt (a few ulps from the sums' a: the factor r/(r + a) moves by a/(r + a)
   // of that, under an ulp; a zeroed column's factor is 0 whatever a is).
   const bool fast = metric && job.ftrl == nullptr;
   const V ibdiv(O(1) / job.bdiv), ec2 = V(job.eps) + c2;
-  at::parallel_for(0, A, std::max<int64_t>(1, grain / std::max<int64_t>(R, 1)), [&](int64_t a0, int64_t a1) {
-    for (int64_t a = a0; a < a1; ++a) {
-      T* pr = p + a * R;
-      const O* xr = metric ? job.x + a * R : nullptr;
-      for (int64_t j = 0; j < R; j += W) {
-        const int64_t cnt = std::min(W, R - j);
-        const V rv = V::loadu(ro.data() + j, cnt);
-        V f = rv;  // SGD: the factor
-        if (metric) {
-          const V xv = cnt == W ? V::loadu(xr + j) : V::loadu(xr + j, cnt);
-          const V a = over(c, fast ? fr_fmadd(fast_sqrt<O>(xv), ibdiv, ec2) : denom_of(job, xv) + c2);
-          if (poly) {
-            const V nu = a * rv;
-            f = fr_fmadd(nu, fr_fmadd(nu, fr_fmadd(nu, one + nu, one), one), one);
-          } else {
-            f = V::blendv(rv / (rv + a), V(O(0)), rv == V(O(0)));  // a zeroed column: 0, whatever a is
-          }
-          if (any_exact) f = V::blendv(f, one, rv != rv);
-        }
-        const V out = V::loadu(pr + j, cnt) * f;
-        if (cnt == W) {
-          out.store(pr + j);
+  const O* ro = cs.ro.data();
+  for (int64_t a = a0; a < a1; ++a) {
+    T* pr = p + a * R;
+    const O* xr = metric ? job.x + a * R : nullptr;
+    for (int64_t j = 0; j < R; j += W) {
+      const int64_t cnt = std::min(W, R - j);
+      const V rv = V::loadu(ro + j, cnt);
+      V f = rv;  // SGD: the factor
+      if (metric) {
+        const V xv = cnt == W ? V::loadu(xr + j) : V::loadu(xr + j, cnt);
+        const V a = over(c, fast ? fr_fmadd(fast_sqrt<O>(xv), ibdiv, ec2) : denom_of(job, xv) + c2);
+        if (poly) {
+          const V nu = a * rv;
+          f = fr_fmadd(nu, fr_fmadd(nu, fr_fmadd(nu, one + nu, one), one), one);
         } else {
-          out.store(pr + j, cnt);
+          f = V::blendv(rv / (rv + a), V(O(0)), rv == V(O(0)));  // a zeroed column: 0, whatever a is
         }
+        if (any_exact) f = V::blendv(f, one, rv != rv);
       }
-      for (const int64_t j : exact_lanes) {
-        const double rg = r[j / K];
-        const O dk = job.has_l2 ? denom_of(job, xr[j]) + job.c2 : denom_of(job, xr[j]);
-        pr[j] = static_cast<T>(static_cast<O>(pr[j]) * static_cast<O>(metric_factor(rg, static_cast<double>(job.c_o / dk))));
+      const V out = V::loadu(pr + j, cnt) * f;
+      if (cnt == W) {
+        out.store(pr + j);
+      } else {
+        out.store(pr + j, cnt);
       }
     }
-  });
+    for (const int64_t j : cs.exact_lanes) {
+      const double rg = cs.r[j / K];
+      const O dk = job.has_l2 ? denom_of(job, xr[j]) + job.c2 : denom_of(job, xr[j]);
+      pr[j] = static_cast<T>(static_cast<O>(pr[j]) * static_cast<O>(metric_factor(rg, static_cast<double>(job.c_o / dk))));
+    }
+  }
 }
 
 // The group prox of every column (group_dim 1) of one param, right after its own update (it is still in the

@@ -132,24 +132,31 @@ void process_range(const Slot<T, O, NS, S>& sl, int64_t lb, int64_t le, const F&
   }
 }
 
+// Parallel over the concatenation of parts of the given sizes: f(t, b, e) for the run [b, e) of part t that a task
+// takes (a task may span several parts).
+template <typename F>
+void for_each_span(const std::vector<int64_t>& sizes, int64_t grain, const F& f) {
+  std::vector<int64_t> off(sizes.size() + 1, 0);
+  for (size_t t = 0; t < sizes.size(); ++t) off[t + 1] = off[t] + sizes[t];
+  if (off.back() == 0) return;
+  at::parallel_for(0, off.back(), std::max<int64_t>(1, grain), [&](int64_t b, int64_t e) {
+    size_t t = std::upper_bound(off.begin(), off.end(), b) - off.begin() - 1;
+    for (; t < sizes.size() && off[t] < e; ++t)
+      if (off[t] < off[t + 1]) f(t, std::max(b, off[t]) - off[t], std::min(e, off[t + 1]) - off[t]);
+  });
+}
+
 // Runs f over every element of every slot, parallel over the flattened list.
 template <typename T, typename O, int NS, typename S, typename F>
 void for_each_element(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
-  std::vector<int64_t> off(slots.size() + 1, 0);  // unit offsets
-  for (size_t t = 0; t < slots.size(); ++t) off[t + 1] = off[t] + (slots[t].n + kUnit - 1) / kUnit;
-  const int64_t total = off.back();
-  if (total == 0) return;
-  at::parallel_for(0, total, kGrainUnits, [&](int64_t b, int64_t e) {
-    size_t t = std::upper_bound(off.begin(), off.end(), b) - off.begin() - 1;
-    for (; t < slots.size() && off[t] < e; ++t) {
-      const auto& sl = slots[t];
-      const int64_t lb = (std::max(b, off[t]) - off[t]) * kUnit;
-      const int64_t le = std::min((std::min(e, off[t + 1]) - off[t]) * kUnit, sl.n);
-      // A local copy of the scalars: stores through the float pointers cannot alias it, so the compiler keeps
-      // the scalars in registers instead of reloading them after every store.
-      const S sc = sl.sc;
-      if (lb < le) process_range(sl, lb, le, [&](auto& p, auto g, auto& s) { f(sc, p, g, s); });
-    }
+  std::vector<int64_t> units(slots.size());
+  for (size_t t = 0; t < slots.size(); ++t) units[t] = (slots[t].n + kUnit - 1) / kUnit;
+  for_each_span(units, kGrainUnits, [&](size_t t, int64_t b, int64_t e) {
+    const auto& sl = slots[t];
+    // A local copy of the scalars: stores through the float pointers cannot alias it, so the compiler keeps the
+    // scalars in registers instead of reloading them after every store.
+    const S sc = sl.sc;
+    process_range(sl, b * kUnit, std::min(e * kUnit, sl.n), [&](auto& p, auto g, auto& s) { f(sc, p, g, s); });
   });
 }
 
@@ -158,30 +165,24 @@ void for_each_element(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
 // step is the dense element loop on those rows, and no other element is read or written.
 template <typename T, typename O, int NS, typename S, typename F>
 void for_each_row(const std::vector<Slot<T, O, NS, S>>& slots, const F& f) {
-  std::vector<int64_t> off(slots.size() + 1, 0);  // row offsets
+  std::vector<int64_t> rows(slots.size());
   int64_t widest = 1;
   for (size_t t = 0; t < slots.size(); ++t) {
-    off[t + 1] = off[t] + (slots[t].K ? slots[t].n / slots[t].K : 0);
+    rows[t] = slots[t].K ? slots[t].n / slots[t].K : 0;
     widest = std::max(widest, slots[t].K);
   }
-  const int64_t total = off.back();
-  if (total == 0) return;
-  at::parallel_for(0, total, std::max<int64_t>(1, kGrainUnits * kUnit / widest), [&](int64_t b, int64_t e) {
-    size_t t = std::upper_bound(off.begin(), off.end(), b) - off.begin() - 1;
-    for (; t < slots.size() && off[t] < e; ++t) {
-      const auto& sl = slots[t];
-      const S sc = sl.sc;
-      const int64_t K = sl.K;
-      const int64_t je = std::min(e, off[t + 1]) - off[t];
-      for (int64_t j = std::max(b, off[t]) - off[t]; j < je; ++j) {
-        auto row = sl;
-        const int64_t at = sl.rows[j] * K;
-        row.p = sl.p + at;
-        row.g = sl.g + j * K;
-        for (int k = 0; k < NS; ++k) row.s[k] = sl.s[k] ? sl.s[k] + at : nullptr;
-        row.n = K;
-        process_range(row, 0, K, [&](auto& p, auto g, auto& s) { f(sc, p, g, s); });
-      }
+  for_each_span(rows, kGrainUnits * kUnit / widest, [&](size_t t, int64_t b, int64_t e) {
+    const auto& sl = slots[t];
+    const S sc = sl.sc;
+    const int64_t K = sl.K;
+    for (int64_t j = b; j < e; ++j) {
+      auto row = sl;
+      const int64_t at = sl.rows[j] * K;
+      row.p = sl.p + at;
+      row.g = sl.g + j * K;
+      for (int k = 0; k < NS; ++k) row.s[k] = sl.s[k] ? sl.s[k] + at : nullptr;
+      row.n = K;
+      process_range(row, 0, K, [&](auto& p, auto g, auto& s) { f(sc, p, g, s); });
     }
   });
 }
@@ -204,18 +205,23 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
   for (size_t i = 0; i < slots.size(); ++i)
     if (!fused[i]) flat.push_back(slots[i]);
   for_each_element(flat, f);
-  for (const auto& job : jobs) {
-    const auto& sl = slots[job.slot];
-    const GroupShape& sh = job.sh;
-    if (group_dim == 0 && std::is_same_v<T, O>) {
+  if constexpr (std::is_same_v<T, O>) {
+    // fp32/fp64: every job's groups in one parallel region per phase (regions are fixed costs of a step).
+    if (group_dim == 0) {
       // Each row's update feeds its prox's sums (a vector at a time, from registers); the prox then shrinks the
       // row from L1.
-      at::parallel_for(0, sh.G, std::max<int64_t>(1, kGrainUnits * kUnit / sh.K), [&](int64_t b, int64_t e) {
+      std::vector<int64_t> groups;
+      int64_t widest = 1;
+      for (const auto& job : jobs) groups.push_back(job.sh.G), widest = std::max(widest, job.sh.K);
+      for_each_span(groups, kGrainUnits * kUnit / widest, [&](size_t t, int64_t b, int64_t e) {
+        const GroupJob<O>& job = jobs[t];
+        const auto& sl = slots[job.slot];
+        const int64_t K = job.sh.K;
         const S sc = sl.sc;
-        O* den = kDenoms ? row_panel<O>(sh.K + Vec<O>::size()) : nullptr;
+        O* den = kDenoms ? row_panel<O>(K + Vec<O>::size()) : nullptr;
         for (int64_t g = b; g < e; ++g) {
-          RowSums<O> rs(job, den, sh.K);
-          process_range(sl, g * sh.K, (g + 1) * sh.K, [&](auto& p, auto gr, auto& st) {
+          RowSums<O> rs(job, den, K);
+          process_range(sl, g * K, (g + 1) * K, [&](auto& p, auto gr, auto& st) {
             if constexpr (kDenoms) {
               const auto d = f(sc, p, gr, st);
               rs.add(p, d);
@@ -227,7 +233,50 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
           finish_row<T, O>(sl.p, job, g, rs);
         }
       });
-    } else if (group_dim == 0) {
+      return;
+    }
+    // Columns, a param at a time (its shrink then finds its param and state still in the last-level cache when they
+    // fit there: one region per phase for all the params at once was slower): the update of each fixed block of
+    // rows feeds that block's lane sums (ColumnSums), then the roots, then one pass over the param shrinks it.
+    for (const auto& job : jobs) {
+      const auto& sl = slots[job.slot];
+      ColumnSums<O> cs(job);
+      const int64_t per = std::max<int64_t>(1, job.sh.A / cs.nb * cs.R);  // elements a block
+      at::parallel_for(0, cs.nb, std::max<int64_t>(1, kGrainUnits * kUnit / per), [&](int64_t b0, int64_t b1) {
+        const S sc = sl.sc;
+        const Vec<O> c = cs.c, c2 = cs.c2;
+        const bool lo = cs.lo_needed;
+        const int64_t step = cs.np * Vec<O>::size();
+        for (int64_t b = b0; b < b1; ++b) {
+          auto part = cs.part(b);
+          for (int64_t a = cs.row0(b); a < cs.row0(b + 1); ++a) {
+            O* q = cs.at(part, 0);
+            process_range(sl, a * cs.R, (a + 1) * cs.R, [&](auto& p, auto gr, auto& st) {
+              if constexpr (kDenoms) {
+                const auto d = f(sc, p, gr, st);
+                ColumnSums<O>::add(q, p, d, c, c2, lo);
+              } else {
+                f(sc, p, gr, st);
+                ColumnSums<O>::add(q, p);
+              }
+              q += step;
+            });
+            if ((a - cs.row0(b) + 1) % kPartRows == 0 || a + 1 == cs.row0(b + 1)) cs.flush(part);
+          }
+        }
+      });
+      at::parallel_for(0, job.sh.G, std::max<int64_t>(1, 1024 / job.sh.K),
+                       [&](int64_t g0, int64_t g1) { column_roots(cs, g0, g1); });
+      prepare_shrink<T, O>(sl.p, cs);
+      at::parallel_for(0, job.sh.A, std::max<int64_t>(1, kGrainUnits * kUnit / cs.R),
+                       [&](int64_t a0, int64_t a1) { shrink_rows<T, O>(sl.p, cs, a0, a1); });
+    }
+    return;
+  }
+  for (const auto& job : jobs) {
+    const auto& sl = slots[job.slot];
+    const GroupShape& sh = job.sh;
+    if (group_dim == 0) {
       // bf16/fp16: the update runs a block of rows at a time (long runs for the hardware prefetchers), keeping the
       // denominators it returns (the metric ops') in a panel, then the prox of each of its rows, from L2.
       const int64_t block = std::max<int64_t>(1, kRowBlock / sh.K);
@@ -249,32 +298,6 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
           for (int64_t g = g0; g < g1; ++g) group_prox_row<T, O>(sl.p, job, g, den ? den + (g - g0) * sh.K : nullptr);
         }
       });
-    } else if constexpr (std::is_same_v<T, O>) {
-      // Columns: the update of each fixed block of rows feeds that block's lane sums (ColumnSums), then one
-      // pass over the param shrinks it.
-      ColumnSums<O> cs(job);
-      const int64_t per = std::max<int64_t>(1, sh.A / cs.nb * cs.R);  // elements a block
-      at::parallel_for(0, cs.nb, std::max<int64_t>(1, kGrainUnits * kUnit / per), [&](int64_t b0, int64_t b1) {
-        const S sc = sl.sc;
-        for (int64_t b = b0; b < b1; ++b) {
-          auto part = cs.part(b);
-          for (int64_t a = cs.row0(b); a < cs.row0(b + 1); ++a) {
-            int64_t k = 0;
-            process_range(sl, a * cs.R, (a + 1) * cs.R, [&](auto& p, auto gr, auto& st) {
-              if constexpr (kDenoms) {
-                const auto d = f(sc, p, gr, st);
-                cs.add(part, k, p, d);
-              } else {
-                f(sc, p, gr, st);
-                cs.add(part, k, p);
-              }
-              k += Vec<O>::size();
-            });
-            if ((a - cs.row0(b) + 1) % kPartRows == 0 || a + 1 == cs.row0(b + 1)) cs.flush(part);
-          }
-        }
-      });
-      finish_columns<T, O>(sl.p, cs, kGrainUnits * kUnit);
     } else {
       // bf16/fp16: the sums are of the rounded values, from the written param, per column strip.
       for_each_element(std::vector<Slot<T, O, NS, S>>{sl}, f);
