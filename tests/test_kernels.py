@@ -17,6 +17,10 @@ reciprocal, so a CUDA run of the reference is not the formula the kernels implem
 """
 import importlib
 import math
+import os
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import pytest
@@ -755,6 +759,47 @@ def test_triton_plans_are_cached_and_hyperparameters_change_freely(backend):
 def _triton_custom_ops():
     if not all(hasattr(torch.ops.fusedreg, f"triton_{op}") for op in OPS):
         pytest.skip("the Triton custom ops fusedreg::triton_* did not register")
+
+
+COMPILE_GROUP = textwrap.dedent("""
+    import os, sys
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from fusedreg.triton import group
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        sys.exit(77)
+    ptr = {tl.float32: "*fp32", tl.bfloat16: "*bf16", tl.float64: "*fp64"}
+    for dt, kind, shape in [(tl.float32, group.ADAM, (4096, 4096, 1)), (tl.bfloat16, group.SGD, (300, 2, 1)),
+                            (tl.float32, group.FTRL, (1, 13, 17)), (tl.float64, group.ADAGRAD, (6, 20, 9)),
+                            (tl.float32, group.ADAM, (1, 2, 5000))]:
+        BA, BG, BK = group.tile(*shape, 1024)
+        cdt = tl.float64 if dt == tl.float64 else tl.float32
+        sig = {"param": ptr[dt], "state": ptr[cdt], "step_ptr": "*fp32", "found_inf": "*fp32", "A": "i32", "G": "i32",
+               "K": "i32", **dict.fromkeys(["lr", "group_l1", "l2", "beta2", "lr_decay", "eps", "beta", "neg_power"],
+                                          "fp64")}
+        const = dict(CDT=cdt, KIND=kind.value, HAS_L2=True, HAS_FI=True, BA=BA, BG=BG, BK=BK, POWER=2)
+        src = ASTSource(group.group_kernel, {**sig, **dict.fromkeys(const, "constexpr")}, const)
+        c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=group.options(BA, BG, BK))
+        assert c.asm["cubin"]
+        print(shape, BA, BG, BK, c.asm["ttgir"].count("threadsPerWarp = [1, 32, 1]"))
+""")
+
+
+@pytest.mark.parametrize("backend", each(["triton"]))
+def test_triton_group_kernel_compiles_for_a_gpu(backend):
+    # The interpreter runs the kernel's Python, not the compiler: compile it for sm_90 here (no GPU needed), and
+    # check that a column tile puts a warp's 32 lanes on 32 consecutive columns of a row (coalesced reads).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", COMPILE_GROUP], cwd=root, capture_output=True, text=True, env=env)
+    if out.returncode == 77:
+        pytest.skip("Triton has no ptxas here")
+    assert out.returncode == 0, out.stderr[-4000:]
+    warps = {line.split(")")[0] + ")": int(line.split()[-1]) for line in out.stdout.splitlines()}
+    assert warps["(4096, 4096, 1)"] > 0, out.stdout
 
 
 @pytest.mark.parametrize("backend", each(["triton"]))

@@ -193,6 +193,11 @@ def tile(A, G, K, block):
     return ba, min(p2(G), max(block // (ba * bk), 1)), bk
 
 
+def options(BA, BG, BK):
+    # launch's options, a small tile on fewer warps (8 elements a thread at least, not 4 warps repeating 64)
+    return {**launch.OPTIONS, "num_warps": max(1, min(launch.NUM_WARPS, BA * BG * BK // 256))}
+
+
 def prox(kind, params, states=None, steps=None, *, lr, group_l1, group_dim, l2, found_inf, beta2=0.0,
          lr_decay=0.0, eps=0.0, beta=0.0, neg_power=0.0, power=0):
     """The group prox of op `kind` (SGD, ADAM, ADAGRAD, FTRL) on every param with dim >= 2: one launch per param,
@@ -211,15 +216,12 @@ def prox(kind, params, states=None, steps=None, *, lr, group_l1, group_dim, l2, 
         rest = p.numel() // (d0 * d1)
         A, G, K = (1, d0, d1 * rest) if group_dim == 0 else (d0, d1, rest)
         BA, BG, BK = tile(A, G, K, size)
-        # a small tile on fewer warps (8 elements a thread at least), not 4 warps repeating 64 elements
-        warps = max(1, min(launch.NUM_WARPS, BA * BG * BK // 256))
         fi = None if found_inf is None else found_inf.to(p.device)
         with launch.guard(p.device):
             group_kernel[(triton.cdiv(G, BG),)](
                 pc, x, s, fi, A, G, K, lr=float(lr), group_l1=float(group_l1), l2=float(l2), beta2=float(beta2),
                 lr_decay=float(lr_decay), eps=float(eps), beta=float(beta), neg_power=float(neg_power),
                 CDT=launch.opmath(p.dtype), KIND=kind.value, HAS_L2=l2 != 0 and kind.value != FTRL.value,
-                HAS_FI=fi is not None, BA=BA, BG=BG, BK=BK, POWER=power,
-                **{**launch.OPTIONS, "num_warps": warps})
+                HAS_FI=fi is not None, BA=BA, BG=BG, BK=BK, POWER=power, **options(BA, BG, BK))
         if pc is not p:
             p.copy_(pc)
