@@ -1,8 +1,9 @@
 // Group lasso on CUDA, after the op's multi-tensor kernel and before the step counters advance; formulas from
 // fusedreg_math.h, group sums in double. Two kernels:
-// - columns of a 2-D param (K == 1, A > 1): a block per 32 consecutive columns, its threads 16 rows x 32 columns,
-//   so a warp reads 32 consecutive columns of one row (coalesced); each column's partial sums are added through
-//   shared memory in a fixed order (deterministic), and Newton runs on the 32 columns while any goes on;
+// - columns of a 2-D param (K == 1, A > 1): a block per 32 consecutive columns, its threads 16 rows x 32 columns
+//   (4 x 32 for at most 16 rows), so a warp reads 32 consecutive columns of one row (coalesced); each column's
+//   partial sums are added through shared memory in a fixed order (deterministic), and Newton runs on the 32
+//   columns while any goes on;
 // - every other group (rows, conv weights' K > 1): a block per group, its size from the group's (32, 128 or 512
 //   threads: a 10-element group does not take 512), block reductions in double.
 #include <cub/block/block_reduce.cuh>
@@ -133,19 +134,19 @@ __global__ void __launch_bounds__(kBlock)
 }
 
 // The columns of a 2-D param (A rows of G columns, K == 1): threadIdx.x = ty * kCols + tx handles column
-// j0 + tx at rows ty, ty + kColRows, ...
+// j0 + tx at rows ty, ty + kColRows, ...; kColRows 16 (512 threads), or 4 for at most 16 rows.
 constexpr int kCols = 32;
-constexpr int kColRows = kThreads / kCols;
 
 // Column tx's sum of the block's partials red[0..kColRows)[tx], in row-lane order (deterministic).
+template <int kColRows>
 __device__ inline double column_sum(double (*red)[kCols + 1], int tx) {
   double s = 0;
   for (int k = 0; k < kColRows; ++k) s += red[k][tx];
   return s;
 }
 
-template <typename T, typename O, typename Args>
-__global__ void __launch_bounds__(kThreads)
+template <int kColRows, typename T, typename O, typename Args>
+__global__ void __launch_bounds__(kColRows * kCols)
     group_cols_kernel(T* p, const O* x, const float* step_ptr, const float* found_inf, const double* lr_ptr,
                       GroupShape sh, Args args, double group_l1) {
   const int64_t rows = sh.A, cols = sh.G;
@@ -168,7 +169,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       red0[ty][tx] = ss;
       __syncthreads();
-      if (ty == 0) col[tx] = group_factor(column_sum(red0, tx), gs.c);
+      if (ty == 0) col[tx] = group_factor(column_sum<kColRows>(red0, tx), gs.c);
       __syncthreads();
       const O f = static_cast<O>(col[tx]);
       if (valid)
@@ -217,7 +218,7 @@ __global__ void __launch_bounds__(kThreads)
       bool more = false;
       if (ty == 0 && r >= 0) {
         double rr = r;
-        more = newton_step(column_sum(red0, tx), column_sum(red1, tx), rr);
+        more = newton_step(column_sum<kColRows>(red0, tx), column_sum<kColRows>(red1, tx), rr);
         col[tx] = rr;
       }
       active = __syncthreads_or(more);  // also orders col[] and red*[] between the iterations
@@ -230,6 +231,14 @@ __global__ void __launch_bounds__(kThreads)
       }
     __syncthreads();  // red*[] and col[] are reused by the next columns
   }
+}
+
+template <int kColRows, typename T, typename O, typename Args>
+void launch_cols(T* p, const O* x, const float* step, const float* found_inf, const double* lr, const GroupShape& sh,
+                 const Args& args, double group_l1, cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((sh.G + kCols - 1) / kCols, INT32_MAX));
+  group_cols_kernel<kColRows, T, O, Args><<<blocks, kColRows * kCols, 0, stream>>>(p, x, step, found_inf, lr, sh, args,
+                                                                                  group_l1);
 }
 
 template <int kBlock, typename T, typename O, typename Args>
@@ -255,10 +264,10 @@ void group_prox(const Staged& st, int x_list, at::TensorList steps, const Args& 
       using O = at::opmath_type<scalar_t>;
       scalar_t* pp = p.data_ptr<scalar_t>();
       const O* x = x_list < 0 ? nullptr : st.lists[x_list][i].const_data_ptr<O>();
-      if (sh.K == 1 && sh.A > 1) {
-        const auto blocks = static_cast<unsigned>(std::min<int64_t>((sh.G + kCols - 1) / kCols, INT32_MAX));
-        group_cols_kernel<scalar_t, O, Args><<<blocks, kThreads, 0, stream>>>(pp, x, step, found_inf, lr, sh, args,
-                                                                              group_l1);
+      if (sh.K == 1 && sh.A > 16) {
+        launch_cols<kThreads / kCols>(pp, x, step, found_inf, lr, sh, args, group_l1, stream);
+      } else if (sh.K == 1 && sh.A > 1) {  // at most 4 rows a thread
+        launch_cols<4>(pp, x, step, found_inf, lr, sh, args, group_l1, stream);
       } else if (n <= 4 * 32) {  // at most 4 elements a thread
         launch_groups<32>(pp, x, step, found_inf, lr, sh, args, group_l1, stream);
       } else if (n <= 4 * 128) {
