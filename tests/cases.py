@@ -169,6 +169,17 @@ def build(op, shapes=SHAPES, dtype=torch.float32, device="cpu", gen=None, scale=
     return case.clone(device=device) if device != "cpu" else case
 
 
+def shrink_groups(case, by=1e-3, every=3):
+    """Scales every `every`-th group (a slice at group_dim) of each param of dim >= 2 by `by`, in place: small
+    groups, which the group prox zeroes or which lie near its zero test's edge, beside groups it keeps."""
+    for p in case.params:
+        if p.dim() >= 2:
+            idx = [slice(None)] * p.dim()
+            idx[case.kw["group_dim"]] = slice(0, None, every)
+            p[tuple(idx)] *= by
+    return case
+
+
 def compare(mine, ref, ref64=None):
     """Every tensor a step writes in `mine` against `ref`: same dtype and shape, step counters equal, the exact-zero
     pattern equal, and within tolerances.STEP, or (bf16/fp16 params, with `ref64` an fp64 reference run) an error

@@ -17,13 +17,17 @@ reciprocal, so a CUDA run of the reference is not the formula the kernels implem
 """
 import importlib
 import math
+import os
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import pytest
 import torch
 
 from fusedreg import backends
-from cases import OPS, REDUCED, build, compare, unchanged
+from cases import OPS, REDUCED, build, compare, shrink_groups, unchanged
 from tolerances import STEP, rel_err
 
 BACKENDS = ("cpp", "triton", "cuda")
@@ -84,11 +88,14 @@ SIZES = {
     "mixed": [(0,), (1,), (7,), (100_003,) if CUDA else (1000,), (257, 129) if CUDA else (13, 17)],
     "over_320_chunks": [(330 * 65536 + 5,), (3,)],  # CUDA only
 }
-SIZES["group"] = SIZES["mixed"] + [(3, 4, 5), (2, 300), (300, 2)]
+# group: rows and columns longer than a block, columns over several tiles of groups (not a multiple of one), tiny
+# groups sharing a program, a conv weight
+SIZES["group"] = SIZES["mixed"] + [(3, 4, 5), (2, 300), (300, 2), (40, 70), (3, 10), (6, 4, 3, 3)]
 ONE_PER_CALL = ["0", "1", "7", "4097", "2d", "many"]
 
-# name -> (op, hyperparameters by _ops.ARGS name). Two more keys: first (first_step on the first step only) and
-# scale (grads x1024 with grad_scale = 1024 and found_inf = 0, GradScaler's call).
+# name -> (op, hyperparameters by _ops.ARGS name). Three more keys: first (first_step on the first step only),
+# scale (grads x1024 with grad_scale = 1024 and found_inf = 0, GradScaler's call) and tiny (every third group of
+# the params scaled by 1e-3: cases.shrink_groups).
 GRID = {
     "sgd_plain": ("sgd_", dict()),
     "sgd_momentum_l1": ("sgd_", dict(momentum=0.9, dampening=0.1, weight_decay=1e-2, first=True, l1=0.5)),
@@ -143,11 +150,15 @@ MIXED_GRID = {
     "adagrad_max_l0_nonneg_scaled": ("adagrad_", dict(maximize=True, l0=1e-3, nonneg=True, grad_scale=8.0),
                                      "mixed"),
     "adagrad_subgrad_eps": ("adagrad_", dict(l1=0.02, l1_subgradient=True, eps=1e-3), "mixed"),
-    # group lasso: a second kernel after the update (on Triton one program per row, group_dim 0, or column, 1)
+    # group lasso: a second kernel after the update (on Triton one program per tile of rows, group_dim 0, or columns, 1)
     "sgd_group_rows": ("sgd_", dict(momentum=0.9, l1=0.02, group_l1=0.3), "group"),
     "sgd_group_cols_scaled": ("sgd_", dict(l2=0.1, group_l1=2.0, group_dim=1, grad_scale=1024.0), "group"),
     "adamw_group_rows": ("adam_", dict(decoupled=True, weight_decay=0.1, l1=0.01, group_l1=0.05), "mixed"),
     "adam_amsgrad_group_cols": ("adam_", dict(amsgrad=True, l2=0.1, group_l1=0.5, group_dim=1), "group"),
+    # every third group tiny: those zeroed, the others kept
+    "adamw_group_rows_tiny": ("adam_", dict(decoupled=True, weight_decay=0.1, group_l1=2.0, tiny=True), "group"),
+    "adam_amsgrad_group_cols_tiny": ("adam_", dict(amsgrad=True, l2=0.1, group_l1=2.0, group_dim=1, tiny=True),
+                                     "group"),
     "adagrad_group_rows": ("adagrad_", dict(l1=0.01, l2=0.1, group_l1=0.05), "mixed"),
     "adagrad_group_cols": ("adagrad_", dict(group_l1=0.5, group_dim=1), "group"),
     "ftrl_default": ("ftrl_", dict(), "mixed"),
@@ -160,12 +171,14 @@ MIXED_GRID = {
     "ftrl_group_cols_power_scaled": ("ftrl_", dict(lr_power=-0.6, maximize=True, l1=0.02, nonneg=True,
                                                    group_l1=6.0, group_dim=1, grad_scale=8.0), "group"),
     "f64_ftrl_group_cols": ("ftrl_", dict(lr_power=-0.6, beta=0.1, l1=0.02, l2=0.1, group_l1=8.0, group_dim=1),
-                            "mixed"),
+                            "group"),
     "f64_sgd": ("sgd_", dict(momentum=0.9, weight_decay=0.01, l1=0.05, l2=0.1), "mixed"),
     "f64_adamw": ("adam_", dict(amsgrad=True, decoupled=True, weight_decay=0.1, l1=0.01, l0=1e-4), "mixed"),
     "f64_adagrad": ("adagrad_", dict(lr_decay=0.01, l1=0.01, l2=0.1, l0=1e-3), "mixed"),
-    "f64_adam_group_cols": ("adam_", dict(l1=0.01, l2=0.1, group_l1=0.2, group_dim=1), "mixed"),
-    "f64_adagrad_group_rows": ("adagrad_", dict(l1=0.01, group_l1=0.2), "mixed"),
+    "f64_adam_group_cols": ("adam_", dict(l1=0.01, l2=0.1, group_l1=0.2, group_dim=1), "group"),
+    "f64_adagrad_group_rows": ("adagrad_", dict(l1=0.01, group_l1=0.2), "group"),
+    "f64_sgd_group_cols": ("sgd_", dict(momentum=0.9, l2=0.1, group_l1=1.0, group_dim=1), "group"),
+    "f64_adam_group_rows_tiny": ("adam_", dict(l1=0.01, group_l1=2.0, tiny=True), "group"),
 }
 CONFIGS = {**{k: (op, hp) for k, (op, hp) in GRID.items()},
            **{"mixed_" + k: (op, hp) for k, (op, hp, _) in MIXED_GRID.items()}}
@@ -192,9 +205,11 @@ def make(config, dtype, shapes, gen):
     """(case, first): the Case of a grid config, and whether its first step is torch.optim.SGD's first."""
     op, hp = CONFIGS[config]
     hp = dict(hp)
-    first, scale = hp.pop("first", False), hp.pop("scale", False)
+    first, scale, tiny = hp.pop("first", False), hp.pop("scale", False), hp.pop("tiny", False)
     gs = hp.pop("grad_scale", 1024.0 if scale else None)
     case = build(op, shapes, dtype, gen=gen, scale=gs, **hp)
+    if tiny:
+        shrink_groups(case)
     if "grad_scale" in CONFIGS[config][1]:  # Triton's grid: grad_scale without found_inf
         case.kw["found_inf"] = None
     return case, first
@@ -744,6 +759,47 @@ def test_triton_plans_are_cached_and_hyperparameters_change_freely(backend):
 def _triton_custom_ops():
     if not all(hasattr(torch.ops.fusedreg, f"triton_{op}") for op in OPS):
         pytest.skip("the Triton custom ops fusedreg::triton_* did not register")
+
+
+COMPILE_GROUP = textwrap.dedent("""
+    import os, sys
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from fusedreg.triton import group
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        sys.exit(77)
+    ptr = {tl.float32: "*fp32", tl.bfloat16: "*bf16", tl.float64: "*fp64"}
+    for dt, kind, shape in [(tl.float32, group.ADAM, (4096, 4096, 1)), (tl.bfloat16, group.SGD, (300, 2, 1)),
+                            (tl.float32, group.FTRL, (1, 13, 17)), (tl.float64, group.ADAGRAD, (6, 20, 9)),
+                            (tl.float32, group.ADAM, (1, 2, 5000))]:
+        BA, BG, BK = group.tile(*shape, 1024)
+        cdt = tl.float64 if dt == tl.float64 else tl.float32
+        sig = {"param": ptr[dt], "state": ptr[cdt], "step_ptr": "*fp32", "found_inf": "*fp32", "A": "i32", "G": "i32",
+               "K": "i32", **dict.fromkeys(["lr", "group_l1", "l2", "beta2", "lr_decay", "eps", "beta", "neg_power"],
+                                          "fp64")}
+        const = dict(CDT=cdt, KIND=kind.value, HAS_L2=True, HAS_FI=True, BA=BA, BG=BG, BK=BK, POWER=2)
+        src = ASTSource(group.group_kernel, {**sig, **dict.fromkeys(const, "constexpr")}, const)
+        c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=group.options(BA, BG, BK))
+        assert c.asm["cubin"]
+        print(shape, BA, BG, BK, c.asm["ttgir"].count("threadsPerWarp = [1, 32, 1]"))
+""")
+
+
+@pytest.mark.parametrize("backend", each(["triton"]))
+def test_triton_group_kernel_compiles_for_a_gpu(backend):
+    # The interpreter runs the kernel's Python, not the compiler: compile it for sm_90 here (no GPU needed), and
+    # check that a column tile puts a warp's 32 lanes on 32 consecutive columns of a row (coalesced reads).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", COMPILE_GROUP], cwd=root, capture_output=True, text=True, env=env)
+    if out.returncode == 77:
+        pytest.skip("Triton has no ptxas here")
+    assert out.returncode == 0, out.stderr[-4000:]
+    warps = {line.split(")")[0] + ")": int(line.split()[-1]) for line in out.stdout.splitlines()}
+    assert warps["(4096, 4096, 1)"] > 0, out.stdout
 
 
 @pytest.mark.parametrize("backend", each(["triton"]))
