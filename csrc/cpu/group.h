@@ -1,7 +1,8 @@
 // The group-lasso prox on the CPU (formulas in fusedreg_math.h): the jobs an op's call needs (add_group_job), the
 // prox of one row right after the row's update (RowSums fed by the update, then finish_row; group_prox_row for
-// bf16/fp16) and of every column after the whole update
-// (group_prox_columns). cpu/loop.h runs them with the op's element loop.
+// bf16/fp16) and of every column after the whole update (ColumnSums fed by the update, then column_roots,
+// prepare_shrink and shrink_rows; group_prox_columns for bf16/fp16). cpu/loop.h runs them with the op's element
+// loop.
 #pragma once
 
 #include "vec_prims.h"  // first: declares the Vectorized primitives before fusedreg_math.h
@@ -370,7 +371,7 @@ FR_INLINE Vec<O> over(const Vec<O>& c, const Vec<O>& x) {
 }
 
 // sqrt(x) from the hardware's reciprocal square root estimate and one Newton step where the build has one (float:
-// within a few ulps; 0 at 0), else the exact root. finish_columns takes Adam's and Adagrad's D this way: a square
+// within a few ulps; 0 at 0), else the exact root. shrink_rows takes Adam's and Adagrad's D this way: a square
 // root and a division an element made its pass compute-bound on one thread.
 template <typename O>
 FR_INLINE Vec<O> fast_sqrt(const Vec<O>& x) {
