@@ -21,7 +21,6 @@
 
 #include "../ops.h"
 
-
 namespace fusedreg {
 // Internal linkage, as when every kernel was one file: each op's file gets its own copy, inlined as before.
 namespace {
@@ -572,7 +571,8 @@ void exact_columns(const T* p, const GroupJob<O>& job, int64_t g0, int64_t ng, c
     double* __restrict a = pn.get(pn.xa, n);
     for (int64_t e = e0; e < e1; ++e) {
       const int64_t at = (g0 + ex[e]) * K;
-      for (int64_t i = 0; i < A; ++i) metric_panels(job, p + i * row + at, job.x + i * row + at, K, v + i * K, d + i * K, a + i * K);
+      for (int64_t i = 0; i < A; ++i)
+        metric_panels(job, p + i * row + at, job.x + i * row + at, K, v + i * K, d + i * K, a + i * K);
       r[ex[e]] = exact_root(n, v, a);
     }
   });
@@ -730,15 +730,14 @@ void column_strip(T* p, const GroupJob<O>& job, int64_t g0, int64_t g1) {
 // ---------------------------------------------------------------------------------------------------------------
 // Columns summed by the update itself (fp32/fp64 params; cpu/loop.h): the update runs kColumnBlocks fixed blocks of
 // rows, each of which keeps its own lane sums over its rows in order (lane j of a row: column j / K); the totals
-// then add the blocks in order, so no sum depends on the thread count. Within a block, a thread sums kPartRows rows
-// at a time in opmath (its Part, which stays in L1), then adds them to the block's sums in doubles, as RowSums does
-// with kPart vectors: doubles loaded and stored by every vector of the update cost half an AdamW step. The block
-// sums are kColumnBlocks rows of lanes per sum, at most kColumnBlocks and one per kColumnBlockRows rows (so they stay
-// under a sixth of an fp32 param: 40 bytes a lane a block against 4 a row). Then one pass over the param (and its
-// state, for a) shrinks it.
+// then add the blocks in order, so no sum depends on the thread count. Within a block, a thread sums kPart rows at a
+// time in opmath (its Part, which stays in L1), then adds them to the block's sums in doubles: the same bound on a
+// part's error as RowSums' (doubles loaded and stored by every vector of the update cost half an AdamW step). The
+// block sums are kColumnBlocks rows of lanes per sum, at most kColumnBlocks and one per kColumnBlockRows rows (so
+// they stay under a sixth of an fp32 param: 40 bytes a lane a block against 4 a row). Then one pass over the param
+// (and its state, for a) shrinks it.
 constexpr int64_t kColumnBlocks = 16;
 constexpr int64_t kColumnBlockRows = 64;
-constexpr int64_t kPartRows = 64;
 
 template <typename O>
 struct ColumnSums {
@@ -778,7 +777,7 @@ struct ColumnSums {
   O* hi(int64_t b) { return ext.get() + (2 * b) * R; }
   O* lo(int64_t b) { return ext.get() + (2 * b + 1) * R; }
 
-  // A thread's sums of up to kPartRows rows of block b, in opmath: per W lanes, np vectors (sum v^2 [, v^2 a^k
+  // A thread's sums of up to kPart rows of block b, in opmath: per W lanes, np vectors (sum v^2 [, v^2 a^k
   // k = 1..3, max a, min a]). The last W lanes may run past the row; those lanes are never flushed.
   struct Part {
     O* q;
@@ -818,7 +817,8 @@ struct ColumnSums {
       }
       if (np == 1) continue;
       O *h = hi(pt.b) + k, *m = lo(pt.b) + k;
-      for (int64_t l = 0; l < cnt; ++l) h[l] = pt.first ? q[4 * W + l] : std::max(h[l], q[4 * W + l]);  // NaN: see RowSums
+      // NaN: see RowSums
+      for (int64_t l = 0; l < cnt; ++l) h[l] = pt.first ? q[4 * W + l] : std::max(h[l], q[4 * W + l]);
       for (int64_t l = 0; l < cnt; ++l)
         m[l] = !lo_needed ? std::numeric_limits<O>::infinity() : pt.first ? q[5 * W + l] : std::min(m[l], q[5 * W + l]);
     }
@@ -953,7 +953,8 @@ void shrink_rows(T* p, const ColumnSums<O>& cs, int64_t a0, int64_t a1) {
     for (const int64_t j : cs.exact_lanes) {
       const double rg = cs.r[j / K];
       const O dk = job.has_l2 ? denom_of(job, xr[j]) + job.c2 : denom_of(job, xr[j]);
-      pr[j] = static_cast<T>(static_cast<O>(pr[j]) * static_cast<O>(metric_factor(rg, static_cast<double>(job.c_o / dk))));
+      const O f = static_cast<O>(metric_factor(rg, static_cast<double>(job.c_o / dk)));
+      pr[j] = static_cast<T>(static_cast<O>(pr[j]) * f);
     }
   }
 }

@@ -261,7 +261,7 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
               }
               q += step;
             });
-            if ((a - cs.row0(b) + 1) % kPartRows == 0 || a + 1 == cs.row0(b + 1)) cs.flush(part);
+            if ((a - cs.row0(b) + 1) % kPart == 0 || a + 1 == cs.row0(b + 1)) cs.flush(part);
           }
         }
       });
