@@ -206,10 +206,9 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
     if (!fused[i]) flat.push_back(slots[i]);
   for_each_element(flat, f);
   if constexpr (std::is_same_v<T, O>) {
-    // fp32/fp64: every job's groups in one parallel region per phase (regions are fixed costs of a step).
     if (group_dim == 0) {
       // Each row's update feeds its prox's sums (a vector at a time, from registers); the prox then shrinks the
-      // row from L1.
+      // row from L1. The rows of every job in one parallel region (a region is a fixed cost of the step).
       std::vector<int64_t> groups;
       int64_t widest = 1;
       for (const auto& job : jobs) groups.push_back(job.sh.G), widest = std::max(widest, job.sh.K);
