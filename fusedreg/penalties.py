@@ -4,6 +4,7 @@ param groups that keep biases and normalization weights unpenalized.
 The optimizers' convention, which `penalty` evaluates (groups: rows or columns of params with dim >= 2):
     l1 * sum|w|  +  1/2 * (weight_decay + l2) * sum w^2  +  group_l1 * sum_g sqrt(|g|) * ||w_g||  +  l0 * #{w != 0}
 """
+import fnmatch
 import math
 from dataclasses import dataclass
 
@@ -14,8 +15,8 @@ from . import _ops
 from . import functional as F
 from . import reference
 
-__all__ = ["elastic_net", "penalty", "sparsity", "Sparsity", "SparsityRow", "param_groups", "PENALTY_KEYS",
-           "lambda_max", "LambdaMaxReport"]
+__all__ = ["elastic_net", "penalty", "sparsity", "Sparsity", "SparsityRow", "param_groups", "last_layer",
+           "PENALTY_KEYS", "lambda_max", "LambdaMaxReport"]
 
 # Group keys that add to the objective (or constrain it); param_groups zeroes them in the unpenalized group.
 # The group keys that penalize: weight decay and the penalties of the ops (fusedreg._ops.PENALTY), with the value
@@ -85,12 +86,13 @@ def _tensor_penalty(w, l1, half_l2, group_l1, group_dim, l0):
     acc = torch.zeros((), dtype=torch.float64, device=w.device)
     if w.numel() == 0:
         return acc
-    x = w.detach().to(torch.float64)
+    x = w.detach().to(torch.complex128 if w.is_complex() else torch.float64)
     if l1 != 0 or half_l2 != 0:
+        m = x.abs()  # the modulus for a complex param, whose l1 is λ·|z|
         if l1 != 0 and half_l2 != 0:
-            integrand = x.abs() * l1 + x * x * half_l2
+            integrand = m * l1 + m * m * half_l2
         else:
-            integrand = x.abs() * l1 if l1 != 0 else x * x * half_l2
+            integrand = m * l1 if l1 != 0 else m * m * half_l2
         acc = acc + integrand.sum(dtype=torch.float64)
     if l0 != 0:
         acc = acc + l0 * torch.count_nonzero(x).to(torch.float64)
@@ -109,35 +111,49 @@ def _ftrl(group):
 
 @torch.no_grad()
 def penalty(params_or_model, *, l1=None, weight_decay=None, group_l1=None, group_dim=None, l2=None, l0=None):
-    """The value of the penalty the optimizers apply, as a 0-dim fp64 tensor (not differentiable, for logging):
+    """The value of the penalty the optimizers apply (for logging; not differentiable):
 
         l1*sum|w| + 1/2*(weight_decay + l2)*sum w^2 + group_l1*sum_g sqrt(|g|)*||w_g|| + l0*#{w != 0}
 
-    over every tensor of a module, an iterable of tensors or param groups. Groups are the rows (group_dim=0,
-    p[i]) or columns (group_dim=1, p[:, j]) of tensors with dim >= 2; 1-D tensors add no group term.
-    Given an optimizer and no keywords, each param group's own l1, weight_decay, group_l1, group_dim (and
-    Adagrad's l2, l0) are used, so `loss + fusedreg.penalty(opt)` is the objective being minimized (for AdamW
-    the decoupled weight decay is reported as 1/2*wd*||w||^2, which is only what it approximates; for Ftrl,
-    whose l2 is TensorFlow's, l2*||w||^2, and l2_shrinkage*||w||^2).
-    Per tensor: one fp64 elementwise pass and one reduction; the result lives on the first tensor's device.
+    Returns a 0-dim tensor on the first tensor's device, in the params' dtype (the widest of them: float32 for a
+    float32 model, so `loss + penalty(model, l1=...)` stays float32; the real dtype for complex params). It is
+    summed in float64 and cast once, and reading it is the caller's choice (`.item()` syncs a GPU).
+
+    What it covers:
+      a module     its params as `param_groups(module, **keywords)` places them: biases and normalization
+                   weights carry no penalty, and group_l1 leaves the output layer's rows out (see param_groups).
+      an optimizer with no keywords: each param group's own l1, weight_decay, group_l1, group_dim (and
+                   Adagrad's l2, l0), so `loss + fusedreg.penalty(opt)` is the objective being minimized (for AdamW
+                   the decoupled decay is reported as 1/2*wd*||w||^2, which is only what it approximates; for
+                   Ftrl, whose l2 is TensorFlow's, l2*||w||^2, and l2_shrinkage*||w||^2). With keywords: every
+                   param of the optimizer, with those.
+      tensors      (an iterable of tensors, (name, tensor) pairs or param groups) every one of them.
+    Groups are the rows (group_dim=0, p[i]) or columns (group_dim=1, p[:, j]) of tensors with dim >= 2; 1-D
+    tensors add no group term. Per tensor: one fp64 elementwise pass and one reduction.
     """
     given = dict(l1=l1, weight_decay=weight_decay, group_l1=group_l1, group_dim=group_dim, l2=l2, l0=l0)
     if isinstance(params_or_model, torch.optim.Optimizer) and all(v is None for v in given.values()):
         settings = [(g["params"], {k: g.get(k, 0) for k in given} if "lr_power" not in g else _ftrl(g))
                     for g in params_or_model.param_groups]
+    elif isinstance(params_or_model, nn.Module):
+        keys = {k: v for k, v in given.items() if v is not None}
+        settings = [(g["params"], {k: g.get(k, 0) for k in given}) for g in param_groups(params_or_model, **keys)]
     else:
         settings = [([t for _, t in _named(params_or_model)], {k: (0 if v is None else v) for k, v in given.items()})]
-    total, device = None, None
+    total, device, dtype = None, None, None
     for tensors, s in settings:
         F.check_args(**s)
         for t in tensors:
             part = _tensor_penalty(t, float(s["l1"]), 0.5 * (float(s["weight_decay"]) + float(s["l2"])),
                                    float(s["group_l1"]), s["group_dim"], float(s["l0"]))
+            real = t.real.dtype if t.is_complex() else t.dtype
             if total is None:
-                total, device = part, t.device
+                total, device, dtype = part, t.device, real
             else:
-                total = total + part.to(device)
-    return torch.zeros((), dtype=torch.float64) if total is None else total
+                total, dtype = total + part.to(device), torch.promote_types(dtype, real)
+    if total is None:
+        return torch.zeros(())
+    return total.to(dtype if dtype.is_floating_point else torch.get_default_dtype())
 
 
 @dataclass(frozen=True)
@@ -232,9 +248,20 @@ def sparsity(model_or_params):
 _NORM_TYPES = tuple(t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
                                 getattr(nn, "RMSNorm", None), nn.LocalResponseNorm) if t is not None)
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+_GLOB = frozenset("*?[")
 
 
-def _matches(rule, full_name, leaf, param, module):
+def last_layer(model):
+    """The module that produces `model`'s output, as param_groups' "output" rule reads it: the last module, in
+    registration order, that owns a parameter of dim >= 2 (for a Sequential or a model whose head is defined
+    last: the head), or None when the model has fewer than two such modules (a single layer has no hidden
+    layer to keep apart from it)."""
+    owners = [m for m in model.modules() if any(p.dim() >= 2 for p in m.parameters(recurse=False))]
+    return owners[-1] if len(owners) >= 2 else None
+
+
+def _matches(rule, full_name, leaf, param, module, output):
+    """Whether one rule of param_groups (no_penalty, no_group, exclude, include) matches a parameter."""
     if isinstance(rule, str):
         if rule == "norm":
             return isinstance(module, _NORM_TYPES)
@@ -242,46 +269,82 @@ def _matches(rule, full_name, leaf, param, module):
             return isinstance(module, _EMBEDDING_TYPES)
         if rule == "1d":
             return param.dim() < 2
-        return leaf == rule or full_name == rule or full_name.endswith("." + rule)
+        if rule == "output":
+            return module is output
+        if _GLOB & set(rule):
+            return fnmatch.fnmatchcase(full_name, rule)
+        return (leaf == rule or full_name == rule or full_name.endswith("." + rule)
+                or full_name.startswith(rule + "."))  # the last: every param of the module named `rule`
+    if isinstance(rule, nn.Module):
+        return any(p is param for p in rule.parameters())
     if isinstance(rule, type) and issubclass(rule, nn.Module):
         return isinstance(module, rule)
     if callable(rule):
         return bool(rule(full_name, param))
-    raise TypeError(f"no_penalty rules are str, nn.Module types or callables (name, param) -> bool, got {rule!r}")
+    raise TypeError(f"param_groups rules are str, nn.Module instances or types, or callables (name, param) -> bool, "
+                    f"got {rule!r}")
 
 
-def param_groups(model, *, no_penalty=("bias", "norm"), **options):
-    """Two param groups for a fusedreg (or torch) optimizer: [penalized, unpenalized], empty ones left out.
+def _rules(rules):
+    if rules is None:
+        return ()
+    if isinstance(rules, (str, type, nn.Module)) or callable(rules):
+        return (rules,)
+    return tuple(rules)
+
+
+def param_groups(model, *, no_penalty=("bias", "norm"), no_group=("output",), exclude=(), include=(), **options):
+    """Param groups for a fusedreg (or torch) optimizer: [penalized, penalized without group lasso,
+    unpenalized], empty ones left out.
 
     The penalized group gets every keyword given (l1=..., weight_decay=..., group_l1=..., group_dim=..., lr=...).
-    The unpenalized group gets the non-penalty keywords (lr, group_dim, ...) and every penalty (PENALTY_KEYS) off
-    (l2 only when l2 is given), always, so AdamW's default decay does not reach it.
+    The group without group lasso gets them too, with group_l1 = 0; it holds the params `no_group` matches, and
+    is only made when group_l1 is given. The unpenalized group gets the non-penalty keywords (lr, group_dim, ...)
+    and every penalty (PENALTY_KEYS) off (l2 only when l2 is given), always, so AdamW's default decay does not
+    reach it.
 
-    A parameter is unpenalized when any rule in `no_penalty` matches it:
-      "bias"       (any other str) its name is that str, or ends with "." + it (`fc.bias`, `0.bias`)
+    Which params go where, by rules (each a str, an nn.Module type or instance, or a callable):
+      no_penalty  (default "bias", "norm") no penalty at all: biases and normalization layers' weights.
+      no_group    (default "output") no group lasso: the output layer, whose rows are the model's outputs (the
+                  classes); only where groups are rows (group_dim=0): its columns (group_dim=1) are the last
+                  hidden layer's neurons, which group lasso may prune.
+      exclude     more no_penalty rules, added to the defaults (exclude="encoder" leaves a submodule alone).
+      include     params every penalty reaches, whatever the rules above say (include="head" puts the output
+                  layer under group lasso; include="bias" penalizes the biases too).
+    A rule matches a parameter when it is:
+      "bias"       (any other str) the param's name, the end of its full name after a "." (`fc.bias`), or the
+                   name of a module holding it (`"encoder"` matches `encoder.0.weight`)
+      "a.*.weight" a str with *, ? or [...]: a glob (fnmatch) over the full name
       "norm"       it belongs to a normalization layer (BatchNorm*, InstanceNorm*, LayerNorm, GroupNorm, RMSNorm)
-      "embedding"  it belongs to nn.Embedding / nn.EmbeddingBag (not in the default: embedding rows are often
+      "embedding"  it belongs to nn.Embedding / nn.EmbeddingBag (not in the defaults: embedding rows are often
                    worth penalizing, e.g. group lasso over tokens)
       "1d"         it has dim < 2 (every bias and scale vector)
-      a type       it belongs to a module of that nn.Module subclass
+      "output"     it belongs to the output layer (`last_layer`: the last module, in registration order, with a
+                   weight of dim >= 2; none when the model has one such layer only)
+      a type       it belongs to a module of that nn.Module subclass; a module: it is one of that module's params
       a callable   rule(full_name, param) is true
-    The default ("bias", "norm") is the usual "no decay on biases and norm weights" convention. A shared (tied)
-    param is listed once, and is unpenalized when a rule matches it under any of its names.
+    A shared (tied) param is listed once, and a rule matches it when it matches under any of its names.
     """
-    if isinstance(no_penalty, (str, type)) or callable(no_penalty):
-        no_penalty = (no_penalty,)
-    params, exempt = {}, set()  # id -> param in first-seen order; ids matched by a rule under any of their names
+    no_penalty, no_group = _rules(no_penalty) + _rules(exclude), _rules(no_group)
+    include = _rules(include)
+    group_rows = "group_l1" in options and options.get("group_dim", 0) == 0
+    output = last_layer(model)
+    params, hits = {}, {}  # id -> param in first-seen order; id -> the rule lists that matched it
     for mod_name, module in model.named_modules(remove_duplicate=False):
         for leaf, p in module.named_parameters(recurse=False):
             params.setdefault(id(p), p)
             full = f"{mod_name}.{leaf}" if mod_name else leaf
-            if id(p) not in exempt and any(_matches(r, full, leaf, p, module) for r in no_penalty):
-                exempt.add(id(p))
-    penalized = [p for i, p in params.items() if i not in exempt]
-    free = [p for i, p in params.items() if i in exempt]
+            seen = hits.setdefault(id(p), set())
+            for kind, rules in (("include", include), ("free", no_penalty), ("no_group", no_group)):
+                if kind not in seen and any(_matches(r, full, leaf, p, module, output) for r in rules):
+                    seen.add(kind)
+    where = {i: ("penalized" if "include" in s else "free" if "free" in s
+                 else "no_group" if "no_group" in s and group_rows else "penalized") for i, s in hits.items()}
     zero = {k: v for k, v in _OFF.items() if k != "l2" or "l2" in options}  # l2 is Adagrad's key only
     rest = {k: v for k, v in options.items() if k not in PENALTY_KEYS}
-    groups = [dict(params=penalized, **options), dict(params=free, **rest, **zero)]
+    settings = dict(penalized=options, no_group=dict(options, group_l1=0.0), free=dict(rest, **zero))
+    groups = [dict(params=[p for i, p in params.items() if where[i] == kind], **settings[kind])
+              for kind in ("penalized", "no_group", "free")]
     return [g for g in groups if g["params"]]
 
 
@@ -290,12 +353,14 @@ class LambdaMaxRow:
     """One tensor's gradient scale. l1_max: the L1 strength above which a weight of this tensor at zero stays
     zero (max |g|; for the Adam family too, where the prox threshold is lr·λ/denom against a step lr·m/denom).
     median: half of the tensor's weights would stay at zero above it. group_max: the same bound for group lasso
-    (max over groups of ||g_group|| / sqrt(group size)), None for 1-D tensors."""
+    (max over groups of ||g_group|| / sqrt(group size)), None for 1-D tensors. penalized: whether the optimizer
+    (or param_groups' defaults, for a module) puts a penalty on it; only those count in `overall`."""
     name: str
     shape: tuple
     l1_max: float
     median: float
     group_max: "float | None"
+    penalized: bool = True
 
 
 class LambdaMaxReport(_Rows):
@@ -308,33 +373,51 @@ class LambdaMaxReport(_Rows):
 
     @property
     def overall(self):
-        """The largest l1_max: an l1 at least this large keeps every weight at zero once it is there."""
-        return max((r.l1_max for r in self.rows), default=0.0)
+        """The largest l1_max over the penalized tensors: an l1 at least this large keeps every penalized weight
+        at zero once it is there."""
+        return max((r.l1_max for r in self.rows if r.penalized), default=0.0)
 
     def __str__(self):
         head = ["tensor", "shape", "λ_max (l1)", "median |g|", f"λ_max (group, dim {self.group_dim})"]
         l1 = self.l1 or {}
-        if l1:
+        if l1 or not all(r.penalized for r in self.rows):
             head.append("l1 / λ_max")
         body = []
         for r in self.rows:
             row = [r.name, "x".join(map(str, r.shape)) or "()", f"{r.l1_max:.3g}", f"{r.median:.3g}",
                    "-" if r.group_max is None else f"{r.group_max:.3g}"]
-            if l1:
+            if len(head) > 5:
                 lam = l1.get(r.name, 0.0)
                 ratio = lam / r.l1_max if r.l1_max > 0 else math.inf if lam > 0 else 0.0
-                row.append("-" if not lam else f"{ratio:.3g}" + ("  (zeroes it)" if ratio >= 1 else ""))
+                row.append("not penalized" if not r.penalized else "-" if not lam else
+                           f"{ratio:.3g}" + ("  (zeroes it)" if ratio >= 1 else ""))
             body.append(row)
         table = [head] + body
         widths = [max(len(row[i]) for row in table) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
                  for row in table]
         lines.insert(1, "-" * max(len(x) for x in lines))
-        lines.append(f"overall λ_max (l1) = {self.overall:.3g}: an l1 at or above a tensor's λ_max zeroes that "
-                     "tensor; pick l1 well below it")
+        if any(r.penalized for r in self.rows):
+            over = "" if all(r.penalized for r in self.rows) else ", over the penalized tensors"
+            lines.append(f"overall λ_max (l1) = {self.overall:.3g}{over}: an l1 at or above a tensor's λ_max zeroes "
+                         "that tensor; pick l1 well below it")
+        else:
+            lines.append("no tensor here is penalized")
         return "\n".join(lines)
 
     __repr__ = __str__
+
+
+def _penalized_ids(model_or_params, optimizer):
+    """ids of the params a penalty reaches: the optimizer's groups with some penalty on; else, for a module,
+    what param_groups' defaults penalize; else (plain tensors) all of them."""
+    if optimizer is not None:
+        return {id(p) for g in optimizer.param_groups for p in g["params"]
+                if any(g.get(k, v) != v for k, v in _OFF.items())}
+    if isinstance(model_or_params, nn.Module):
+        groups = param_groups(model_or_params, l1=1.0)
+        return {id(p) for g in groups if g["l1"] for p in g["params"]}
+    return None
 
 
 def lambda_max(model_or_params, loss=None, *, optimizer=None, l1=None, group_dim=0):
@@ -345,6 +428,9 @@ def lambda_max(model_or_params, loss=None, *, optimizer=None, l1=None, group_dim
     loss: a scalar loss on one batch, not yet backpropagated (its graph is kept, the params' .grad untouched);
     None reads the .grad already there. Tensors without a gradient are left out. optimizer: a fusedreg
     optimizer whose groups' l1 values are compared against each tensor's λ_max (or pass l1=value for all).
+    Only penalized tensors count in the overall λ_max: with an optimizer, those in a group with some penalty on;
+    for a module without one, those `param_groups(model)` penalizes (not biases or normalization weights).
+    The others are listed as "not penalized".
     """
     named = _named(model_or_params)
     params = [(n, p) for n, p in named if p.requires_grad or loss is None]
@@ -352,6 +438,7 @@ def lambda_max(model_or_params, loss=None, *, optimizer=None, l1=None, group_dim
         grads = torch.autograd.grad(loss, [p for _, p in params], retain_graph=True, allow_unused=True)
     else:
         grads = [p.grad for _, p in params]
+    reached = _penalized_ids(model_or_params, optimizer)
     rows = []
     for (name, p), g in zip(params, grads):
         if g is None:
@@ -362,12 +449,13 @@ def lambda_max(model_or_params, loss=None, *, optimizer=None, l1=None, group_dim
             norms = torch.linalg.vector_norm(g.detach().double(), dim=reference.group_dims(g.dim(), group_dim))
             group = float(norms.max()) / math.sqrt(reference.group_size(g.shape, group_dim))
         rows.append(LambdaMaxRow(name, tuple(g.shape), float(a.max()) if a.numel() else 0.0,
-                                 float(a.median()) if a.numel() else 0.0, group))
+                                 float(a.median()) if a.numel() else 0.0, group,
+                                 reached is None or id(p) in reached))
     lams = None
     if optimizer is not None:
         ids = {id(p): n for n, p in named}
         lams = {ids[id(p)]: float(gr.get("l1", 0.0)) for gr in optimizer.param_groups for p in gr["params"]
                 if id(p) in ids}
     elif l1 is not None:
-        lams = {r.name: float(l1) for r in rows}
+        lams = {r.name: float(l1) for r in rows if r.penalized}
     return LambdaMaxReport(rows, lams, group_dim)

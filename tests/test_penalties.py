@@ -525,19 +525,40 @@ def _model():
 def test_penalty_matches_plain_torch(kw):
     m = _model()
     value = fusedreg.penalty(m, **kw)
-    assert value.dim() == 0 and value.dtype == f64
-    assert value.item() == pytest.approx(_plain_penalty(list(m.parameters()), **kw), rel=1e-12)
-    # iterables of tensors, fp32 and fp64 alike
+    assert value.dim() == 0 and value.dtype == torch.float32  # the params' dtype: loss + penalty stays fp32
+    # A module is penalized as param_groups places it: no biases or norm weights, no group lasso on the output
+    # layer's rows (here the last Linear's).
+    weights = [m[0].weight, m[3].weight]
+    expected = _plain_penalty(weights, **kw)
+    if kw.get("group_l1") and not kw.get("group_dim"):
+        expected += _plain_penalty([m[5].weight], **dict(kw, group_l1=0.0))
+    else:
+        weights.append(m[5].weight)
+        expected = _plain_penalty(weights, **kw)
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    assert fusedreg.penalty(m.double(), **kw).item() == pytest.approx(expected, rel=1e-12)
+    # iterables of tensors: every tensor, biases included; the widest dtype
     ts = [torch.randn(4, 3), torch.randn(7, dtype=f64), torch.zeros(0, 3)]
-    assert fusedreg.penalty(ts, **kw).item() == pytest.approx(_plain_penalty(ts, **kw), rel=1e-6)
+    assert fusedreg.penalty(ts, **kw).dtype == f64
+    assert fusedreg.penalty(ts, **kw).item() == pytest.approx(_plain_penalty(ts, **kw), rel=1e-12)
+    assert fusedreg.penalty(ts[:1], **kw).dtype == torch.float32
+
+
+def test_penalty_of_a_complex_param_is_the_modulus():
+    z = torch.randn(5, 3, dtype=torch.complex64)
+    value = fusedreg.penalty([z], l1=0.5, weight_decay=0.2)
+    assert value.dtype == torch.float32
+    expected = 0.5 * z.abs().double().sum() + 0.1 * (z.abs().double() ** 2).sum()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_penalty_of_optimizer_uses_each_groups_keys():
-    m = _model()
+    m = _model().double()
     groups = fusedreg.param_groups(m, l1=0.1, weight_decay=0.2, group_l1=0.3, group_dim=1)
     opt = fusedreg.SGD(groups, lr=0.1)
     expected = _plain_penalty(groups[0]["params"], l1=0.1, weight_decay=0.2, group_l1=0.3, group_dim=1)
     assert fusedreg.penalty(opt).item() == pytest.approx(expected, rel=1e-12)
+    # keywords with an optimizer: every param it holds, biases too
     assert fusedreg.penalty(opt, l1=1.0).item() == pytest.approx(_plain_penalty(m.parameters(), l1=1.0), rel=1e-12)
     assert fusedreg.penalty([]).item() == 0.0
     with pytest.raises(ValueError):
@@ -547,6 +568,7 @@ def test_penalty_of_optimizer_uses_each_groups_keys():
 def test_penalty_of_ftrl_counts_its_l2_as_tensorflow_does():
     # FTRL's l2 is l2*sum(w^2) (TensorFlow's l2_regularization_strength), its shrinkage l2_shrinkage*sum(w^2)
     m = _model()
+    m = m.double()
     opt = fusedreg.Ftrl(m.parameters(), lr=0.1, l1=0.1, l2=0.2, l2_shrinkage=0.05)
     w = torch.cat([p.detach().double().flatten() for p in m.parameters()])
     expected = 0.1 * w.abs().sum() + (0.2 + 0.05) * (w * w).sum()
@@ -686,3 +708,84 @@ def test_param_groups_leave_biases_unpenalized_in_training():
     assert (m[0].weight == 0).all()  # a huge penalty wipes the weight matrix...
     for name in ("0.bias", "1.weight", "1.bias"):  # ...and nothing else
         assert torch.equal(dict(m.named_parameters())[name], dict(before.named_parameters())[name])
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 5), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_param_groups_leave_the_output_rows_out_of_group_lasso():
+    m = _mlp()
+    assert fusedreg.penalties.last_layer(m) is m[5]
+    pen, head, free = fusedreg.param_groups(m, l1=1e-3, group_l1=1e-2, lr=0.1)
+    assert _ids(pen["params"]) == _ids([m[0].weight, m[2].weight])
+    assert _ids(head["params"]) == _ids([m[5].weight])  # the classes: every penalty but group lasso
+    assert (head["l1"], head["group_l1"], head["lr"], pen["group_l1"]) == (1e-3, 0.0, 0.1, 1e-2)
+    assert _ids(free["params"]) == _ids([m[0].bias, m[2].bias, m[3].weight, m[3].bias, m[5].bias])
+    # Columns of the output layer are the last hidden layer's neurons: group lasso may prune them.
+    pen, free = fusedreg.param_groups(m, group_l1=1e-2, group_dim=1)
+    assert _ids(pen["params"]) == _ids([m[0].weight, m[2].weight, m[5].weight])
+    # Without group_l1 there is no group to leave out.
+    assert len(fusedreg.param_groups(m, l1=1e-3)) == 2
+    # A single layer is its own output and its only layer: group lasso stays on it.
+    lin = nn.Linear(4, 3)
+    assert fusedreg.penalties.last_layer(lin) is None
+    assert _ids(fusedreg.param_groups(lin, group_l1=1.0)[0]["params"]) == {id(lin.weight)}
+    # include= puts it back; no_group=() turns the rule off
+    pen, free = fusedreg.param_groups(m, group_l1=1e-2, include="5.weight")
+    assert id(m[5].weight) in _ids(pen["params"]) and id(m[5].bias) in _ids(free["params"])
+    assert len(fusedreg.param_groups(m, group_l1=1e-2, no_group=())) == 2
+
+
+def test_param_groups_exclude_and_include_by_name_pattern_and_module():
+    m = _mlp()
+    # exclude adds to the defaults (biases and norms stay unpenalized); a module name covers its params
+    pen, free = fusedreg.param_groups(m, l1=0.1, exclude="0")
+    assert _ids(pen["params"]) == _ids([m[2].weight, m[5].weight])
+    assert _ids([m[0].weight, m[0].bias, m[3].weight]) <= _ids(free["params"])
+    # globs over the full name, module instances and types
+    for rule in ("[02].weight", m[2], nn.LayerNorm):
+        pen, free = fusedreg.param_groups(m, l1=0.1, no_penalty=(), include=(), exclude=rule)
+        left = {"[02].weight": [m[0].weight, m[2].weight], 2: [m[2].weight, m[2].bias]}
+        want = left.get(rule if isinstance(rule, str) else 2 if rule is m[2] else None, [m[3].weight, m[3].bias])
+        assert _ids(free["params"]) == _ids(want), rule
+    # include wins over no_penalty and exclude: penalize the biases too
+    pen, free = fusedreg.param_groups(m, l1=0.1, include="bias")
+    assert _ids(free["params"]) == {id(m[3].weight)} and id(m[0].bias) in _ids(pen["params"])  # a norm's bias too
+    pen, free = fusedreg.param_groups(m, l1=0.1, exclude="*", include=m[5])
+    assert _ids(pen["params"]) == _ids([m[5].weight, m[5].bias])
+    with pytest.raises(TypeError):
+        fusedreg.param_groups(m, l1=0.1, include=(3.0,))
+
+
+def test_penalty_of_a_module_skips_biases_and_norms():
+    m = _mlp()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(1.0)
+    weights = 8 * 6 + 6 * 5 + 5 * 3
+    assert fusedreg.penalty(m, l1=1.0).item() == weights
+    assert fusedreg.penalty(list(m.parameters()), l1=1.0).item() == sum(p.numel() for p in m.parameters())
+
+
+def test_lambda_max_overall_counts_only_what_the_optimizer_penalizes():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        m[2].bias.copy_(torch.tensor([6.0, 0.0, -6.0]))  # a confident wrong prior: the bias gradient is the largest
+    x, t = torch.randn(32, 6) * 0.1, torch.full((32,), 2)
+    loss = nn.functional.cross_entropy(m(x), t)
+    grads = dict(zip([n for n, _ in m.named_parameters()], torch.autograd.grad(loss, list(m.parameters()),
+                                                                               retain_graph=True)))
+    biggest = max(grads, key=lambda n: float(grads[n].abs().max()))
+    assert biggest.endswith("bias")
+    weights = max(float(grads[n].abs().max()) for n in ("0.weight", "2.weight"))
+    opt = fusedreg.Adam(fusedreg.param_groups(m, l1=1e-3), lr=1e-3)
+    report = fusedreg.lambda_max(m, loss, optimizer=opt)
+    assert report.overall == pytest.approx(weights)
+    assert not report["2.bias"].penalized and report["0.weight"].penalized
+    assert "not penalized" in str(report)
+    assert fusedreg.lambda_max(m, loss).overall == pytest.approx(weights)  # a module: param_groups' defaults
+    # an optimizer over every param penalizes the biases too
+    everything = fusedreg.Adam(m.parameters(), lr=1e-3, l1=1e-3)
+    assert fusedreg.lambda_max(m, loss, optimizer=everything).overall == pytest.approx(float(grads[biggest].abs().max()))
