@@ -28,8 +28,9 @@ elastic net (--elastic-net, --l1-ratio); group lasso on the first layer, one gro
 
 Prints one row per penalty: test accuracy, exact-zero fraction, input pixels and hidden neurons pruned, and the
 median optimizer.step() time for each fusedreg backend and for torch.optim.Adam (+ the same penalty in torch
-ops), measured in this run on the same model. Then walks a λ path for L1 and group lasso, and writes a PNG:
-weight histograms per penalty, which pixels each model still reads, and accuracy / sparsity vs λ.
+ops), measured in this run on the same model. Then walks a λ path for L1 and group lasso (one model each,
+warm-started from the smallest λ up, a separate run from the table's), and writes a PNG: weight histograms per
+penalty, which pixels each model still reads, and accuracy / sparsity vs λ with the table's models marked.
 About 30 s on a 2-core CPU; --quick takes a few seconds."""
 
 SWEEP_HELP = """\
@@ -38,14 +39,17 @@ training split, or on your own data with --data FILE --target COLUMN:
   1. λ_max = the strength at which every penalized weight is zero; the grid is N_LAMBDAS values from λ_max down
      to λ_max * LAMBDA_MIN_RATIO, evenly spaced in log (or --lambdas). For --model linear, λ_max is exact, and
      λ means what scikit-learn's alpha means (see "The λ scale" below).
-  2. On each of FOLDS folds one model walks the grid from large to small λ, each λ starting from the previous
-     λ's weights (warm start). A linear model trains full-batch to convergence at every λ; the MLP trains
-     EPOCHS epochs per λ (twice that for the first).
+  2. On each of FOLDS folds one model walks the grid, each λ starting from the previous λ's weights (warm
+     start). A linear model walks down from λ_max (scikit-learn's LassoCV path) and trains full-batch to
+     convergence at every λ. The MLP walks up, from the smallest λ (trained from the initial weights) to λ_max:
+     a network started at λ_max, where every weight is zero, keeps most neurons dead all the way down; walking
+     up, each larger λ only prunes a trained network. It trains EPOCHS epochs per λ (twice that for the first).
   3. The chosen λ has the best mean validation score (--rule best, the default), or with --rule 1se it is the
      largest λ whose mean is within one standard error of the best (a sparser model of the same quality).
      A choice at either end of the grid prints a warning: extend the grid.
-Then refits on all the training rows down the path to the chosen λ, reports its scores and sparsity, writes a
-PNG (--out), and with --json / --save-model the whole result / the refit model.
+Then refits on all the training rows along the same path to the chosen λ (down from λ_max, or up from the
+smallest λ), reports its scores and sparsity, writes a PNG (--out), and with --json / --save-model the whole
+result / the refit model.
 
 Features are standardized (mean 0, std 1, from the training rows; the digits too); a near-constant feature (one
 value in >= 99% of the rows) has its scale floored at 0.1·(max - min), so a feature seen in a handful of rows
@@ -269,7 +273,8 @@ def build_parser():
     s.add_argument("--l1-ratio", type=_l1_ratio, default=None,
                    help="elastic net's L1 share, in (0, 1] (default 0.5; only with --penalty elastic-net)")
     s.add_argument("--epochs", type=_positive_int, default=None,
-                   help="MLP epochs per λ on the warm-started path; the first λ gets twice as many (default 5; "
+                   help="MLP epochs per λ on the warm-started path (walked from the smallest λ up); the first λ "
+                        "gets twice as many (default 5; "
                         "--quick uses 1). A linear model trains each λ to convergence")
     _common(s, "out/fusedreg_sweep.png", "sweep")
 

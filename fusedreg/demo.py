@@ -9,8 +9,9 @@ demo   trains the same model from the same initial weights five times: no penalt
        per input pixel). It prints test accuracy, the exact-zero fraction, the input pixels and hidden neurons
        pruned, and the optimizer step time for each fusedreg backend next to torch.optim measured in the same
        run; it also walks a λ path for L1 and group lasso and draws everything into one PNG.
-sweep  chooses λ by k-fold cross-validation along a warm-started path (fusedreg.select.select_lambda) on the
-       training split, refits at the chosen λ, scores the refit model on the test split, and draws the path.
+sweep  chooses λ by k-fold cross-validation along a warm-started path (fusedreg.select.select_lambda; the MLP
+       walks the grid from the smallest λ up, a linear model from λ_max down) on the training split, refits
+       along the same path to the chosen λ, scores the refit model on the test split, and draws the path.
 
 The two need the demo extras: pip install "fusedreg[demo]" (scikit-learn, matplotlib, tqdm).
 """
@@ -617,15 +618,19 @@ def _run_demo(*, epochs=30, device="cpu", out="out/fusedreg_demo.png", seed=0, h
             lmax, _ = sel.calibrate_lambda_max(mlp_factory(n_in, hidden), data.X_train, data.y_train, kind,
                                                epochs=2 * path_epochs, **path_kw)
             lambdas = sel.geometric_grid(lmax, path_lambdas, 1e-3)
-            rec = dict(lambdas=lambdas, accuracy=[], zeros=[], inputs_kept=[])
+            # One model walks the grid from the smallest λ up (select's default for a network, see
+            # fusedreg.select): a separate run from the table's, which trains each penalty alone for `epochs`.
+            n = len(lambdas)
+            rec = dict(lambdas=lambdas, accuracy=[None] * n, zeros=[None] * n, inputs_kept=[None] * n,
+                       direction="up", epochs=path_epochs, epochs_first=2 * path_epochs)
 
-            def on_lambda(i, lam, model, penalized, rec=rec):
-                rec["accuracy"].append(sel.evaluate(model, data.X_test, data.y_test, "accuracy", None))
-                rec["zeros"].append(sel.zero_fraction(penalized))
-                rec["inputs_kept"].append(n_in - pruned(model)[0])
+            def on_lambda(i, lam, model, penalized, rec=rec):  # i: the grid index (the walk goes up the grid)
+                rec["accuracy"][i] = sel.evaluate(model, data.X_test, data.y_test, "accuracy", None)
+                rec["zeros"][i] = sel.zero_fraction(penalized)
+                rec["inputs_kept"][i] = n_in - pruned(model)[0]
 
             sel.walk_path(mlp_factory(n_in, hidden), data.X_train, data.y_train, lambdas, penalty=kind,
-                          epochs=path_epochs, on_lambda=on_lambda, **path_kw)
+                          epochs=path_epochs, on_lambda=on_lambda, direction="up", **path_kw)
             paths[kind] = rec
     finally:
         if bar is not None:
@@ -889,10 +894,11 @@ def _run_sweep(*, data=None, target=None, task=None, model=None, test_fraction=0
                                 batch_size=batch_size, lr=lr)
     shape = f"linear {n_in} -> {n_out}" if model == "linear" else f"MLP {n_in}-{hidden}-{n_out}"
     if model == "linear":
-        how = "full-batch proximal gradient (fusedreg.SGD, lr = 1/L, FISTA), each λ to convergence"
+        how = ("full-batch proximal gradient (fusedreg.SGD, lr = 1/L, FISTA), each λ to convergence, warm-started "
+               "from λ_max down")
     else:
         how = (f"fusedreg.Adam lr={lr:g}, batch {batch_size}, {plural(epochs, 'epoch')} per λ "
-               f"({2 * epochs} for the first)")
+               f"({2 * epochs} for the first), warm-started from the smallest λ up")
     loss = "½·MSE (scikit-learn's Lasso objective)" if ds.task == "regression" else "mean cross-entropy"
     test_note = f", {len(ds.X_test)} held-out test rows" if ds.X_test is not None else ""
     print_fn(wrap(f"fusedreg sweep: {PENALTY_LABELS[penalty]} on {shape}, {ds.source} ({len(ds.X_train)} rows "
@@ -914,9 +920,12 @@ def _run_sweep(*, data=None, target=None, task=None, model=None, test_fraction=0
                 bar.set_description("refit at the chosen λ")
                 n_train = len(ds.X_train)  # the total counted a refit down the whole grid
                 bar.total -= (sel.path_units(probe, n_train, n_path, **units)
-                              - sel.path_units(probe, n_train, res.index + 1, **units))
+                              - sel.path_units(probe, n_train, len(res.refit_lambdas), **units))
                 bar.refresh()
-            fit = sel.walk_path(make, ds.X_train, ds.y_train, res.lambdas[:res.index + 1], progress=bar, **train_kw)
+            # The refit walks the part of the grid the folds walked before the chosen λ: from λ_max down for a
+            # linear model, from the smallest λ up for the MLP.
+            fit = sel.walk_path(make, ds.X_train, ds.y_train, res.refit_lambdas, progress=bar,
+                                direction=res.direction, warm_start=res.warm_start, **train_kw)
             res.model = fit
         finally:
             if bar is not None:
@@ -951,7 +960,8 @@ def _run_sweep(*, data=None, target=None, task=None, model=None, test_fraction=0
     if scores["test"] is not None:
         parts.append(f"test {metric} {shown(scores['test'])}")
     pruned_text = f"features pruned {inputs}/{n_in}" + (f", hidden pruned {hid}/{hidden}" if model == "mlp" else "")
-    print_fn(f"refit on all {len(ds.X_train)} training rows down the path to λ = {res.lambda_:.4g}:\n"
+    print_fn(f"refit on all {len(ds.X_train)} training rows along the path ({res.describe_path()}) to "
+             f"λ = {res.lambda_:.4g}:\n"
              f"  {', '.join(parts)}\n"
              f"  exact zeros {sel.zero_fraction(fit.parameters()):.1%} of all parameters "
              f"({sel.zero_fraction(penalized):.1%} of penalized weights), {pruned_text}")

@@ -1,4 +1,4 @@
-"""Choosing the penalty strength λ: a warm-started path from λ_max down, scored by k-fold cross-validation.
+"""Choosing the penalty strength λ: a warm-started path over a grid of λ, scored by k-fold cross-validation.
 
 The classic recipe (glmnet's), carried over to any model a fusedreg optimizer trains:
 
@@ -14,10 +14,32 @@ The classic recipe (glmnet's), carried over to any model a fusedreg optimizer tr
      every penalized weight zero (up to rounding: a weight within a few ulps of the step size counts as zero).
 2. The grid is geometric: n_lambdas values from λ_max down to λ_max·lambda_min_ratio.
 3. On each fold (k-fold, stratified by class for classification; or the folds you pass as `cv`) one model walks
-   the grid from large to small λ. Each λ starts from the previous λ's weights and optimizer state (warm start).
-   A network whose penalized weights are all zero cannot come back (every gradient through a zero layer is
-   zero), so after a λ that zeroed them all the next λ starts again from the initial weights. For a network the
-   path is path-dependent: neurons pruned at a large λ tend to stay pruned at smaller ones.
+   the grid, each λ starting from the previous λ's weights and optimizer state (warm start); the first λ walked
+   trains epochs_first epochs from the initial weights, every other one `epochs`. Which way (direction="auto"):
+   - A linear model walks down, from λ_max to small λ: glmnet's and scikit-learn's LassoCV path. Its loss is
+     convex, so each λ's solution does not depend on where it started, and the path starts at the exact λ_max
+     solution (weight zero), where the next λ's is close.
+   - Any other model walks up, from the smallest λ to λ_max. A network is not convex: where its path ends up
+     depends on where it starts. Walking down starts it dead: at λ_max every penalized weight is zero, a zero
+     layer passes no gradient to the layers before it, and a hidden neuron whose incoming and outgoing weights
+     are zero gets no gradient to come back, so a network warm-started down from there keeps most neurons
+     pruned at every smaller λ (the digits MLP 64-64-10 with the sweep's defaults: 54 of 64 hidden neurons
+     pruned at the smallest λ and test accuracy 95.6%, where that λ trained alone from the initial weights
+     prunes none and scores 97.6%). Walking up starts at the smallest λ from the initial weights, so the path
+     starts from a trained, nearly dense network, and each larger λ only has to prune it: the prox zeroes
+     weights from any state, and nothing needs reviving. λ_max (calibrated from the initial weights) comes
+     last, reached from a trained network: nearly every penalized weight is zero there, not always all.
+     Measured on the digits (sweep defaults: L1, 5-fold CV, 10 λ, 5 epochs per λ and 10 for the first; three
+     seeds of the split and initial weights), against the best test accuracy of the same grid with every λ
+     trained alone from the initial weights for 10 epochs: walking down chose models 2.9, 1.3 and 5.6 points
+     below it; walking up 0.2 above, 0.7 above and 0.2 below; training every λ alone (warm_start=False) 0.4
+     below, level and 0.2 below, for 1.8 times the steps (10 epochs per λ instead of 5) and 1.7 times the time
+     (seed 0, one CPU thread, select_lambda with its refit: 3.4-3.9 s up, 5.7-6.7 s alone, 4.4-4.8 s down
+     with its restarts). Group lasso on the inputs (seed 0): down 1.3 below, up 0.4 below, alone 0.9 below.
+     So a network walks up, with warm starts.
+   direction="down" keeps the old downward path for a network too: after a λ that zeroed every penalized weight
+   the next λ starts again from the initial weights. warm_start=False trains every λ alone from the initial
+   weights with the first λ's budget.
 4. The chosen λ has the best mean validation score (rule="best", the default). With rule="1se" it is the
    largest λ whose mean score is within one standard error (std / sqrt(k)) of the best mean: the sparsest model
    the data cannot tell apart from the best one. A choice at either end of the grid warns (GridEdgeWarning).
@@ -34,7 +56,9 @@ Training defaults by model:
   anything else   fusedreg.Adam, lr 1e-2, mini-batches of 128, 10 epochs per λ (20 for the first).
 
 `select_lambda` returns a `LambdaPath`: the grid, per-fold / mean / std scores, the mean exact-zero fraction
-per λ, both choices, and with refit=True a model trained on all the data down the same path to the chosen λ.
+per λ, both choices, how the path was walked (direction, warm_start), and with refit=True a model trained on all
+the data along the same path to the chosen λ: from λ_max down to it, or from the smallest λ up to it
+(`LambdaPath.refit_lambdas`).
 """
 import copy
 import math
@@ -89,6 +113,8 @@ class LambdaPath:
     greater_is_better: bool = True
     task: str = "classification"
     edge: str = ""          # "", "largest" or "smallest": where on the grid the chosen λ sits, when at an end
+    direction: str = "down"  # how each fold walked the grid: "down" (large to small λ) or "up" (small to large)
+    warm_start: bool = True  # False: every λ trained alone from the initial weights
 
     @property
     def index(self):
@@ -99,6 +125,20 @@ class LambdaPath:
     def lambda_(self):
         """The chosen λ."""
         return self.lambdas[self.index]
+
+    @property
+    def refit_lambdas(self):
+        """The grid values (in grid order) a refit walks to reach the chosen λ the way the folds did: pass them
+        to `walk_path` with direction=self.direction and warm_start=self.warm_start."""
+        return refit_lambdas(self.lambdas, self.index, self.direction, self.warm_start)
+
+    def describe_path(self):
+        """How the models along the path were trained, in a few words."""
+        if not self.warm_start:
+            return "every λ trained alone from the initial weights"
+        if self.direction == "up":
+            return "warm-started from the smallest λ up"
+        return "warm-started from the largest λ down"
 
     @property
     def best_lambda(self):
@@ -129,15 +169,21 @@ class LambdaPath:
     def edge_message(self):
         """Why the choice may lie outside the grid, or "" when it is inside."""
         if self.edge == "smallest":
+            start = (" It is where the upward path starts, from the initial weights: extending the grid moves the "
+                     "start there." if self.direction == "up" and self.warm_start else "")
             return (f"the chosen λ = {self.lambda_:.4g} is the smallest on the grid: a smaller λ may score better. "
-                    "Extend the grid down (a smaller lambda_min_ratio / --lambda-min-ratio, or smaller --lambdas).")
+                    "Extend the grid down (a smaller lambda_min_ratio / --lambda-min-ratio, or smaller --lambdas)."
+                    + start)
         if self.edge == "largest":
             return (f"the chosen λ = {self.lambda_:.4g} is the largest on the grid: a larger λ may score as well. "
                     "Extend the grid up (larger --lambdas), or let the grid start at λ_max (omit lambdas).")
         if self.edge == "lambda_max":
-            return (f"the chosen λ = {self.lambda_:.4g} is at λ_max, where every penalized weight is zero: no model "
-                    "with a nonzero weight scored better on the validation folds. Check that the features carry "
-                    "signal, or that the model trains (lr, epochs).")
+            where = ("where every penalized weight is zero" if self.penalized_sparsity[0] >= 1.0 else
+                     f"the top of the grid ({self.penalized_sparsity[0]:.1%} of the penalized weights zero there; "
+                     "trained from the initial weights, every one is)")
+            return (f"the chosen λ = {self.lambda_:.4g} is at λ_max, {where}: no less penalized model scored "
+                    "better on the validation folds. Check that the features carry signal, or that the model "
+                    "trains (lr, epochs).")
         return ""
 
     def __str__(self):
@@ -522,16 +568,59 @@ def _set_penalty(optimizer, groups):
                 group[k] = v
 
 
+DIRECTIONS = ("auto", "down", "up")
+
+
+def path_direction(model, direction="auto"):
+    """The way a path walks the grid: "down" (large to small λ) or "up" (small to large). "auto" picks "down"
+    for a linear model (the convex lasso path, warm-started from its λ_max solution) and "up" for anything else
+    (a network starts trained and nearly dense at the smallest λ: see the module docstring)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; choose one of {DIRECTIONS}")
+    if direction == "auto":
+        return "down" if linear_layer(model) is not None else "up"
+    return direction
+
+
+def path_order(n, direction):
+    """The grid indices (grid order: largest λ first) in the order a path walks them."""
+    return list(range(n)) if direction == "down" else list(range(n - 1, -1, -1))
+
+
+def refit_lambdas(lambdas, index, direction, warm_start=True):
+    """The part of the grid (in grid order) a refit walks to reach lambdas[index] the way the path did: from
+    the largest λ down to it, from the smallest up to it, or that λ alone without warm starts."""
+    if not warm_start:
+        return lambdas[index:index + 1]
+    return lambdas[:index + 1] if direction == "down" else lambdas[index:]
+
+
 def walk_path(model_fn, X, y, lambdas, *, penalty="l1", l1_ratio=0.5, group_dim=0, param_groups=None,
               optimizer=None, lr=None, optimizer_kwargs=None, epochs=None, epochs_first=None, batch_size=None,
-              loss_fn=None, seed=0, on_lambda=None, progress=None, task=None, init_bias=True, tol=None):
-    """Train one model down `lambdas` (large to small) with warm starts, the way `select_lambda` does on each
-    fold; call on_lambda(i, lam, model, penalized_params) after each λ. Returns the model at the last λ.
-    Arguments as in `select_lambda` (None picks its defaults); progress: None or an object with update(n),
-    updated per step, or per λ for a full-batch linear fit (see `path_units`)."""
+              loss_fn=None, seed=0, on_lambda=None, progress=None, task=None, init_bias=True, tol=None,
+              direction="auto", warm_start=True):
+    """Train one model along `lambdas` (given in grid order, large to small), the way `select_lambda` does on
+    each fold; call on_lambda(i, lam, model, penalized_params) after each λ, with i the index of lam in
+    `lambdas` (callbacks see the λ in walking order: fill results by i). Returns the model at the last λ
+    walked: lambdas[-1] going down, lambdas[0] going up.
+
+    direction   "down": lambdas in the order given, each λ warm-started from the previous one's weights and
+                optimizer state; a network whose penalized weights all reached zero starts the next λ again
+                from the initial weights. "up": the same, walking from the last (smallest) λ to the first;
+                needs lambdas sorted large to small. "auto" (default): "down" for a linear model, "up" for
+                anything else (`path_direction`).
+    warm_start  False: every λ starts from the initial weights with a fresh optimizer and the first λ's
+                budget (epochs_first), as if trained alone; direction then only sets the order.
+    Other arguments as in `select_lambda` (None picks its defaults); progress: None or an object with
+    update(n), updated per step, or per λ for a full-batch linear fit (see `path_units`)."""
     task = task or infer_task(y)
     torch.manual_seed(seed)
     model = model_fn().to(X.device)
+    direction = path_direction(model, direction)
+    lambdas = list(lambdas)
+    if direction == "up" and any(a < b for a, b in zip(lambdas, lambdas[1:])):
+        raise ValueError("lambdas must be sorted from large to small (grid order); direction='up' walks them "
+                         "from the last to the first")
     start_model(model, y, task, init_bias=init_bias)
     cfg = _training(model, X, task, lambdas, penalty, l1_ratio, optimizer, lr, epochs, epochs_first, batch_size,
                     tol)
@@ -542,13 +631,21 @@ def walk_path(model_fn, X, y, lambdas, *, penalty="l1", l1_ratio=0.5, group_dim=
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(X) / cfg["batch_size"])
     opt = None
-    for i, lam in enumerate(lambdas):
+    for step, i in enumerate(path_order(len(lambdas), direction)):
+        lam = lambdas[i]
         keys = penalty_keys(penalty, lam, l1_ratio=l1_ratio, group_dim=group_dim)
         groups = param_groups(model, **keys)
         penalized = _penalized(groups, keys)
-        restart = opt is not None and bool(penalized) and all(not bool(p.any()) for p in penalized)
-        restart = restart and linear_layer(model) is None  # a zero linear model is a solution, not a dead one
-        if restart:  # every penalized weight is zero: a dead network, start again from the initial weights
+        if not warm_start:
+            restart = step > 0
+            if restart:  # every λ as if trained alone: the same weights, optimizer and batches as the first
+                gen = torch.Generator().manual_seed(seed)
+        else:
+            restart = opt is not None and bool(penalized) and all(not bool(p.any()) for p in penalized)
+            # A zero linear model is a solution, not a dead one; going up, a dead network stays dead at any
+            # larger λ, so only the downward path restarts.
+            restart = restart and linear_layer(model) is None and direction == "down"
+        if restart:  # a dead network (down), or the next λ trained alone: start again from the initial weights
             model.load_state_dict(init)
             opt = None
         if opt is None:
@@ -561,8 +658,8 @@ def walk_path(model_fn, X, y, lambdas, *, penalty="l1", l1_ratio=0.5, group_dim=
             if progress is not None:
                 progress.update(1)
         else:
-            first = i == 0 or restart
-            counted = steps_per_epoch * (cfg["epochs_first"] if i == 0 else cfg["epochs"])
+            first = step == 0 or restart
+            counted = steps_per_epoch * (cfg["epochs_first"] if step == 0 or not warm_start else cfg["epochs"])
             train_epochs(model, opt, X, y, epochs=cfg["epochs_first"] if first else cfg["epochs"],
                          batch_size=cfg["batch_size"], loss_fn=loss_fn, generator=gen,
                          progress=None if progress is None else _Capped(progress, counted))
@@ -586,18 +683,23 @@ def _training(model, X, task, lambdas, penalty, l1_ratio, optimizer, lr, epochs,
 
 
 def path_units(model, n_samples, n_lambdas, *, epochs=None, epochs_first=None, batch_size=None, optimizer=None,
-               lr=None):
+               lr=None, warm_start=True):
     """What one `walk_path` reports to its progress bar: steps for mini-batch training, or one unit per λ for
-    the full-batch linear fit (whose steps per λ depend on convergence)."""
+    the full-batch linear fit (whose steps per λ depend on convergence). The same either way the path walks."""
     if linear_layer(model) is not None and optimizer is None and batch_size is None and lr is None:
         return n_lambdas
     epochs = epochs or 10
-    return path_steps(n_samples, n_lambdas, epochs=epochs, epochs_first=epochs_first, batch_size=batch_size or 128)
+    return path_steps(n_samples, n_lambdas, epochs=epochs, epochs_first=epochs_first, batch_size=batch_size or 128,
+                      warm_start=warm_start)
 
 
-def path_steps(n_samples, n_lambdas, *, epochs, epochs_first=None, batch_size):
-    """Optimizer steps one mini-batch `walk_path` takes when no restart happens (for progress bars)."""
-    return math.ceil(n_samples / batch_size) * ((epochs_first or 2 * epochs) + (n_lambdas - 1) * epochs)
+def path_steps(n_samples, n_lambdas, *, epochs, epochs_first=None, batch_size, warm_start=True):
+    """Optimizer steps one mini-batch `walk_path` takes (down or up) when no restart happens (for progress
+    bars): epochs_first for the first λ walked and epochs for each other, or epochs_first for every λ without
+    warm starts."""
+    first = epochs_first or 2 * epochs
+    per_rest = first if not warm_start else epochs
+    return math.ceil(n_samples / batch_size) * (first + (n_lambdas - 1) * per_rest)
 
 
 @torch.no_grad()
@@ -618,8 +720,9 @@ def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, l
                   folds=5, cv=None, rule="best", l1_ratio=0.5, group_dim=0, param_groups=None, optimizer=None,
                   lr=None, optimizer_kwargs=None, epochs=None, epochs_first=None, batch_size=None, loss_fn=None,
                   score=None, task=None, seed=0, calibrate=None, refit=True, progress=False, init_bias=None,
-                  tol=None):
-    """Choose λ for `penalty` by k-fold cross-validation along a warm-started path from large to small λ.
+                  tol=None, direction="auto", warm_start=True):
+    """Choose λ for `penalty` by k-fold cross-validation along a warm-started path over a grid of λ: from large
+    to small λ for a linear model, from small to large for a network (see the module docstring).
 
     model_fn()         builds a fresh model (called under torch.manual_seed(seed), so every fold starts alike).
     X, y               all the training data as tensors on the device to train on. NaN/inf, one class only or
@@ -629,6 +732,13 @@ def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, l
                        lam -> optimizer group keys (e.g. lambda lam: dict(l1=lam, group_l1=lam)).
     lambdas            an explicit grid (sorted large to small); else n_lambdas values from λ_max down to
                        λ_max*lambda_min_ratio (see `lambda_max`; "l2" and callables without l1 need lambdas).
+    direction          the way each fold walks the grid with warm starts: "down" (from the largest λ), "up"
+                       (from the smallest λ), or "auto" (default): down for a linear model, whose path starts at
+                       its exact λ_max solution (scikit-learn's LassoCV path), up for anything else, so a
+                       network starts trained and dense and never from the dead all-zero network of λ_max.
+    warm_start         True (default): each λ starts from the previous λ's weights and optimizer state.
+                       False: each λ trains alone from the initial weights for epochs_first epochs (no path;
+                       costs about epochs_first/epochs times more for a network).
     folds, cv          folds: k for k-fold CV (stratified for classification). cv, when given, replaces it: a
                        number of folds, a scikit-learn splitter (e.g. KFold(5, shuffle=True, random_state=0)), or
                        an iterable of (train indices, validation indices) pairs.
@@ -651,7 +761,8 @@ def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, l
                        better.
     init_bias          the output bias starts at the training mean of y / the log class frequencies (default
                        True with the default loss, see `start_model`).
-    refit              also train one model on all of (X, y) down the grid to the chosen λ -> result.model.
+    refit              also train one model on all of (X, y) along the same path to the chosen λ (result.
+                       refit_lambdas, walked in the folds' direction) -> result.model.
     progress           show a tqdm bar (needs tqdm), or pass a tqdm-like object with update().
     """
     task = task or infer_task(y)
@@ -691,13 +802,17 @@ def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, l
         if not lambdas or any(not (v >= 0 and math.isfinite(v)) for v in lambdas):
             raise ValueError(f"lambdas must be a non-empty list of finite values >= 0, got {lambdas}")
         if any(a < b for a, b in zip(lambdas, lambdas[1:])):
-            raise ValueError("lambdas must be sorted from large to small (the path warm-starts downwards)")
+            raise ValueError("lambdas must be sorted from large to small (grid order; `direction` sets which "
+                             "way the path walks them)")
         n = len(lambdas)
+    from_lambda_max = lambdas is None  # the grid's first value is λ_max
     pairs = splits(y, folds if cv is None else cv, seed)
     k = len(pairs)
     torch.manual_seed(seed)
     probe = model_fn()
     linear = linear_layer(probe) is not None
+    direction = path_direction(probe, direction)
+    path_kw.update(direction=direction, warm_start=warm_start)
     if calibrate is None:
         calibrate = not linear
 
@@ -705,7 +820,7 @@ def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, l
     if progress is True:
         from tqdm.auto import tqdm
         units = dict(epochs=epochs, epochs_first=epochs_first, batch_size=batch_size, optimizer=optimizer, lr=lr)
-        total = sum(path_units(probe, len(tr), n, **units) for tr, _ in pairs)
+        total = sum(path_units(probe, len(tr), n, warm_start=warm_start, **units) for tr, _ in pairs)
         if lambdas is None and calibrate:
             total += path_units(probe, len(X), 1, **units)
         bar, own_bar = tqdm(total=total, desc=f"{k}-fold CV path", unit="step"), True
@@ -753,13 +868,15 @@ def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, l
                         sparsity=[sum(z) / k for z in zeros], penalized_sparsity=[sum(z) / k for z in pzeros],
                         lambda_max=lmax, best_index=best, index_1se=one_se, rule=rule,
                         score_name=score if isinstance(score, str) else getattr(score, "__name__", "score"),
-                        folds=k, greater_is_better=sign > 0, task=task)
+                        folds=k, greater_is_better=sign > 0, task=task, direction=direction, warm_start=warm_start)
     if n > 1 and result.index == n - 1:
         result.edge = "smallest"
     elif n > 1 and result.index == 0:
-        result.edge = "largest" if result.penalized_sparsity[0] < 1.0 else "lambda_max"
+        # Walking up, a network reaches λ_max last, from trained weights: nearly but not always all zero there.
+        at_max = result.penalized_sparsity[0] >= 1.0 or (from_lambda_max and direction == "up")
+        result.edge = "lambda_max" if at_max else "largest"
     if result.edge:
         warnings.warn(result.edge_message(), GridEdgeWarning, stacklevel=2)
     if refit:
-        result.model = walk_path(model_fn, X, y, lambdas[:result.index + 1], **path_kw)
+        result.model = walk_path(model_fn, X, y, result.refit_lambdas, **path_kw)
     return result

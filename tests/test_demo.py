@@ -204,8 +204,19 @@ def test_demo_lambda_paths(demo_run):
         rec = res.paths[kind]
         lam = rec["lambdas"]
         assert lam == sorted(lam, reverse=True) and len(rec["accuracy"]) == len(lam)
-        assert rec["zeros"][0] == 1.0  # the calibrated λ_max zeroes every penalized weight
+        assert None not in rec["accuracy"] + rec["zeros"] + rec["inputs_kept"]  # filled by grid index
+        # The path walks up (from the smallest λ), so it reaches λ_max last, from a trained network: the
+        # sparsest point, but not necessarily all zero (walking down, it was the all-zero start).
+        assert rec["direction"] == "up" and rec["zeros"][0] == max(rec["zeros"]) > rec["zeros"][-1]
         assert rec["zeros"][-1] < 1.0 and rec["accuracy"][-1] > 0.5
+        # λ_max itself is calibrated from the initial weights: trained alone there, every penalized weight is 0.
+        kw = dict(param_groups=demo.groups_for(kind), lr=1e-2, batch_size=64, group_dim=1, penalty=kind,
+                  epochs=rec["epochs"], epochs_first=rec["epochs_first"])
+        data = demo.load_digits(0)
+        groups = {}
+        select.walk_path(demo.mlp_factory(64, 64), data.X_train, data.y_train, lam[:1], **kw,
+                         on_lambda=lambda i, lam_, model, penalized: groups.update(p=penalized))
+        assert select._all_zero(groups["p"], select._rounding_tol(groups["p"], 1e-2, lam[0])), kind
 
 
 # ------------------------------------------------------------------------------------------------------ sweep
@@ -218,7 +229,10 @@ def test_sweep_chooses_a_lambda_in_the_grid(sweep_run):
     assert path.lambdas == sorted(path.lambdas, reverse=True)
     assert len(path.mean) == len(path.std) == len(path.sparsity) == len(path.lambdas)
     assert all(len(s) == path.folds for s in path.scores)
-    assert path.penalized_sparsity[0] == 1.0
+    # The MLP's path walks up from the smallest λ: λ_max comes last, from a trained network, and is the
+    # sparsest point (walking down, it was the all-zero start; see select's docstring for why that changed).
+    assert path.direction == "up" and path.refit_lambdas == path.lambdas[path.index:]
+    assert path.penalized_sparsity[0] == max(path.penalized_sparsity) > 0.9
     assert path.index_1se <= path.best_index
     assert f"chosen λ = {path.lambda_:.4g}" in out
     assert "test accuracy" in out
