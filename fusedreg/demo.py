@@ -640,7 +640,7 @@ def _run_demo(*, epochs=30, device="cpu", out="out/fusedreg_demo.png", seed=0, h
     png = os.path.abspath(out)
     os.makedirs(os.path.dirname(png), exist_ok=True)
     status("drawing the figure ...", progress)
-    plot_demo(png, rows, models, paths, data, hidden)
+    plot_demo(png, rows, models, paths, data, hidden, epochs=epochs)
     result = DemoResult(rows, paths, models, png, table, time.perf_counter() - t_start)
     print_fn(table)
     print_fn(f"\nwrote {png}")
@@ -698,7 +698,9 @@ def _mark_chosen(ax, lam, label):
 def plot_sweep(path, res, model, kind, data, scale=1.0):
     """CV score and sparsity vs λ, and what the refit model reads. The score axis spans the models with a
     nonzero penalized weight: the all-zero end of the path (accuracy ~ 1/classes) would flatten the region
-    where the choice is made; points off the axis are counted in its title."""
+    where the choice is made; points off the axis are counted in its title. The path panels show the CV folds'
+    models; the refit (all training rows, along the same path to the chosen λ) is the star on the sparsity
+    panel and the pixel map, the numbers the sweep prints."""
     fig = _figure(15, 4.5)
     axes = fig.subplots(1, 3, width_ratios=[2, 2, 1.2])
     lam = res.lambdas
@@ -714,17 +716,25 @@ def plot_sweep(path, res, model, kind, data, scale=1.0):
     metric = res.score_name
     axes[0].set_title(f"validation {metric}" + (f" ({off} all-zero point{'s' * (off > 1)} off the axis)" if off
                                                  else ""), fontsize=9)
-    axes[1].plot(lam, res.penalized_sparsity, "o-", label="penalized weights")
-    axes[1].plot(lam, res.sparsity, "s--", label="all parameters")
+    axes[1].plot(lam, res.penalized_sparsity, "o-", label=f"penalized weights ({res.folds}-fold mean)")
+    axes[1].plot(lam, res.sparsity, "s--", label=f"all parameters ({res.folds}-fold mean)")
+    model_kind = "linear" if sel.linear_layer(model) is not None else "mlp"
+    keys = sel.penalty_keys(kind, 1.0, group_dim=1)
+    refit_pen = sel.zero_fraction(sel._penalized(sweep_groups(kind, model_kind)(model, **keys), keys))
+    axes[1].plot([res.lambda_], [refit_pen], "*", ms=14, color="C0", markeredgecolor="black",
+                 label=f"refit on all rows: {refit_pen:.1%} penalized zeros")
+    direction = getattr(res, "direction", "down")
+    how = res.describe_path() if hasattr(res, "describe_path") else "warm-started from the largest λ down"
     for ax in axes[:2]:
         ax.axvline(res.best_lambda, color="C2", ls="--", label=f"best λ={res.best_lambda:.3g}")
         ax.axvline(res.lambda_1se, color="C3", ls=":", label=f"1-SE λ={res.lambda_1se:.3g}")
         _mark_chosen(ax, res.lambda_, f"chosen λ={res.lambda_:.3g} (rule {res.rule})")
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        ax.set_xlabel("λ (warm-started path, large to small)")
+        _path_axis(ax, direction)
+        ax.set_xlabel(f"λ (path walked left to right: {_walk_words(direction)} λ)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.supxlabel(f"The curves are the CV folds' models, one per fold, {how}; the refit (★, pixel map) is one "
+                  "more run on all training rows along the same path to the chosen λ.", fontsize=9)
     axes[0].set_ylabel(f"validation {metric}")
     axes[1].set_ylabel("exact-zero fraction")
     axes[1].set_ylim(-0.03, 1.03)
@@ -737,7 +747,22 @@ def plot_sweep(path, res, model, kind, data, scale=1.0):
     return fig
 
 
-def plot_demo(path, rows, models, paths, data, hidden):
+def _path_axis(ax, direction):
+    """A log λ axis read the way the path walked it: left to right."""
+    ax.set_xscale("log")
+    if direction == "down":
+        ax.invert_xaxis()
+
+
+def _walk_words(direction):
+    return "small to large" if direction == "up" else "large to small"
+
+
+def plot_demo(path, rows, models, paths, data, hidden, epochs=None):
+    """The demo's PNG: per penalty the weight histogram and the pixel map of the table's model; below, the L1
+    and group-lasso λ paths (test accuracy, zeros, pixels used) with each table model drawn as a star at its λ.
+    The path and the table's models are different runs (one warm-started model along the grid against one
+    model per penalty trained alone from the initial weights for `epochs`), and the figure says so."""
     fig = _figure(18, 11)
     grid = fig.add_gridspec(3, len(rows))
     weights = {r.kind: torch.cat([p.detach().float().cpu().flatten() for p in models[r.kind].parameters()
@@ -765,20 +790,36 @@ def plot_demo(path, rows, models, paths, data, hidden):
     ax_acc = fig.add_subplot(grid[2, :2])
     ax_zero = fig.add_subplot(grid[2, 2:4])
     ax_in = fig.add_subplot(grid[2, 4:])
-    used = {r.kind: r.lam for r in rows}
+    table = {r.kind: r for r in rows}
+    direction = next((rec.get("direction", "down") for rec in paths.values()), "down")
     for k, (kind, rec) in enumerate(paths.items()):
+        r = table.get(kind)
+        if r is not None:  # the table's model at its λ: the same numbers as its row and its pixel map
+            keys = penalty_keys(kind, r.lam)
+            penalized = sel._penalized(groups_for(kind)(models[kind], **keys), keys)
+            star = dict(accuracy=r.accuracy, zeros=sel.zero_fraction(penalized),
+                        inputs_kept=data.n_features - r.inputs_pruned)
         for ax, key in ((ax_acc, "accuracy"), (ax_zero, "zeros"), (ax_in, "inputs_kept")):
-            ax.plot(rec["lambdas"], rec[key], "o-", color=f"C{k}", label=names[kind])
-            if kind in used:  # the λ the table's row was trained at
-                ax.axvline(used[kind], color=f"C{k}", ls="--", lw=1, label=f"{names[kind]}: table's λ={used[kind]:g}")
+            ax.plot(rec["lambdas"], rec[key], "o-", color=f"C{k}", label=f"{names[kind]} path")
+            if r is not None:
+                ax.axvline(r.lam, color=f"C{k}", ls="--", lw=1, label=f"{names[kind]}: table's λ={r.lam:g}")
+                ax.plot([r.lam], [star[key]], "*", ms=15, color=f"C{k}", markeredgecolor="black",
+                        label=f"{names[kind]}: table's model")
     for ax, ylabel in ((ax_acc, "test accuracy"), (ax_zero, "exact-zero fraction (penalized weights)"),
                        (ax_in, "input pixels used")):
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        ax.set_xlabel("λ (warm-started path, large to small)")
+        _path_axis(ax, direction)
+        ax.set_xlabel(f"λ (path walked left to right: {_walk_words(direction)} λ)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    ax_acc.legend(fontsize=8)
+    rec = next(iter(paths.values()), {})
+    how = ("warm-started from the smallest λ up" if direction == "up" else "warm-started from the largest λ down")
+    budget = (f", {plural(rec['epochs'], 'epoch')} per λ ({rec['epochs_first']} at the first)"
+              if "epochs" in rec else "")
+    alone = f"for {plural(epochs, 'epoch')} " if epochs else ""
+    ax_zero.set_title("λ paths: one model per penalty " + how + budget, fontsize=9)
+    fig.supxlabel(f"Bottom row: the λ path is a different run from the table's models (★, each trained alone from "
+                  f"the initial weights {alone}at its λ), so at the table's λ the two differ.", fontsize=9)
     fig.suptitle(f"fusedreg demo: MLP {data.n_features}-{hidden}-10 on scikit-learn digits")
     fig.savefig(path, dpi=80)
     return fig

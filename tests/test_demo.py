@@ -144,6 +144,11 @@ def test_demo_figure_contents(demo_run, tmp_path):
         if r.zeros:
             assert f"zero weights: {r.zeros:.1%}" in legends, (r.kind, legends)
     assert any("table's λ" in t for t in legends)  # the λ the table used, marked on the path plots
+    # ... with the table's model itself at that λ (a star), and the figure says the path is another run.
+    assert any("table's model" in t for t in legends)
+    texts = [t.get_text() for t in fig.texts] + [ax.get_xlabel() + " " + ax.get_title() for ax in fig.axes]
+    assert any("different run" in t and "trained alone" in t for t in texts), texts
+    assert any("warm-started from the smallest λ up" in t for t in texts), texts
 
 
 def test_sweep_figure_axis_spans_the_models_that_are_not_all_zero(sweep_run, tmp_path):
@@ -155,6 +160,11 @@ def test_sweep_figure_axis_spans_the_models_that_are_not_all_zero(sweep_run, tmp
     assert lo <= min(live) and hi >= max(live)
     legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert any(t.startswith("chosen λ=") for t in legends)
+    # The refit (the printed numbers) is marked apart from the folds' curves, and the path's direction is named.
+    assert any(t.startswith("refit on all rows") for t in legends)
+    texts = [t.get_text() for t in fig.texts] + [ax.get_xlabel() for ax in fig.axes]
+    assert any("warm-started from the smallest λ up" in t for t in texts), texts
+    assert any("small to large" in t for t in texts), texts
 
 
 def test_default_figure_path_is_not_the_current_folder():
