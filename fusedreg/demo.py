@@ -128,6 +128,9 @@ FILE layouts:
         columns are the features, named x0, x1, ..."""
 
 MAX_CLASSES = 20  # an integer target with at most this many distinct values is inferred to be class labels
+# A numeric target with more distinct values than this is refused as classes even under --task classification:
+# it is almost surely a measurement, and a model with one output per value learns nothing useful.
+MAX_NUMERIC_CLASSES = 50
 
 
 def _names(names, limit=12):
@@ -261,6 +264,14 @@ def target_task(y, target, task):
         return task, np.asarray(nums, dtype=np.float64), [], note
     if len(distinct) < 2:
         raise sel.DataError(f"target {target!r} has one class only ({distinct[0]!r}): there is nothing to classify")
+    if numeric and not all(float(v).is_integer() for v in distinct):
+        v = next(v for v in distinct if not float(v).is_integer())
+        raise sel.DataError(f"target {target!r} holds non-integer values ({v:g}, {len(distinct)} distinct): not class "
+                            "labels; use --task regression")
+    if numeric and len(distinct) > MAX_NUMERIC_CLASSES:
+        raise sel.DataError(f"target {target!r} holds {len(distinct)} distinct numbers: as classes that is a "
+                            f"{len(distinct)}-class model (at most {MAX_NUMERIC_CLASSES} numeric classes are taken); "
+                            "use --task regression")
     if numeric:
         classes = [int(v) if float(v).is_integer() else v for v in distinct]
         index = {v: k for k, v in enumerate(distinct)}

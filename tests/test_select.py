@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -82,7 +83,7 @@ def diabetes(tmp_path_factory):
     with open(tmp / "r.json") as f:
         result = json.load(f)
     return dict(X=d.data, y=d.target, out=out, res=res, json=result, pt=str(tmp / "m.pt"), png=tmp / "p.png",
-                names=list(d.feature_names))
+                csv=path, names=list(d.feature_names))
 
 
 def test_lambda_max_and_choice_match_lassocv(diabetes):
@@ -129,14 +130,19 @@ def _readme_snippet():
     return m.group(1)
 
 
-def test_readme_snippet_predicts_with_the_saved_model(diabetes):
+def test_readme_snippet_predicts_with_the_saved_model(diabetes, tmp_path, monkeypatch):
+    # The snippet reads out/diabetes.pt and the first five rows of diabetes.csv from the working folder.
     X, res = diabetes["X"], diabetes["res"]
-    scope = {"rows": X[:7].tolist(), "path": diabetes["pt"]}
+    (tmp_path / "out").mkdir()
+    shutil.copy(diabetes["pt"], tmp_path / "out" / "diabetes.pt")
+    shutil.copy(diabetes["csv"], tmp_path / "diabetes.csv")
+    monkeypatch.chdir(tmp_path)
+    scope = {}
     exec(_readme_snippet(), scope)
     ds = res.data
     with torch.no_grad():
         f64 = dict(dtype=torch.float64)
-        Xs = (torch.tensor(X[:7], **f64) - torch.tensor(ds.mean, **f64)) / torch.tensor(ds.scale, **f64)
+        Xs = (torch.tensor(X[:5], **f64) - torch.tensor(ds.mean, **f64)) / torch.tensor(ds.scale, **f64)
         want = res.path.model(Xs).squeeze(1) * ds.y_scale + ds.y_mean
     np.testing.assert_allclose(np.asarray(scope["pred"], dtype=float), want.numpy(), rtol=1e-10)
 
@@ -314,6 +320,8 @@ def _bad_tables(tmp):
         "oneclass": [[r[0], r[1], "1"] for r in ok],
         "few": ok[:3],
         "ragged": ok + [["1", "2"]],
+        "measured": [[str(i), str(i % 7), f"{i * 0.37:.2f}"] for i in range(80)],   # a regression target
+        "manyvalues": [[str(i), str(i % 7), str(3 * i)] for i in range(80)],       # 80 distinct whole numbers
     }
     return {k: _write_csv(tmp / f"{k}.csv", ["a", "b", "t"], rows) for k, rows in files.items()}
 
@@ -330,6 +338,8 @@ def _bad_tables(tmp):
     ("column", [], r"no column 'nope' in .*; its columns are 'a', 'b', 't'"),
     ("text", ["--task", "regression", "--target", "b"], "non-numeric|not numeric"),
     ("suffix", [], "unknown file type '.txt'"),
+    ("measured", ["--task", "classification"], r"non-integer values .*; use --task regression$"),
+    ("manyvalues", ["--task", "classification"], r"80 distinct numbers: .* use --task regression$"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, case, extra, message, capsys):
     files = _bad_tables(tmp_path)
