@@ -115,6 +115,7 @@ class LambdaPath:
     edge: str = ""          # "", "largest" or "smallest": where on the grid the chosen λ sits, when at an end
     direction: str = "down"  # how each fold walked the grid: "down" (large to small λ) or "up" (small to large)
     warm_start: bool = True  # False: every λ trained alone from the initial weights
+    grid_given: bool = False  # True: the caller passed lambdas; False: the grid came from λ_max and lambda_min_ratio
 
     @property
     def index(self):
@@ -171,12 +172,13 @@ class LambdaPath:
         if self.edge == "smallest":
             start = (" It is where the upward path starts, from the initial weights: extending the grid moves the "
                      "start there." if self.direction == "up" and self.warm_start else "")
+            how = ("add smaller values to the lambdas you passed (--lambdas)" if self.grid_given else
+                   "a smaller lambda_min_ratio (--lambda-min-ratio)")
             return (f"the chosen λ = {self.lambda_:.4g} is the smallest on the grid: a smaller λ may score better. "
-                    "Extend the grid down (a smaller lambda_min_ratio / --lambda-min-ratio, or smaller --lambdas)."
-                    + start)
+                    f"Extend the grid down: {how}." + start)
         if self.edge == "largest":
-            return (f"the chosen λ = {self.lambda_:.4g} is the largest on the grid: a larger λ may score as well. "
-                    "Extend the grid up (larger --lambdas), or let the grid start at λ_max (omit lambdas).")
+            return (f"the chosen λ = {self.lambda_:.4g} is the largest of the lambdas you passed: a larger λ may "
+                    "score as well. Add larger values (--lambdas), or omit lambdas to let the grid start at λ_max.")
         if self.edge == "lambda_max":
             where = ("where every penalized weight is zero" if self.penalized_sparsity[0] >= 1.0 else
                      f"the top of the grid ({self.penalized_sparsity[0]:.1%} of the penalized weights zero there; "
@@ -868,12 +870,13 @@ def select_lambda(model_fn, X, y, *, penalty="l1", lambdas=None, n_lambdas=10, l
                         sparsity=[sum(z) / k for z in zeros], penalized_sparsity=[sum(z) / k for z in pzeros],
                         lambda_max=lmax, best_index=best, index_1se=one_se, rule=rule,
                         score_name=score if isinstance(score, str) else getattr(score, "__name__", "score"),
-                        folds=k, greater_is_better=sign > 0, task=task, direction=direction, warm_start=warm_start)
+                        folds=k, greater_is_better=sign > 0, task=task, direction=direction, warm_start=warm_start,
+                        grid_given=not from_lambda_max)
     if n > 1 and result.index == n - 1:
         result.edge = "smallest"
     elif n > 1 and result.index == 0:
         # Walking up, a network reaches λ_max last, from trained weights: nearly but not always all zero there.
-        at_max = result.penalized_sparsity[0] >= 1.0 or (from_lambda_max and direction == "up")
+        at_max = result.penalized_sparsity[0] >= 1.0 or from_lambda_max
         result.edge = "lambda_max" if at_max else "largest"
     if result.edge:
         warnings.warn(result.edge_message(), GridEdgeWarning, stacklevel=2)

@@ -250,15 +250,26 @@ def test_a_choice_at_the_grid_edge_warns():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(60, 3, generator=g, dtype=torch.float64)
     y = X @ torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)  # noiseless: the smallest λ is best
-    with pytest.warns(select.GridEdgeWarning, match="smallest on the grid"):
+    # The advice names what the caller passed: the lambdas given, or lambda_min_ratio for a grid from λ_max.
+    with pytest.warns(select.GridEdgeWarning, match="smallest on the grid.*add smaller values to the lambdas"):
         res = select.select_lambda(lambda: torch.nn.Linear(3, 1).double(), X, y, lambdas=[1.0, 0.3, 0.1],
                                    folds=3, refit=False)
-    assert res.edge == "smallest"
+    assert res.edge == "smallest" and res.grid_given
+    with pytest.warns(select.GridEdgeWarning, match="smallest on the grid.*a smaller lambda_min_ratio") as caught:
+        res = select.select_lambda(lambda: torch.nn.Linear(3, 1).double(), X, y, n_lambdas=3,
+                                   lambda_min_ratio=0.1, folds=3, refit=False)
+    assert res.edge == "smallest" and not res.grid_given
+    assert "--lambdas" not in str(caught[0].message)
     noise = torch.randn(60, generator=g, dtype=torch.float64)  # no signal: the most shrinkage is best
-    with pytest.warns(select.GridEdgeWarning, match="largest on the grid"):
+    with pytest.warns(select.GridEdgeWarning, match="largest of the lambdas you passed.*omit lambdas"):
         res = select.select_lambda(lambda: torch.nn.Linear(3, 1).double(), X, noise, lambdas=[0.05, 1e-3, 1e-4],
                                    folds=3, refit=False)
     assert res.edge == "largest"
+    # From λ_max, the top of the grid is λ_max itself: never "omit lambdas", which the caller already did.
+    with pytest.warns(select.GridEdgeWarning, match="at λ_max") as caught:
+        res = select.select_lambda(lambda: torch.nn.Linear(3, 1).double(), X, noise, n_lambdas=3, folds=3,
+                                   refit=False)
+    assert res.edge == "lambda_max" and "omit lambdas" not in str(caught[0].message)
 
 
 # ------------------------------------------------------------------------------------- the CLI on own data
