@@ -29,6 +29,7 @@ import torch
 from . import backends
 from . import select as sel
 from .optim import Adam
+from .path import _penalized
 
 PENALTY_LABELS = {"none": "none", "l2": "L2", "l1": "L1", "elastic_net": "elastic net",
                   "group_l1": "group lasso (layer-1 inputs)"}
@@ -611,7 +612,7 @@ def _run_demo(*, epochs=30, device="cpu", out="out/fusedreg_demo.png", seed=0, h
                              loss_fn=torch.nn.functional.cross_entropy,
                              generator=torch.Generator().manual_seed(seed), progress=bar)
             models[kind] = model
-            acc = sel.evaluate(model, data.X_test, data.y_test, "accuracy", None)
+            acc = sel.evaluate(model, data.X_test, data.y_test, score="accuracy")
             inputs, hid = pruned(model)
             if bar is not None:
                 bar.set_description(f"timing steps: {PENALTY_LABELS[kind]}")
@@ -636,7 +637,7 @@ def _run_demo(*, epochs=30, device="cpu", out="out/fusedreg_demo.png", seed=0, h
                        direction="up", epochs=path_epochs, epochs_first=2 * path_epochs)
 
             def on_lambda(i, lam, model, penalized, rec=rec):  # i: the grid index (the walk goes up the grid)
-                rec["accuracy"][i] = sel.evaluate(model, data.X_test, data.y_test, "accuracy", None)
+                rec["accuracy"][i] = sel.evaluate(model, data.X_test, data.y_test, score="accuracy")
                 rec["zeros"][i] = sel.zero_fraction(penalized)
                 rec["inputs_kept"][i] = n_in - pruned(model)[0]
 
@@ -731,7 +732,7 @@ def plot_sweep(path, res, model, kind, data, scale=1.0):
     axes[1].plot(lam, res.sparsity, "s--", label=f"all parameters ({res.folds}-fold mean)")
     model_kind = "linear" if sel.linear_layer(model) is not None else "mlp"
     keys = sel.penalty_keys(kind, 1.0, group_dim=1)
-    refit_pen = sel.zero_fraction(sel._penalized(sweep_groups(kind, model_kind)(model, **keys), keys))
+    refit_pen = sel.zero_fraction(_penalized(sweep_groups(kind, model_kind)(model, **keys), keys))
     axes[1].plot([res.lambda_], [refit_pen], "*", ms=14, color="C0", markeredgecolor="black",
                  label=f"refit on all rows: {refit_pen:.1%} penalized zeros")
     direction = getattr(res, "direction", "down")
@@ -807,7 +808,7 @@ def plot_demo(path, rows, models, paths, data, hidden, epochs=None):
         r = table.get(kind)
         if r is not None:  # the table's model at its λ: the same numbers as its row and its pixel map
             keys = penalty_keys(kind, r.lam)
-            penalized = sel._penalized(groups_for(kind)(models[kind], **keys), keys)
+            penalized = _penalized(groups_for(kind)(models[kind], **keys), keys)
             star = dict(accuracy=r.accuracy, zeros=sel.zero_fraction(penalized),
                         inputs_kept=data.n_features - r.inputs_pruned)
         for ax, key in ((ax_acc, "accuracy"), (ax_zero, "zeros"), (ax_in, "inputs_kept")):
@@ -898,7 +899,7 @@ def sweep_groups(kind, model_kind):
 def _score_all(model, X, y, data, score):
     if X is None:
         return None
-    v = sel.evaluate(model, X, y, score, None)
+    v = sel.evaluate(model, X, y, score=score)
     return v * data.y_scale ** 2 if score == "mse" else v
 
 

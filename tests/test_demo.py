@@ -13,6 +13,7 @@ import torch
 
 import fusedreg
 from fusedreg import demo, select
+from fusedreg.path import _all_zero, _rounding_tol
 from fusedreg.__main__ import build_parser, main
 
 pytest.importorskip("sklearn")
@@ -226,7 +227,7 @@ def test_demo_lambda_paths(demo_run):
         groups = {}
         select.walk_path(demo.mlp_factory(64, 64), data.X_train, data.y_train, lam[:1], **kw,
                          on_lambda=lambda i, lam_, model, penalized: groups.update(p=penalized))
-        assert select._all_zero(groups["p"], select._rounding_tol(groups["p"], 1e-2, lam[0])), kind
+        assert _all_zero(groups["p"], _rounding_tol(groups["p"], 1e-2, lam[0])), kind
 
 
 # ------------------------------------------------------------------------------------------------------ sweep
@@ -300,11 +301,11 @@ def test_select_lambda_lambda_max_is_exact_for_a_linear_model():
     torch.manual_seed(0)
     model = _linear()()
     torch.nn.init.zeros_(model.weight)
-    lmax = select.lambda_max(model, X, y, "l1")
+    lmax = select.grid_lambda_max(model, X, y, "l1")
     g = torch.autograd.grad(torch.nn.functional.cross_entropy(model(X), y), model.weight)[0]
     assert math.isclose(lmax, float(g.abs().max()), rel_tol=1e-6)
-    assert math.isclose(select.lambda_max(model, X, y, "elastic_net", l1_ratio=0.25), 4 * lmax, rel_tol=1e-6)
-    gl = select.lambda_max(model, X, y, "group_l1", group_dim=1)
+    assert math.isclose(select.grid_lambda_max(model, X, y, "elastic_net", l1_ratio=0.25), 4 * lmax, rel_tol=1e-6)
+    gl = select.grid_lambda_max(model, X, y, "group_l1", group_dim=1)
     assert math.isclose(gl, float(g.norm(dim=0).max()) / math.sqrt(3), rel_tol=1e-6)
 
 

@@ -186,7 +186,7 @@ def test_calibrate_does_not_double_an_exact_lambda_max():
     X = torch.tensor((d.data - d.data.mean(0)) / d.data.std(0))
     y = torch.tensor(d.target)
     model = select.start_model(torch.nn.Linear(10, 1).double(), y, "regression")
-    exact = select.lambda_max(model, X, y)
+    exact = select.grid_lambda_max(model, X, y)
     lam, tries = select.calibrate_lambda_max(lambda: torch.nn.Linear(10, 1).double(), X, y, epochs=400)
     assert lam == exact and tries == 1
     # The case: full-batch SGD at lr = 1/L with the bias learned from its random start leaves one weight
@@ -205,7 +205,7 @@ def test_calibrate_does_not_double_an_exact_lambda_max():
 
 def test_group_dim_defaults_to_rows_like_the_optimizers():
     import inspect
-    for fn in (select.select_lambda, select.walk_path, select.lambda_max):
+    for fn in (select.select_lambda, select.walk_path, select.grid_lambda_max):
         assert inspect.signature(fn).parameters["group_dim"].default == 0, fn.__name__
 
 
@@ -445,7 +445,7 @@ def test_logistic_lambda_max_is_sklearn_c_boundary():
     Xn, yn = load_breast_cancer(return_X_y=True)
     Xn = (Xn - Xn.mean(0)) / Xn.std(0)
     X, y = torch.tensor(Xn), torch.tensor(yn)
-    lam = select.lambda_max(select.start_model(torch.nn.Linear(30, 2).double(), y, "classification"), X, y)
+    lam = select.grid_lambda_max(select.start_model(torch.nn.Linear(30, 2).double(), y, "classification"), X, y)
     n = len(y)
 
     def coef(factor):
@@ -492,7 +492,7 @@ def test_sweep_on_the_digits_picks_a_model_as_good_as_the_best_independent_run(t
               param_groups=demo.weight_groups, group_dim=1, penalty="l1", seed=0, task="classification")
     with demo.cpu_threads(1):
         alone = [select.evaluate(select.walk_path(make, ds.X_train, ds.y_train, [lam], **kw), ds.X_test,
-                                 ds.y_test, "accuracy", None) for lam in res.path.lambdas]
+                                 ds.y_test, score="accuracy") for lam in res.path.lambdas]
     best = max(alone)
     report = (f"chosen λ={res.path.lambda_:.3g}: test {res.test_accuracy:.4f}, hidden pruned {res.hidden_pruned}; "
               f"trained alone: {['%.4f' % a for a in alone]}")
