@@ -233,7 +233,7 @@ def build_parser():
                         "(default 200; --quick caps it at 20)")
     _common(d, "out/fusedreg_demo.png", "demo")
 
-    from .demo import DATA_LAYOUT
+    from .data import DATA_LAYOUT
     s = sub.add_parser("sweep", help="choose λ by cross-validation (digits or --data FILE); path, PNG, JSON",
                        description=SWEEP_HELP.format(layout=DATA_LAYOUT),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -360,8 +360,8 @@ def main(argv=None):
     if args.command == "sweep":
         _check_sweep(args._parser, args)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    from . import demo
-    from .select import DataError
+    from . import demo, sweep
+    from .folds import DataError
     common = dict(device=args.device, out=args.out, seed=args.seed, hidden=args.hidden, batch_size=args.batch_size,
                   lr=args.lr, backend=args.backend, progress=args.progress, quick=args.quick, threads=args.threads)
     try:
@@ -370,12 +370,12 @@ def main(argv=None):
                           l1_ratio=args.l1_ratio, group_lasso=args.group_lasso, path_lambdas=args.path_lambdas,
                           timing_steps=args.timing_steps, **common)
         else:
-            demo.run_sweep(penalty=SWEEP_PENALTIES[args.penalty], folds=args.folds, n_lambdas=args.n_lambdas,
-                           lambda_min_ratio=args.lambda_min_ratio, lambdas=args.lambdas, rule=args.rule,
-                           l1_ratio=0.5 if args.l1_ratio is None else args.l1_ratio, epochs=args.epochs,
-                           data=args.data, target=args.target, task=args.task, model=args.model,
-                           test_fraction=args.test_fraction, json_path=args.json, save_model=args.save_model,
-                           **common)
+            sweep.run_sweep(penalty=SWEEP_PENALTIES[args.penalty], folds=args.folds, n_lambdas=args.n_lambdas,
+                            lambda_min_ratio=args.lambda_min_ratio, lambdas=args.lambdas, rule=args.rule,
+                            l1_ratio=0.5 if args.l1_ratio is None else args.l1_ratio, epochs=args.epochs,
+                            data=args.data, target=args.target, task=args.task, model=args.model,
+                            test_fraction=args.test_fraction, json_path=args.json, save_model=args.save_model,
+                            **common)
     except DataError as e:  # a problem with the user's data: one line, no traceback
         args._parser.exit(2, f"{args._parser.prog}: error: {e}\n")
     return 0

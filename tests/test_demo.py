@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import fusedreg
-from fusedreg import demo, select
+from fusedreg import console, demo, models, plots, select, sweep
+from fusedreg.data import load_digits
 from fusedreg.path import _all_zero, _rounding_tol
 from fusedreg.__main__ import build_parser, main
 
@@ -23,7 +24,7 @@ pytest.importorskip("matplotlib")
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # The models here are tiny: one thread is fastest and does not stall when the machine is busy.
-    with demo.cpu_threads(1):
+    with console.cpu_threads(1):
         yield
 
 
@@ -57,11 +58,11 @@ class Bar:
         pass
 
 
-def _run(argv, fn_name):
-    """main(argv) in-process; returns (stdout, stderr, the result object the run function returned). The
+def _run(argv, module, fn_name):
+    """main(argv) in-process; returns (stdout, stderr, the result object module.fn_name returned). The
     progress bar is a recording Bar (result.bar)."""
     seen = {}
-    real = getattr(demo, fn_name)
+    real = getattr(module, fn_name)
 
     def spy(**kw):
         seen["result"] = real(**kw)
@@ -69,8 +70,8 @@ def _run(argv, fn_name):
 
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mp.setattr(demo, fn_name, spy)
-        mp.setattr(demo, "make_progress", Bar)
+        mp.setattr(module, fn_name, spy)
+        mp.setattr(console, "make_progress", Bar)
         Bar.made.clear()
         assert main(argv) == 0
     seen["result"].bar = Bar.made[-1]
@@ -88,13 +89,13 @@ def _bar_ok(bar):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     png = tmp_path_factory.mktemp("demo") / "out" / "demo.png"  # a missing folder is created
-    return (png,) + _run(["demo", "--quick", "--out", str(png)], "run_demo")
+    return (png,) + _run(["demo", "--quick", "--out", str(png)], demo, "run_demo")
 
 
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory):
     png = tmp_path_factory.mktemp("sweep") / "sweep.png"
-    return (png,) + _run(["sweep", "--quick", "--no-progress", "--out", str(png)], "run_sweep")
+    return (png,) + _run(["sweep", "--quick", "--no-progress", "--out", str(png)], sweep, "run_sweep")
 
 
 def _png_ok(path):
@@ -137,7 +138,8 @@ def test_demo_progress_and_table_text(demo_run):
 
 def test_demo_figure_contents(demo_run, tmp_path):
     _, _, _, res = demo_run
-    fig = demo.plot_demo(str(tmp_path / "d.png"), res.rows, res.models, res.paths, demo.load_digits(0), 64)
+    fig = plots.plot_demo(str(tmp_path / "d.png"), rows=res.rows, models=res.models, paths=res.paths,
+                          data=load_digits(0), hidden=64)
     labels = [ax.get_ylabel() for ax in fig.axes]
     assert labels.count("||W1[:, pixel]||") == len(res.rows)  # a colorbar per pixel map
     legends = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
@@ -154,7 +156,7 @@ def test_demo_figure_contents(demo_run, tmp_path):
 
 def test_sweep_figure_axis_spans_the_models_that_are_not_all_zero(sweep_run, tmp_path):
     _, _, _, res = sweep_run
-    fig = demo.plot_sweep(str(tmp_path / "s.png"), res.path, res.path.model, "l1", res.data)
+    fig = plots.plot_sweep(str(tmp_path / "s.png"), res.path, model=res.path.model, kind="l1", data=res.data)
     lo, hi = fig.axes[0].get_ylim()
     live = [m for m, z in zip(res.path.mean, res.path.penalized_sparsity) if z < 1]
     assert lo > min(res.path.mean) or len(live) == len(res.path.mean)  # the ~0.1 accuracy of λ_max is off-axis
@@ -221,11 +223,11 @@ def test_demo_lambda_paths(demo_run):
         assert rec["direction"] == "up" and rec["zeros"][0] == max(rec["zeros"]) > rec["zeros"][-1]
         assert rec["zeros"][-1] < 1.0 and rec["accuracy"][-1] > 0.5
         # λ_max itself is calibrated from the initial weights: trained alone there, every penalized weight is 0.
-        kw = dict(param_groups=demo.groups_for(kind), lr=1e-2, batch_size=64, group_dim=1, penalty=kind,
+        kw = dict(param_groups=models.groups_for(kind), lr=1e-2, batch_size=64, group_dim=1, penalty=kind,
                   epochs=rec["epochs"], epochs_first=rec["epochs_first"])
-        data = demo.load_digits(0)
+        data = load_digits(0)
         groups = {}
-        select.walk_path(demo.mlp_factory(64, 64), data.X_train, data.y_train, lam[:1], **kw,
+        select.walk_path(models.mlp_factory(64, 64), data.X_train, data.y_train, lam[:1], **kw,
                          on_lambda=lambda i, lam_, model, penalized: groups.update(p=penalized))
         assert _all_zero(groups["p"], _rounding_tol(groups["p"], 1e-2, lam[0])), kind
 
@@ -258,7 +260,7 @@ def test_sweep_chooses_a_lambda_in_the_grid(sweep_run):
 def test_sweep_group_lasso_with_explicit_grid(tmp_path):
     png = tmp_path / "g.png"
     out, _, res = _run(["sweep", "--quick", "--no-progress", "--penalty", "group-lasso", "--folds", "2",
-                        "--lambdas", "1e-3,1e-2", "--rule", "1se", "--out", str(png)], "run_sweep")
+                        "--lambdas", "1e-3,1e-2", "--rule", "1se", "--out", str(png)], sweep, "run_sweep")
     assert res.path.lambdas == [1e-2, 1e-3]  # sorted large to small
     assert res.path.rule == "1se" and res.path.lambda_ == res.path.lambda_1se
     _png_ok(png)

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import fusedreg
-from fusedreg import demo, select
+from fusedreg import console, models, select, sweep
+from fusedreg.data import load_digits, standardize
 from fusedreg.__main__ import main
 
 sklearn = pytest.importorskip("sklearn")
@@ -30,7 +31,7 @@ README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    with demo.cpu_threads(1):
+    with console.cpu_threads(1):
         yield
 
 
@@ -45,7 +46,7 @@ def _write_csv(path, header, rows):
 def _sweep(argv):
     """main(["sweep", *argv]) in-process: (stdout, the SweepResult)."""
     seen = {}
-    real = demo.run_sweep
+    real = sweep.run_sweep
 
     def spy(**kw):
         seen["result"] = real(**kw)
@@ -53,7 +54,7 @@ def _sweep(argv):
 
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-        mp.setattr(demo, "run_sweep", spy)
+        mp.setattr(sweep, "run_sweep", spy)
         assert main(["sweep", "--no-progress", *argv]) == 0
     return out.getvalue(), seen["result"]
 
@@ -402,14 +403,14 @@ def test_near_constant_features_get_a_floored_scale():
     X = np.zeros((1000, 3))
     X[:, 0] = np.arange(1000) % 7          # an ordinary feature
     X[3, 1] = 16.0                          # inked in 1 of 1000 rows
-    mean, scale, near = demo.standardize(X)
+    mean, scale, near = standardize(X)
     assert near == [1]
     assert scale[1] == pytest.approx(1.6) and scale[0] == pytest.approx(X[:, 0].std())
     assert scale[2] == 1.0                  # constant
     assert np.abs((X - mean) / scale).max() < 11  # without the floor: 31.6
     d = load_diabetes()
-    assert demo.standardize(d.data)[2] == []  # nothing floored where every feature varies
-    digits = demo.load_digits(0)
+    assert standardize(d.data)[2] == []  # nothing floored where every feature varies
+    digits = load_digits(0)
     assert 56 in digits.near_constant  # the issue's pixel: inked in 1 of 1,347 training images
 
 
@@ -485,12 +486,12 @@ def test_sweep_on_the_digits_picks_a_model_as_good_as_the_best_independent_run(t
     # same λ trained alone scored 97.6% with none pruned. The sweep's default run (5 folds, 10 λ, 5 epochs per
     # λ, 10 for the first) must now choose a model within 0.5 points of the best of its grid trained λ by λ
     # from the initial weights with the first λ's budget.
-    res = demo.run_sweep(progress=False, print_fn=lambda *a, **k: None, out=str(tmp_path / "sweep.png"))
+    res = sweep.run_sweep(progress=False, print_fn=lambda *a, **k: None, out=str(tmp_path / "sweep.png"))
     ds = res.data
-    make = demo._model_fn("mlp", ds.n_features, 64, ds.n_outputs, torch.float32)
+    make = models.model_fn("mlp", n_in=ds.n_features, hidden=64, n_out=ds.n_outputs, dtype=torch.float32)
     kw = dict(lr=1e-2, batch_size=64, epochs=5, epochs_first=10, optimizer_kwargs=dict(backend="auto"),
-              param_groups=demo.weight_groups, group_dim=1, penalty="l1", seed=0, task="classification")
-    with demo.cpu_threads(1):
+              param_groups=models.weight_groups, group_dim=1, penalty="l1", seed=0, task="classification")
+    with console.cpu_threads(1):
         alone = [select.evaluate(select.walk_path(make, ds.X_train, ds.y_train, [lam], **kw), ds.X_test,
                                  ds.y_test, score="accuracy") for lam in res.path.lambdas]
     best = max(alone)
