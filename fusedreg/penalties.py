@@ -21,8 +21,10 @@ __all__ = ["elastic_net", "penalty", "sparsity", "Sparsity", "SparsityRow", "par
 # Group keys that add to the objective (or constrain it); param_groups zeroes them in the unpenalized group.
 # The group keys that penalize: weight decay and the penalties of the ops (fusedreg._ops.PENALTY), with the value
 # that turns each off (param_groups gives the unpenalized group those).
+# l1's switches (the optimizers' l1_mode) are no penalty of their own.
+_L1_SWITCHES = ("l1_subgradient", "l1_decoupled")
 _OFF = dict(weight_decay=0.0, **{a.name: a.default for a in _ops.PENALTY
-                                 if a.type in ("float", "bool") and a.name != "l1_subgradient"})
+                                 if a.type in ("float", "bool") and a.name not in _L1_SWITCHES})
 PENALTY_KEYS = tuple(_OFF)
 
 

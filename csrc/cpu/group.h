@@ -27,7 +27,7 @@ namespace {
 
 // The per-element denominators come from x (Adam's v_hat, Adagrad's sum) as adam_denom(x, bdiv, eps), with
 // bdiv = sqrt(bc2) for Adam and 1 for Adagrad (metric_a), or (ftrl set) from Ftrl's new accumulator n' = x as
-// ftrl_denom(x, *ftrl), its q; x == nullptr is SGD (no metric).
+// ftrl_denom(x, *ftrl), its q; x == nullptr is no metric (SGD, or Adam/Adagrad with decoupled l1).
 template <typename O>
 struct GroupJob {
   size_t slot;
@@ -46,7 +46,7 @@ FR_INLINE V denom_of(const GroupJob<O>& job, V x) {
   return job.ftrl != nullptr ? ftrl_denom(x, *job.ftrl) : adam_denom(x, V(job.bdiv), V(job.eps));
 }
 
-// The group job of slot i, if its param gets the group prox; x == nullptr for SGD.
+// The group job of slot i, if its param gets the group prox; x == nullptr without a metric.
 template <typename O>
 void add_group_job(std::vector<GroupJob<O>>& jobs, const Staged& st, size_t i, double step, double group_l1,
                    int64_t group_dim, double l2, const O* x, O bdiv, O eps, const FtrlScalars<O>* ftrl = nullptr) {

@@ -69,4 +69,5 @@ def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_de
                lr=lr, lr_decay=float(lr_decay), weight_decay=float(weight_decay), eps=float(eps), pen=pens, PEN=flags,
                MAXIMIZE=bool(maximize))
     group.prox(group.ADAGRAD, params, state_sums, state_steps, lr=lr, group_l1=group_l1, group_dim=group_dim,
-               l2=pen.get("l2", 0.0), found_inf=found_inf, lr_decay=lr_decay, eps=eps)
+               l2=pen.get("l2", 0.0), found_inf=found_inf, lr_decay=lr_decay, eps=eps,
+               l1_decoupled=pen.get("l1_decoupled", False))
