@@ -60,7 +60,7 @@ def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_de
     kw = {k: v for k, v in locals().items() if k != "pen"}
     if torch.compiler.is_compiling():
         return torch.ops.fusedreg.triton_adagrad_(**kw, **pen)
-    _ops.check("adagrad_", **kw)
+    _ops.check("adagrad_", **kw, **pen)
     if rows and params[0].device.type == "cpu":  # read on the host only where that costs no device sync
         _ops.rows_ok("adagrad_", params, rows)
     lr = float(reference.op_lr(lr, lr_tensor))

@@ -78,7 +78,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr
     kw = {k: v for k, v in locals().items() if k != "pen"}
     if torch.compiler.is_compiling():
         return torch.ops.fusedreg.triton_adam_(**kw, **pen)
-    _ops.check("adam_", **kw)
+    _ops.check("adam_", **kw, **pen)
     lr = float(reference.op_lr(lr, lr_tensor))
     vhat = max_exp_avg_sqs if amsgrad else exp_avg_sqs  # the unused column repeats a list: never read
     pens, flags = penalties(params[0].device if params else None, **pen)
