@@ -168,7 +168,7 @@ def test_decoupled_l1_on_complex_shrinks_the_modulus_by_lr_l1(name, cfg, backend
     """l1_mode="decoupled" needs no metric: every optimizer's update (torch.optim's, from our state) followed by
     z * max(0, 1 - t/|z|) with t = lr*l1 (Adagrad: clr*l1), after Adagrad's l2 (which divides re and im by
     1 + clr*l2/denom, their own steps): the modulus prox runs where the group prox runs."""
-    dtype, l1 = torch.complex128, 0.2
+    dtype, l1 = torch.complex128, 0.5
     z = torch.randn(40, dtype=dtype) * 0.05
     opt = getattr(fusedreg, name)([z], backend=backend, l1=l1, l1_mode="decoupled", **cfg)
     plain = {k: v for k, v in cfg.items() if k != "l2"}
