@@ -359,3 +359,30 @@ def test_state_dict_round_trip_keeps_the_mode(name, backend):
     got = _train(model, fresh, steps=4, seed=1)
     # _train draws the same batch every call, so 4 + 4 steps are the 8 of ref
     assert torch.equal(got, ref) and (got == 0).any()
+
+
+# ---- lambda_max ------------------------------------------------------------------------------------------------
+
+def test_lambda_max_reports_the_decoupled_bound():
+    """A decoupled group's l1 is compared with the first step's normalized direction |g|/(sqrt(acc + g^2) + eps),
+    about 1 whatever the gradients' size; a prox group's with max |g|."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x, t = torch.randn(32, 6), torch.randn(32, 3)
+    loss = 1e-4 * ((m(x) - t) ** 2).mean()  # tiny gradients: prox's l1 / λ_max is huge, decoupled's is not
+    opt = fusedreg.AdamW([{"params": [m[0].weight], "l1_mode": "decoupled"}, {"params": [m[2].weight]}],
+                         lr=1e-3, l1=1e-3)
+    report = fusedreg.lambda_max(m, loss, optimizer=opt)
+    g0 = torch.autograd.grad(loss, [m[0].weight], retain_graph=True)[0].double().abs()
+    assert report.decoupled == {"0.weight": pytest.approx(float((g0 / (g0 + 1e-8)).max()))}
+    assert 0.9 < report.decoupled["0.weight"] <= 1.0
+    text = str(report)
+    row0 = next(line for line in text.splitlines() if line.startswith("0.weight"))
+    row2 = next(line for line in text.splitlines() if line.startswith("2.weight"))
+    assert "decoupled" in row0 and "zeroes it" not in row0  # 1e-3 against ~1
+    assert "zeroes it" in row2  # 1e-3 against max |g| ~ 1e-5
+    # Adagrad: the initial accumulator enters the bound; SGD's decoupled is its prox: no separate bound.
+    ada = fusedreg.Adagrad(m.parameters(), lr=0.1, l1=1e-3, l1_mode="decoupled", initial_accumulator_value=1e-8)
+    assert all(b < 1.0 for b in fusedreg.lambda_max(m, loss, optimizer=ada).decoupled.values())
+    sgd = fusedreg.SGD(m.parameters(), lr=0.1, l1=1e-3, l1_mode="decoupled")
+    assert fusedreg.lambda_max(m, loss, optimizer=sgd).decoupled == {}
