@@ -414,7 +414,8 @@ with step lr to every param with dim >= 2.""")
 
 adam = _stateless("adam_", """One Adam (decoupled=False) or AdamW (decoupled=True) step with fused penalties;
 advances state_steps. group_l1 > 0 also applies the group-lasso prox in Adam's metric (per-element step lr/denom,
-denom = sqrt(v_hat) + eps from the just-updated state; see reference.group_prox) to every param with dim >= 2.""")
+denom = sqrt(v_hat) + eps from the just-updated state; see reference.group_prox) to every param with dim >= 2.
+l1_mode="decoupled": l1 thresholds by lr*l1 and the group prox is the closed form with step lr.""")
 
 ftrl = _stateless("ftrl_", """One FTRL-Proximal step (TensorFlow's / Keras's Ftrl; fusedreg.Ftrl documents the
 math): accumulators start at the initial accumulator value, linears at 0. l1 and l2 are the closed form's
@@ -425,4 +426,5 @@ param with dim >= 2.""")
 
 adagrad = _stateless("adagrad_", """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is
 TensorFlow's proximal l2. group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step
-clr/(sqrt(sum) + eps), joint with l2; see reference.group_prox) to every param with dim >= 2.""")
+clr/(sqrt(sum) + eps), joint with l2; see reference.group_prox) to every param with dim >= 2. l1_mode="decoupled":
+l1 thresholds by clr*l1 and the group prox is the closed form with step clr, without l2.""")

@@ -803,15 +803,20 @@ COMPILE_GROUP = textwrap.dedent("""
     if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
         sys.exit(77)
     ptr = {tl.float32: "*fp32", tl.bfloat16: "*bf16", tl.float64: "*fp64"}
-    for dt, kind, shape in [(tl.float32, group.ADAM, (4096, 4096, 1)), (tl.bfloat16, group.SGD, (300, 2, 1)),
-                            (tl.float32, group.FTRL, (1, 13, 17)), (tl.float64, group.ADAGRAD, (6, 20, 9)),
-                            (tl.float32, group.ADAM, (1, 2, 5000))]:
+    # METRIC off for SGD, and for Adam / Adagrad with decoupled l1 (the closed form with their scalar step)
+    for dt, kind, shape, metric in [(tl.float32, group.ADAM, (4096, 4096, 1), True),
+                                    (tl.bfloat16, group.SGD, (300, 2, 1), False),
+                                    (tl.float32, group.FTRL, (1, 13, 17), True),
+                                    (tl.float64, group.ADAGRAD, (6, 20, 9), True),
+                                    (tl.float32, group.ADAM, (1, 2, 5000), True),
+                                    (tl.float32, group.ADAM, (2048, 2048, 1), False),
+                                    (tl.bfloat16, group.ADAGRAD, (1, 64, 300), False)]:
         BA, BG, BK = group.tile(*shape, 1024)
         cdt = tl.float64 if dt == tl.float64 else tl.float32
         sig = {"param": ptr[dt], "state": ptr[cdt], "step_ptr": "*fp32", "found_inf": "*fp32", "A": "i32", "G": "i32",
                "K": "i32", **dict.fromkeys(["lr", "group_l1", "l2", "beta2", "lr_decay", "eps", "beta", "neg_power"],
                                           "fp64")}
-        const = dict(CDT=cdt, KIND=kind.value, HAS_L2=True, HAS_FI=True, BA=BA, BG=BG, BK=BK, POWER=2)
+        const = dict(CDT=cdt, KIND=kind.value, HAS_L2=True, HAS_FI=True, BA=BA, BG=BG, BK=BK, POWER=2, METRIC=metric)
         src = ASTSource(group.group_kernel, {**sig, **dict.fromkeys(const, "constexpr")}, const)
         c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=group.options(BA, BG, BK))
         assert c.asm["cubin"]

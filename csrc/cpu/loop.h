@@ -217,27 +217,26 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
         const auto& sl = slots[job.slot];
         const int64_t K = job.sh.K;
         const S sc = sl.sc;
-        // A metric op's job without a metric (decoupled l1) sums as SGD's, the denominators unused.
-        const bool metric = kDenoms && job.x != nullptr;
-        O* den = metric ? row_panel<O>(K + Vec<O>::size()) : nullptr;
+        O* den = kDenoms ? row_panel<O>(K + Vec<O>::size()) : nullptr;
         for (int64_t g = b; g < e; ++g) {
+          if (kDenoms && job.x == nullptr) {
+            // A metric op's job without a metric (decoupled l1): SGD's prox, the denominators unused, from a pass
+            // over the row just written (in L1). Fed by the update, the sums went through memory a vector at a
+            // time and cost Adam's compute-bound step on one thread a third more.
+            process_range(sl, g * K, (g + 1) * K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
+            closed_form_row<T, O>(sl.p, job, g);
+            continue;
+          }
           RowSums<O> rs(job, den, K);
-          if (metric) {
-            process_range(sl, g * K, (g + 1) * K, [&](auto& p, auto gr, auto& st) {
-              if constexpr (kDenoms) {
-                const auto d = f(sc, p, gr, st);
-                rs.add(p, d);
-              } else {
-                f(sc, p, gr, st);
-                rs.add(p);
-              }
-            });
-          } else {
-            process_range(sl, g * K, (g + 1) * K, [&](auto& p, auto gr, auto& st) {
+          process_range(sl, g * K, (g + 1) * K, [&](auto& p, auto gr, auto& st) {
+            if constexpr (kDenoms) {
+              const auto d = f(sc, p, gr, st);
+              rs.add(p, d);
+            } else {
               f(sc, p, gr, st);
               rs.add(p);
-            });
-          }
+            }
+          });
           finish_row<T, O>(sl.p, job, g, rs);
         }
       });
@@ -260,24 +259,20 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
           auto part = cs.part(b);
           for (int64_t a = cs.row0(b); a < cs.row0(b + 1); ++a) {
             O* q = cs.at(part, 0);
-            if (metric) {
-              process_range(sl, a * cs.R, (a + 1) * cs.R, [&](auto& p, auto gr, auto& st) {
-                if constexpr (kDenoms) {
-                  const auto d = f(sc, p, gr, st);
+            process_range(sl, a * cs.R, (a + 1) * cs.R, [&](auto& p, auto gr, auto& st) {
+              if constexpr (kDenoms) {
+                const auto d = f(sc, p, gr, st);
+                if (metric) {
                   ColumnSums<O>::add(q, p, d, c, c2, lo);
                 } else {
-                  f(sc, p, gr, st);
                   ColumnSums<O>::add(q, p);
                 }
-                q += step;
-              });
-            } else {
-              process_range(sl, a * cs.R, (a + 1) * cs.R, [&](auto& p, auto gr, auto& st) {
+              } else {
                 f(sc, p, gr, st);
                 ColumnSums<O>::add(q, p);
-                q += step;
-              });
-            }
+              }
+              q += step;
+            });
             if ((a - cs.row0(b) + 1) % kPart == 0 || a + 1 == cs.row0(b + 1)) cs.flush(part);
           }
         }

@@ -9,13 +9,13 @@ are reductions over the a and k axes. The tile is sized from the group (prox: `t
 elements does not take a 1024-wide block, and small rows share a program too.
 
 SGD (and Adam and Adagrad with decoupled l1, METRIC off: their scalar step, no l2 term) shrinks each group by a
-scalar factor; Adam, Adagrad and Ftrl solve the metric prox with the op's
-per-element denominators, read back from the state the op has just written (Adam's v_hat, Adagrad's sum, Ftrl's
-accumulator n', whose q is the metric, with step 1), by Newton from the left (math.newton_*, at most
-NEWTON_MAX_ITER steps), for the BG groups of the tile at once: each group stops on its own test (a stopped group
-keeps its r), the tile while any goes on, so a group's result does not depend on the groups beside it in a tile
-(the reference steps every kept group until none goes on: the two differ by steps under NEWTON_RTOL). The param
-is read as just written, i.e. already rounded to its dtype, as in the native kernels.
+scalar factor; Adam, Adagrad and Ftrl solve the metric prox with the op's per-element denominators, read back
+from the state the op has just written (Adam's v_hat, Adagrad's sum, Ftrl's accumulator n', whose q is the
+metric, with step 1), by Newton from the left (math.newton_*, at most NEWTON_MAX_ITER steps), for the BG groups
+of the tile at once: each group stops on its own test (a stopped group keeps its r), the tile while any goes on,
+so a group's result does not depend on the groups beside it in a tile (the reference steps every kept group until
+none goes on: the two differ by steps under NEWTON_RTOL). The param is read as just written, i.e. already rounded
+to its dtype, as in the native kernels.
 """
 import triton
 import triton.language as tl
