@@ -270,25 +270,14 @@ inline double exact_root(int64_t n, const double* __restrict v, const double* __
 // Rows, in vectors of opmath: one pass for the sums (no panels of doubles; only a = c/D is kept, in opmath), one
 // for the factors.
 
-// The lanes of an opmath vector as vectors of doubles, in order (exact). With the build's vector instructions
-// where it has them: through memory, the conversion cost a sum-of-squares row prox a third of an AdamW step on one
-// thread (measured; the sums a step of Adam with decoupled l1 takes, as SGD's).
+// The lanes of an opmath vector as vectors of doubles, in order.
 FR_INLINE std::array<VD, 1> widen(const VD& x) { return {x}; }
 FR_INLINE std::array<VD, 2> widen(const Vec<float>& x) {
-#if defined(CPU_CAPABILITY_AVX512)
-  const __m512 v = x;
-  return {VD(_mm512_cvtps_pd(_mm512_castps512_ps256(v))),
-          VD(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))))};
-#elif defined(CPU_CAPABILITY_AVX2)
-  const __m256 v = x;
-  return {VD(_mm256_cvtps_pd(_mm256_castps256_ps128(v))), VD(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)))};
-#else
   float b[Vec<float>::size()];
   double d[Vec<float>::size()];
   x.store(b);
   for (int l = 0; l < Vec<float>::size(); ++l) d[l] = b[l];
   return {VD::loadu(d), VD::loadu(d + VD::size())};
-#endif
 }
 
 // f(v, k, cnt) for elements k..k+cnt of p (cnt = a vector's width but at the tail), v their opmath values, zero
