@@ -236,9 +236,8 @@ def _state_value(p, key, value):
 
 class SGD(_Fused):
     """torch.optim.SGD plus fused penalties: `l1` (prox soft-threshold by lr*l1, or subgradient; "decoupled" is the
-    same as "prox" here), `l0`,
-    `nonneg`, and group lasso `group_l1` over the rows (`group_dim=0`) or columns (`group_dim=1`) of every param
-    with dim >= 2 (exact prox, step lr). weight_decay is torch's coupled L2 (g += wd*p), so
+    same as "prox" here), `l0`, `nonneg`, and group lasso `group_l1` over the rows (`group_dim=0`) or columns
+    (`group_dim=1`) of every param with dim >= 2 (exact prox, step lr). weight_decay is torch's coupled L2 (g += wd*p), so
     `SGD(params, lr, **fusedreg.elastic_net(alpha, l1_ratio))` is scikit-learn's elastic net."""
     _defaults = dict(momentum=0.0, dampening=0.0, nesterov=False, maximize=False)
     _op = "sgd_"
