@@ -52,10 +52,13 @@ def scalars(op, **kw):
     return {**_ops.defaults(op), "lr": LR, **kw}
 
 
-def tensors(n_states=0, requires_grad=False):
+def tensors(n_states=0, requires_grad=False, realistic=False):
+    """Params and grads ~N(0, 1), or (realistic) a trained network's scales: weights N(0, 0.02^2), grads
+    N(0, 1e-6)."""
     gen = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=gen).requires_grad_(requires_grad) for s in SHAPES]
-    grads = [torch.randn(s, generator=gen) for s in SHAPES]
+    ps, gs = (0.02, 1e-3) if realistic else (1.0, 1.0)
+    params = [(torch.randn(s, generator=gen) * ps).requires_grad_(requires_grad) for s in SHAPES]
+    grads = [torch.randn(s, generator=gen) * gs for s in SHAPES]
     states = [[torch.zeros(s) for s in SHAPES] for _ in range(n_states)]
     return params, grads, states
 
@@ -427,15 +430,16 @@ def test_roofline_a_plus_eq_b(benchmark):
 GROUP_L1 = 1e-4
 
 
-def _group_adamw(group_l1, group_dim, torch_pass=False):
+def _group_adamw(group_l1, group_dim, torch_pass=False, l1_decoupled=False):
     """AdamW + L1 with group lasso in the op, or (torch_pass) the op without it followed by the reference's group
-    prox in PyTorch (how fusedreg applied group lasso before it was in the kernels)."""
+    prox in PyTorch (how fusedreg applied group lasso before it was in the kernels). l1_decoupled: l1_mode=
+    "decoupled" (threshold lr*l1, the group prox in closed form), on params and grads of realistic scales."""
     from fusedreg import reference
     ops = _ops()
-    params, grads, (m, v) = tensors(2)
+    params, grads, (m, v) = tensors(2, realistic=l1_decoupled)
     steps = [torch.zeros((), dtype=torch.float32) for _ in params]
     kw = scalars("adam_", weight_decay=WD, decoupled=True, l1=L1, group_l1=0.0 if torch_pass else group_l1,
-                 group_dim=group_dim)
+                 group_dim=group_dim, **({"l1_decoupled": True} if l1_decoupled else {}))
 
     def step():
         ops.adam_(params, grads, m, v, [], steps, **kw)
@@ -478,13 +482,18 @@ def test_group_sgd_momentum_l1(benchmark, group):
     run(benchmark, _group_sgd(*GROUPS[group]), rounds=15)
 
 
+GROUP_MAKERS = {"adamw_l1": _group_adamw, "sgd_momentum_l1": _group_sgd,
+                "adamw_l1_decoupled": lambda g, d: _group_adamw(g, d, l1_decoupled=True)}
+
+
 @pytest.mark.benchmark(group="paired")
-@pytest.mark.parametrize("pair", [f"{opt}[{g}]" for opt in ("adamw_l1", "sgd_momentum_l1") for g in ("rows", "cols")])
+@pytest.mark.parametrize("pair", [f"{opt}[{g}]" for opt in GROUP_MAKERS for g in ("rows", "cols")])
 def test_group_paired(benchmark, pair):
     """One round = the step with group lasso and the same step without it (own tensors each), in alternating
-    order; extra_info keeps the median and quartiles of the per-round ratio grouped / plain."""
+    order; extra_info keeps the median and quartiles of the per-round ratio grouped / plain.
+    adamw_l1_decoupled: l1_mode="decoupled" in both (its group prox is the closed form), realistic scales."""
     opt, group = pair[:-1].split("[")
-    make = _group_adamw if opt == "adamw_l1" else _group_sgd
+    make = GROUP_MAKERS[opt]
     ours, theirs = make(*GROUPS[group]), make(*GROUPS["none"])
     ratios = []
 
@@ -497,7 +506,7 @@ def test_group_paired(benchmark, pair):
             times[name] = time.perf_counter() - t0
         ratios.append(times["ours"] / times["plain"])
 
-    benchmark.extra_info["bytes_per_param"] = 2 * BYTES["adam" if opt == "adamw_l1" else "sgd_momentum"]
+    benchmark.extra_info["bytes_per_param"] = 2 * BYTES["adam" if opt.startswith("adamw") else "sgd_momentum"]
     run(benchmark, both, rounds=60)
     ratios = ratios[2:]  # the warm-ups
     q1, med, q3 = statistics.quantiles(ratios, n=4)

@@ -66,7 +66,7 @@ C10_HOST_DEVICE FR_INLINE V fr_div(V x, V d) { return x / d; }
 // builders, never a brace-init, so that no two arguments can be swapped by position.
 struct PenaltyArgs {
   double l1;
-  bool l1_subgradient;
+  bool l1_subgradient, l1_decoupled;
   double l2, l0;
   bool nonneg;
 };
@@ -93,14 +93,16 @@ struct FtrlArgs {
 
 // The elementwise penalties as the schema orders them (fusedreg/_ops.py ELEMENTWISE): the kernels' parameters
 // (in csrc/ops.h's signatures) and their names, which every kernel hands on as penalty_args(FUSEDREG_PENALTY_NAMES).
-#define FUSEDREG_ELEMENTWISE_PARAMS double l1, bool l1_subgradient, double l2, double l0, bool nonneg
-#define FUSEDREG_PENALTY_NAMES l1, l1_subgradient, l2, l0, nonneg
+#define FUSEDREG_ELEMENTWISE_PARAMS \
+  double l1, bool l1_subgradient, bool l1_decoupled, double l2, double l0, bool nonneg
+#define FUSEDREG_PENALTY_NAMES l1, l1_subgradient, l1_decoupled, l2, l0, nonneg
 
 // The one place C++ builds the elementwise penalties.
 inline PenaltyArgs penalty_args(FUSEDREG_ELEMENTWISE_PARAMS) {
   PenaltyArgs a;
   a.l1 = l1;
   a.l1_subgradient = l1_subgradient;
+  a.l1_decoupled = l1_decoupled;
   a.l2 = l2;
   a.l0 = l0;
   a.nonneg = nonneg;
@@ -165,10 +167,10 @@ inline FtrlArgs ftrl_args(double lr, double lr_power, double beta, double l2_shr
 template <typename O>
 struct Penalty {
   O l1;   // opmath(l1): subgradient coefficient
-  O thr;  // opmath(step*l1): soft-threshold numerator, divided by denom per element
+  O thr;  // opmath(step*l1): soft-threshold numerator, divided by denom per element (l1_dec: the threshold)
   O c2;   // opmath(step*l2)
   O c0;   // opmath(2*step*l0)
-  bool l1_prox, l1_sub, l2, l0, nonneg;
+  bool l1_prox, l1_sub, l1_dec, l2, l0, nonneg;
 };
 
 template <typename O>
@@ -180,6 +182,7 @@ C10_HOST_DEVICE FR_INLINE Penalty<O> make_penalty(const PenaltyArgs& a, double s
   r.c0 = O(2 * step * a.l0);
   r.l1_prox = a.l1 != 0 && !a.l1_subgradient;
   r.l1_sub = a.l1 != 0 && a.l1_subgradient;
+  r.l1_dec = a.l1_decoupled;
   r.l2 = a.l2 != 0;
   r.l0 = a.l0 != 0;
   r.nonneg = a.nonneg;
@@ -220,11 +223,12 @@ C10_HOST_DEVICE FR_INLINE V prep_grad(V g, const V& p, const GradPrep<O>& gp, co
   return g;
 }
 
-// Proximal penalties with per-element step step/denom (the step is folded into pen's numerators).
+// Proximal penalties with per-element step step/denom (the step is folded into pen's numerators); decoupled l1
+// thresholds by step*l1 alone.
 template <typename V, typename O, typename D>
 C10_HOST_DEVICE FR_INLINE V prox(V v, const D& denom, const Penalty<O>& pen) {
   if (pen.l1_prox) {
-    const V thr = fr_div(V(pen.thr), denom);
+    const V thr = pen.l1_dec ? V(pen.thr) : fr_div(V(pen.thr), denom);
     v = fr_signed(fr_max(fr_abs(v) - thr, V(O(0))), v);
   }
   if (pen.l2) v = v / (V(O(1)) + fr_div(V(pen.c2), denom));
@@ -449,6 +453,11 @@ C10_HOST_DEVICE FR_INLINE V ftrl_update(V& p, V g, V& n, V& z, const FtrlScalars
 //   a_i = opmath(c)/(denom_i + opmath(step*l2)), c without the l2 term:
 //     w_g = 0 where ||v_g/a_g|| <= 1; else w_i = v_i*r/(r + a_i), r the root of sum_i v_i^2/(r + a_i)^2 = 1,
 //     found by Newton from max(||v_g|| - max a_g, 0) (monotone from the left, so it cannot overshoot).
+//   Adam/Adagrad with l1_decoupled: SGD's closed form with the op's scalar step (lr; Adagrad's clr) and no l2 term.
+// Whether a metric op's group prox runs in its metric (group_metric), and the l2 its c takes (group_l2).
+C10_HOST_DEVICE FR_INLINE bool group_metric(const PenaltyArgs& a) { return !a.l1_decoupled; }
+C10_HOST_DEVICE FR_INLINE double group_l2(const PenaltyArgs& a) { return a.l1_decoupled ? 0.0 : a.l2; }
+
 // The group constant c (before the metric): step*group_l1*sqrt(size), divided by 1 + step*l2 without a metric.
 C10_HOST_DEVICE FR_INLINE double group_c(double step, double group_l1, double size, double l2, bool metric) {
   const double c = step * group_l1 * ::sqrt(size);

@@ -11,6 +11,8 @@ Per-element order inside every op (torch.optim's, then ours):
   -> optimizer update (AdamW: p *= 1 - lr*wd first)  ->  proximal penalties with the element's step t:
   soft-threshold by t*l1 (unless subgradient), divide by 1 + t*l2, zero where |p| <= sqrt(2*t*l0), max(p, 0).
   t = lr for SGD, lr/denom for Adam (denom = sqrt(v_hat) + eps), clr/(sqrt(sum) + eps) for Adagrad.
+  l1_decoupled: the soft-threshold (only it) uses the scalar step instead, lr (Adagrad: clr) * l1, and the group
+  prox below is the closed form with that step (no metric, no l2 term); SGD is the same either way.
 FTRL instead computes w from its state in closed form (reference.ftrl_), its l1/l2 inside it, then l0 and nonneg
 with t = 1/quadratic.
 Sparse grads (ops with a `rows` argument): rows[i] lists, distinct (in any order), the rows (index along dim 0) of
@@ -18,7 +20,8 @@ params[i] that grads[i] holds, grads[i] being those rows' values, shape (len(row
 op then reads and writes only those rows of the param and of its state, with the same per-element math (state of
 absent rows untouched; step counters advance as in a dense step). rows None (or []) means dense grads.
 Then, when group_l1 > 0, the group-lasso prox on every param with dim >= 2 (groups: rows for group_dim 0,
-columns for 1), in the same metric (reference.group_prox), applied to the param as just written.
+columns for 1), in the same metric (reference.group_prox; with l1_decoupled the identity), applied to the param
+as just written.
 When found_inf is given and nonzero, nothing changes and no step counter advances.
 """
 from typing import NamedTuple
@@ -52,6 +55,9 @@ ROWS = Arg("rows", "Tensor[]?", None, "None: dense grads; else one int64 1-D ten
 ELEMENTWISE = (
     Arg("l1", "float", 0.0, "λ of λ·Σ|w|: soft-threshold by t·l1 after the update (t: the element's step)"),
     Arg("l1_subgradient", "bool", False, "apply l1 as g += l1·sign(w) before the update instead"),
+    Arg("l1_decoupled", "bool", False, "soft-threshold by lr·l1 (the op's scalar step, without the optimizer's "
+                                       "denominator), and group lasso in closed form with step lr (no metric); "
+                                       "SGD: the same as off; ftrl_: refused"),
     Arg("l2", "float", 0.0, "TensorFlow's proximal l2: divide by 1 + t·l2 after the threshold"),
     Arg("l0", "float", 0.0, "hard threshold: w = 0 where |w| <= sqrt(2·t·l0)"),
     Arg("nonneg", "bool", False, "project onto w >= 0 last"),
@@ -164,6 +170,8 @@ def check(op, **kw):
     n = len(params)
     rows = kw.get("rows") or None
     check_rows(op, params, kw["grads"], rows, kw.get("group_l1", 0))
+    torch._check(op != "ftrl_" or not kw.get("l1_decoupled", False),
+                 lambda: f"fusedreg::{op}: l1_decoupled is not defined for FTRL, whose l1 is its closed form's")
     torch._check(kw.get("group_dim", 0) in (0, 1),
                  lambda: f"fusedreg::{op}: group_dim must be 0 (rows) or 1 (columns), got {kw['group_dim']}")
     for a in args:

@@ -1,11 +1,11 @@
 """Stateless fused steps over lists of tensors: `sgd`, `adam`, `adagrad`, `ftrl`, and the checks every step makes.
 
 Each step takes its op's arguments (fusedreg._ops.ARGS: the tensor lists, then every scalar by keyword), with
-`l1_mode` in place of the op's `l1_subgradient`, `lr` a number or a one-element tensor, and `backend`. It checks
-every input before it touches anything (check_args: the hyperparameters, check_tensors: the tensors), then
-`launch` splits the tensors by device and dtype and hands each part to one backend kernel (fusedreg.backends).
-All updates are in place. The optimizer classes make the same checks for all their param groups first, then
-call `launch`.
+`l1_mode` in place of the op's `l1_subgradient` and `l1_decoupled` (l1_flags), `lr` a number or a one-element
+tensor, and `backend`. It checks every input before it touches anything (check_args: the hyperparameters,
+check_tensors: the tensors), then `launch` splits the tensors by device and dtype and hands each part to one
+backend kernel (fusedreg.backends). All updates are in place. The optimizer classes make the same checks for all
+their param groups first, then call `launch`.
 
 Non-finite gradients: without found_inf (no GradScaler) a NaN or inf gradient propagates into its param and
 state exactly as in torch.optim: nothing is skipped or zeroed, and the proximal steps keep NaN as NaN (a NaN is
@@ -19,7 +19,7 @@ import torch
 
 from . import _ops, backends, reference
 
-L1_MODES = ("prox", "subgradient")
+L1_MODES = ("prox", "subgradient", "decoupled")
 # The float arguments of the ops that must be >= 0 (betas have their own range).
 _NONNEG = ({a.name for args in _ops.ARGS.values() for a in args if a.type == "float"}
            - {"beta1", "beta2", "lr_power"})
@@ -42,7 +42,8 @@ def check_nonneg(name, value):
 
 def check_args(**kw):
     """Raise ValueError for a bad hyperparameter: the one set of rules, by argument name, for the optimizer
-    classes (every group, at construction and before every step), the functions below and fusedreg.penalties."""
+    classes (every group, at construction and before every step), the functions below and fusedreg.penalties.
+    `op` (an fusedreg._ops.ARGS key) names the op, for the rules that depend on it."""
     for name, value in kw.items():
         if name in ("beta1", "beta2"):
             if not 0.0 <= float(value) < 1.0:
@@ -52,8 +53,12 @@ def check_args(**kw):
     if "lr_power" in kw:  # FTRL's own rule: n^(-lr_power) must not blow up (TensorFlow's)
         if not float(kw["lr_power"]) <= 0:
             raise ValueError(f"Invalid lr_power value: {kw['lr_power']} (must be <= 0)")
-    if kw.get("l1_mode", "prox") not in L1_MODES:
-        raise ValueError(f"Invalid l1_mode {kw['l1_mode']!r}; choose one of {L1_MODES}")
+    l1_mode = kw.get("l1_mode", "prox")
+    if not isinstance(l1_mode, str) or l1_mode not in L1_MODES:
+        raise ValueError(f"Invalid l1_mode {l1_mode!r}; choose one of {L1_MODES}")
+    if l1_mode == "decoupled" and kw.get("op") == "ftrl_":
+        raise ValueError("l1_mode='decoupled' is not defined for Ftrl: its l1 is FTRL's own, applied by its closed "
+                         "form; use l1_mode='prox' (FTRL's) or 'subgradient'")
     group_dim = kw.get("group_dim", 0)
     if isinstance(group_dim, bool) or group_dim not in (0, 1):
         raise ValueError(f"Invalid group_dim {group_dim!r}; choose 0 (rows: output neurons) or 1 (columns: inputs)")
@@ -64,6 +69,11 @@ def check_args(**kw):
         if t is not None and not (torch.is_tensor(t) and t.numel() == 1 and t.is_floating_point()):
             raise RuntimeError(f"{name} must be None or a one-element floating tensor (GradScaler's), got "
                                f"{t if not torch.is_tensor(t) else f'{t.dtype} of shape {tuple(t.shape)}'}")
+
+
+def l1_flags(l1_mode):
+    """The ops' l1 switches for an l1_mode: {l1_subgradient, l1_decoupled}."""
+    return dict(l1_subgradient=l1_mode == "subgradient", l1_decoupled=l1_mode == "decoupled")
 
 
 def check_tensors(params, missing_ok=(), **lists):
@@ -209,8 +219,9 @@ def _complex_part(args, scalars):
     number. l1 on a complex weight is l1*|z|, whose prox shrinks the modulus (exact zeros at |z| <= t): that is
     the group-lasso prox on the (re, im) pairs, in the op's own metric (Adam's step differs between re and
     im), so the kernels run their group prox on the params viewed as rows of (re, im) with group_l1 = l1/sqrt(2)
-    (group_prox weighs a group by sqrt(its size)). A tensor whose pairs cannot be viewed as rows (non-contiguous
-    layouts) goes through a contiguous copy that is written back."""
+    (group_prox weighs a group by sqrt(its size)). With l1_decoupled that group prox is the closed form with the
+    op's scalar step, z * max(0, 1 - lr*l1/|z|), for every op. A tensor whose pairs cannot be viewed as rows
+    (non-contiguous layouts) goes through a contiguous copy that is written back."""
     args = {k: real(ts) for k, ts in args.items()}
     if scalars.get("l1", 0) == 0:
         return args, scalars, []
@@ -366,16 +377,17 @@ def _stateless(op, doc):
 
     def step(*tensors, backend="auto", l1_mode="prox", **scalars):
         step.__signature__.bind(*tensors, **scalars)  # a misspelt or missing argument is a TypeError here
-        check_args(l1_mode=l1_mode, **{**_DEFAULTS[op], **scalars})  # defaults too: the op's rules may need them
-        check_complex(tensors[0] if tensors else (), l1_subgradient=l1_mode == "subgradient", **scalars)
+        # defaults too: the op's rules may need them
+        check_args(op=op, l1_mode=l1_mode, **{**_DEFAULTS[op], **scalars})
+        check_complex(tensors[0] if tensors else (), **l1_flags(l1_mode), **scalars)
         on = used(op, scalars)
         lists = op_lists(op, dict(zip(names, tensors)), on)
         check_tensors(**{k: ts for k, ts in lists.items() if k in on})
         check_sparse(op, lists["grads"], **scalars)
-        launch(op, resolve(backend, lists["params"]), lists, l1_subgradient=l1_mode == "subgradient", **scalars)
+        launch(op, resolve(backend, lists["params"]), lists, **l1_flags(l1_mode), **scalars)
 
-    # The signature users see: the op's tensor lists, then its scalars by keyword (l1_mode for l1_subgradient,
-    # lr a number or a tensor instead of lr/lr_tensor), then backend.
+    # The signature users see: the op's tensor lists, then its scalars by keyword (l1_mode for l1_subgradient and
+    # l1_decoupled, lr a number or a tensor instead of lr/lr_tensor), then backend.
     kw = inspect.Parameter.KEYWORD_ONLY
     params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
     for a in args:
@@ -383,6 +395,8 @@ def _stateless(op, doc):
             continue
         if a.name == "l1_subgradient":
             params.append(inspect.Parameter("l1_mode", kw, default="prox"))
+        elif a.name == "l1_decoupled":
+            continue
         elif a.name == "lr":
             params.append(inspect.Parameter("lr", kw))
         else:
@@ -400,7 +414,8 @@ with step lr to every param with dim >= 2.""")
 
 adam = _stateless("adam_", """One Adam (decoupled=False) or AdamW (decoupled=True) step with fused penalties;
 advances state_steps. group_l1 > 0 also applies the group-lasso prox in Adam's metric (per-element step lr/denom,
-denom = sqrt(v_hat) + eps from the just-updated state; see reference.group_prox) to every param with dim >= 2.""")
+denom = sqrt(v_hat) + eps from the just-updated state; see reference.group_prox) to every param with dim >= 2.
+l1_mode="decoupled": l1 thresholds by lr*l1 and the group prox is the closed form with step lr.""")
 
 ftrl = _stateless("ftrl_", """One FTRL-Proximal step (TensorFlow's / Keras's Ftrl; fusedreg.Ftrl documents the
 math): accumulators start at the initial accumulator value, linears at 0. l1 and l2 are the closed form's
@@ -411,4 +426,5 @@ param with dim >= 2.""")
 
 adagrad = _stateless("adagrad_", """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is
 TensorFlow's proximal l2. group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step
-clr/(sqrt(sum) + eps), joint with l2; see reference.group_prox) to every param with dim >= 2.""")
+clr/(sqrt(sum) + eps), joint with l2; see reference.group_prox) to every param with dim >= 2. l1_mode="decoupled":
+l1 thresholds by clr*l1 and the group prox is the closed form with step clr, without l2.""")

@@ -68,9 +68,9 @@ class _Fused(torch.optim.Optimizer):
 
     def _scalars(self, group):
         """The op's scalar arguments for this group: every op argument that is a group key, plus the subclass's
-        own (_extra) and l1_subgradient for l1_mode."""
+        own (_extra) and l1_subgradient / l1_decoupled for l1_mode."""
         kw = {a.name: group[a.name] for a in _ops.ARGS[self._op] if not a.role and a.name in group}
-        kw["l1_subgradient"] = group["l1_mode"] == "subgradient"
+        kw.update(F.l1_flags(group["l1_mode"]))
         kw.update(self._extra(group))
         return kw
 
@@ -84,7 +84,7 @@ class _Fused(torch.optim.Optimizer):
             raise ValueError("differentiable=True is not supported: fusedreg's step is one fused kernel that "
                              "autograd does not differentiate through")
         scalars = scalars or self._scalars(group)
-        F.check_args(l1_mode=group["l1_mode"], **scalars)
+        F.check_args(op=self._op, l1_mode=group["l1_mode"], **scalars)
         F.check_complex(group.get("params", ()), **scalars)
 
     def _state_keys(self, group):
@@ -235,9 +235,9 @@ def _state_value(p, key, value):
 
 
 class SGD(_Fused):
-    """torch.optim.SGD plus fused penalties: `l1` (prox soft-threshold by lr*l1, or subgradient), `l0`,
-    `nonneg`, and group lasso `group_l1` over the rows (`group_dim=0`) or columns (`group_dim=1`) of every param
-    with dim >= 2 (exact prox, step lr). weight_decay is torch's coupled L2 (g += wd*p), so
+    """torch.optim.SGD plus fused penalties: `l1` (prox soft-threshold by lr*l1, or subgradient; "decoupled" is the
+    same as "prox" here), `l0`, `nonneg`, and group lasso `group_l1` over the rows (`group_dim=0`) or columns
+    (`group_dim=1`) of every param with dim >= 2 (exact prox, step lr). weight_decay is torch's coupled L2 (g += wd*p), so
     `SGD(params, lr, **fusedreg.elastic_net(alpha, l1_ratio))` is scikit-learn's elastic net."""
     _defaults = dict(momentum=0.0, dampening=0.0, nesterov=False, maximize=False)
     _op = "sgd_"
@@ -286,7 +286,9 @@ class SGD(_Fused):
 
 class Adam(_Fused):
     """torch.optim.Adam plus fused penalties. The prox threshold uses Adam's per-element step:
-    t = lr*l1 / (sqrt(v_hat) + eps), which converges to the lasso solution. weight_decay is coupled.
+    t = lr*l1 / (sqrt(v_hat) + eps), which converges to the lasso solution; l1_mode="decoupled" thresholds by
+    lr*l1 instead (the L1 analogue of AdamW's decay: one scale whatever the gradients' size), and its group lasso
+    is the closed form w_g * max(0, 1 - lr*group_l1*sqrt(|g|)/||w_g||). weight_decay is coupled.
     group_l1 (group lasso over rows/columns of params with dim >= 2, see `group_dim`) is the exact prox in the
     same metric: a group is zeroed when ||(sqrt(v_hat) + eps) * w_g|| <= lr*group_l1*sqrt(|g|), else shrunk
     elementwise by r/(r + lr*group_l1*sqrt(|g|)/denom_i) (fusedreg.reference.group_prox), so fixed points are
@@ -367,7 +369,9 @@ class AdamW(Adam):
 class Adagrad(_Fused):
     """torch.optim.Adagrad plus fused penalties. With l1/l2 (and eps=0) it is TensorFlow's
     ProximalAdagradOptimizer: threshold eta*l1 and division by 1 + eta*l2, eta = lr/sqrt(acc); the accumulator
-    starts at initial_accumulator_value. group_l1 is the group-lasso prox in the same metric (see Adam)."""
+    starts at initial_accumulator_value. group_l1 is the group-lasso prox in the same metric (see Adam).
+    l1_mode="decoupled": l1 and group_l1 with the scalar step clr = lr/(1 + (t-1)*lr_decay) alone (see Adam); l2
+    and l0 keep the element's step clr/(sqrt(sum) + eps)."""
     _defaults = dict(lr_decay=0.0, initial_accumulator_value=0.0, maximize=False, l2=0.0)
     _op = "adagrad_"
     _state = dict(state_sums="sum", state_steps="step")
@@ -421,7 +425,8 @@ class Ftrl(_Fused):
 
     l1 and l2 are FTRL's own (TensorFlow's l1_/l2_regularization_strength: the penalty l1*sum|w| + l2*sum w^2,
     applied by the closed form); l2_shrinkage is l2_shrinkage_regularization_strength, beta Keras's beta.
-    l1_mode="subgradient" adds l1*sign(w) to g instead (then the closed form's l1 is 0); l0 and nonneg are the
+    l1_mode="subgradient" adds l1*sign(w) to g instead (then the closed form's l1 is 0); l1_mode="decoupled" is
+    refused (ValueError), FTRL's l1 being its own; l0 and nonneg are the
     exact argmin of the same per-element objective (w = 0 where |w| <= sqrt(2*l0/q), q the denominator above;
     w = max(w, 0)). group_l1 adds group_l1*sqrt(|g|)*||w_g|| (groups as in the other classes) to that objective;
     with l1 and l2 its exact argmin is the group prox, in the metric q, of the w above (per-element step 1/q:

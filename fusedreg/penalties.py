@@ -21,8 +21,10 @@ __all__ = ["elastic_net", "penalty", "sparsity", "Sparsity", "SparsityRow", "par
 # Group keys that add to the objective (or constrain it); param_groups zeroes them in the unpenalized group.
 # The group keys that penalize: weight decay and the penalties of the ops (fusedreg._ops.PENALTY), with the value
 # that turns each off (param_groups gives the unpenalized group those).
+# l1's switches (the optimizers' l1_mode) are no penalty of their own.
+_L1_SWITCHES = ("l1_subgradient", "l1_decoupled")
 _OFF = dict(weight_decay=0.0, **{a.name: a.default for a in _ops.PENALTY
-                                 if a.type in ("float", "bool") and a.name != "l1_subgradient"})
+                                 if a.type in ("float", "bool") and a.name not in _L1_SWITCHES})
 PENALTY_KEYS = tuple(_OFF)
 
 
@@ -366,10 +368,18 @@ class LambdaMaxRow:
 class LambdaMaxReport(_Rows):
     """Per-tensor λ_max from one batch's gradients (`lambda_max`); prints as a table. With `l1` (or an
     optimizer) given, each row also shows l1 / l1_max: at >= 1 every weight of that tensor that reaches zero
-    stays there, and one well above 1 zeroes the tensor within a few steps."""
+    stays there, and one well above 1 zeroes the tensor within a few steps.
 
-    def __init__(self, rows, l1=None, group_dim=0):
+    `decoupled` ({tensor name: bound}): the tensors an Adam-family or Adagrad optimizer steps with
+    l1_mode="decoupled", whose l1 / λ_max is against that bound instead: the threshold is lr·l1 against a step of
+    lr times the normalized direction m̂/(√v̂ + eps) (Adagrad: g/(√sum + eps)), so a weight at zero stays there
+    when l1 >= |direction|, which at the first step is |g|/(√(acc + g²) + eps) (acc: Adagrad's initial
+    accumulator, else 0): about 1 for every tensor whatever its gradients' size (the reason for the mode), below
+    1 only where |g| is near eps."""
+
+    def __init__(self, rows, l1=None, group_dim=0, decoupled=None):
         self.rows, self.l1, self.group_dim = list(rows), l1, group_dim
+        self.decoupled = dict(decoupled or {})
 
     @property
     def overall(self):
@@ -388,9 +398,11 @@ class LambdaMaxReport(_Rows):
                    "-" if r.group_max is None else f"{r.group_max:.3g}"]
             if len(head) > 5:
                 lam = l1.get(r.name, 0.0)
-                ratio = lam / r.l1_max if r.l1_max > 0 else math.inf if lam > 0 else 0.0
+                bound = self.decoupled.get(r.name, r.l1_max)
+                ratio = lam / bound if bound > 0 else math.inf if lam > 0 else 0.0
                 row.append("not penalized" if not r.penalized else "-" if not lam else
-                           f"{ratio:.3g}" + ("  (zeroes it)" if ratio >= 1 else ""))
+                           f"{ratio:.3g}" + ("  (zeroes it)" if ratio >= 1 else "") +
+                           (f"  (decoupled: λ_max {bound:.3g})" if r.name in self.decoupled else ""))
             body.append(row)
         table = [head] + body
         widths = [max(len(row[i]) for row in table) for i in range(len(head))]
@@ -427,7 +439,9 @@ def lambda_max(model_or_params, loss=None, *, optimizer=None, l1=None, group_dim
 
     loss: a scalar loss on one batch, not yet backpropagated (its graph is kept, the params' .grad untouched);
     None reads the .grad already there. Tensors without a gradient are left out. optimizer: a fusedreg
-    optimizer whose groups' l1 values are compared against each tensor's λ_max (or pass l1=value for all).
+    optimizer whose groups' l1 values are compared against each tensor's λ_max (or pass l1=value for all); in its
+    l1_mode="decoupled" groups (Adam, AdamW, Adagrad) against the bound of that mode, about 1 whatever the
+    gradients' size (LambdaMaxReport).
     Only penalized tensors count in the overall λ_max: with an optimizer, those in a group with some penalty on;
     for a module without one, those `param_groups(model)` penalizes (not biases or normalization weights).
     The others are listed as "not penalized".
@@ -451,11 +465,23 @@ def lambda_max(model_or_params, loss=None, *, optimizer=None, l1=None, group_dim
         rows.append(LambdaMaxRow(name, tuple(g.shape), float(a.max()) if a.numel() else 0.0,
                                  float(a.median()) if a.numel() else 0.0, group,
                                  reached is None or id(p) in reached))
-    lams = None
+    lams, decoupled = None, {}
     if optimizer is not None:
         ids = {id(p): n for n, p in named}
         lams = {ids[id(p)]: float(gr.get("l1", 0.0)) for gr in optimizer.param_groups for p in gr["params"]
                 if id(p) in ids}
+        grad_of = {n: g for (n, _), g in zip(params, grads) if g is not None}
+        for gr in optimizer.param_groups:
+            # SGD's decoupled l1 is its prox (the bound above); Ftrl refuses the mode.
+            if gr.get("l1_mode") != "decoupled" or "eps" not in gr:
+                continue
+            acc = float(gr.get("initial_accumulator_value", 0.0)) if "lr_decay" in gr else 0.0
+            for p in gr["params"]:
+                g = grad_of.get(ids.get(id(p)))
+                if g is not None:
+                    a = g.detach().abs().double().flatten()
+                    step = a / ((acc + a * a).sqrt() + float(gr["eps"]))  # the first step's direction
+                    decoupled[ids[id(p)]] = float(step.max()) if a.numel() else 0.0
     elif l1 is not None:
         lams = {r.name: float(l1) for r in rows if r.penalized}
-    return LambdaMaxReport(rows, lams, group_dim)
+    return LambdaMaxReport(rows, lams, group_dim, decoupled)

@@ -43,12 +43,15 @@ def _grad(p, g, grad_scale, maximize, weight_decay, l1=0.0, l1_subgradient=False
     return g
 
 
-def prox(v, step, denom, l1=0.0, l1_subgradient=False, l2=0.0, l0=0.0, nonneg=False):
+def prox(v, step, denom, l1=0.0, l1_subgradient=False, l1_decoupled=False, l2=0.0, l0=0.0, nonneg=False):
     """The elementwise penalties (fusedreg._ops.ELEMENTWISE) on v with per-element step step/denom (denom is 1 for
-    SGD): soft-threshold, proximal l2, hard threshold, projection on w >= 0."""
+    SGD): soft-threshold (l1_decoupled: by step*l1, the scalar step alone), proximal l2, hard threshold,
+    projection on w >= 0."""
     dt = v.dtype
     if l1 != 0 and not l1_subgradient:
-        thr = _scalar(step * l1, dt) / denom
+        thr = _scalar(step * l1, dt)
+        if not l1_decoupled:
+            thr = thr / denom
         v = torch.sign(v) * torch.clamp_min(v.abs() - thr, 0)
     if l2 != 0:
         v = v / (1 + _scalar(step * l2, dt) / denom)
@@ -64,9 +67,12 @@ def _scalar(x, dtype):
     return torch.tensor(x, dtype=dtype)
 
 
-def _group(param, step, denom, group_l1, group_dim, l2):
+def _group(param, step, denom, group_l1, group_dim, l2, l1_decoupled=False):
     """The group prox on a param the op has just written (so bf16/fp16 params are rounded before it, as in the
-    native kernels, which scale the stored value): rows or columns of params with dim >= 2."""
+    native kernels, which scale the stored value): rows or columns of params with dim >= 2. l1_decoupled (Adam,
+    Adagrad): the closed form with the scalar step, no metric and no l2 term."""
+    if l1_decoupled and denom is not None:
+        denom, l2 = None, 0.0
     if group_l1 != 0 and param.dim() >= 2:
         dt = opmath(param.dtype)
         param.copy_(group_prox(param.to(dt), step, group_l1, group_dim, denom, l2))
@@ -157,7 +163,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr
         denom = torch.sqrt(v) / _scalar(bc2_sqrt, dt) + _scalar(eps, dt)
         p = p - _scalar(lr / bc1, dt) * (m / denom)
         param.copy_(prox(p, lr, denom, **pen))
-        _group(param, lr, denom, group_l1, group_dim, pen.get("l2", 0.0))
+        _group(param, lr, denom, group_l1, group_dim, pen.get("l2", 0.0), pen.get("l1_decoupled", False))
 
 
 def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
@@ -180,7 +186,7 @@ def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_de
             denom = torch.sqrt(s) + _scalar(eps, dt)
             p = p - _scalar(clr, dt) * (g / denom)
             param.copy_(prox(p, clr, denom, **pen))
-            _group(param, clr, denom, group_l1, group_dim, pen.get("l2", 0.0))
+            _group(param, clr, denom, group_l1, group_dim, pen.get("l2", 0.0), pen.get("l1_decoupled", False))
 
 
 def ftrl_power(n, lr_power):
@@ -207,6 +213,8 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
     state with an lr = 0 step). With rows, the same on the rows present (TensorFlow's sparse apply): the others
     and their state stay."""
     check_group_dim(group_dim)
+    if pen.get("l1_decoupled"):
+        raise RuntimeError("fusedreg::ftrl_: l1_decoupled is not defined for FTRL, whose l1 is its closed form's")
     check_rows("ftrl_", params, grads, rows, group_l1)
     lr = op_lr(lr, lr_tensor)
     if _skip(found_inf) or lr == 0:  # lr = 0 takes no step (FTRL divides by lr; DCP's state init steps with 0)

@@ -1,6 +1,6 @@
 """Complex params on every backend: torch.optim's trajectory and state with every penalty at 0, l1 as the prox
-of l1*|z| (the modulus shrinks, exact zeros), checkpoints both ways with torch.optim, and clear errors for the
-penalties a complex param does not take."""
+of l1*|z| (the modulus shrinks, exact zeros; in the optimizer's metric, or by lr*l1 with l1_mode="decoupled"),
+checkpoints both ways with torch.optim, and clear errors for the penalties a complex param does not take."""
 import copy
 import math
 
@@ -156,6 +156,46 @@ def test_metric_l1_on_complex_is_the_pair_group_prox(name, cfg, backend):
         resid = d[kept] * (got[kept] - vv[kept]) + step_size * l1 * got[kept] / got[kept].norm(dim=1, keepdim=True)
         assert resid.abs().max() <= 1e-9 * d.max()
         assert ((d[~kept] * vv[~kept]).norm(dim=1) <= step_size * l1 * (1 + 1e-9)).all()
+    assert max(zeros) > 0 and zeros[-1] < z.numel(), zeros
+
+
+@pytest.mark.parametrize("name,cfg", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1)),
+                                      ("Adam", dict(lr=0.1, amsgrad=True, weight_decay=0.1)),
+                                      ("AdamW", dict(lr=0.1, weight_decay=0.1)),
+                                      ("Adagrad", dict(lr=0.1, lr_decay=0.05)), ("Adagrad", dict(lr=0.1, l2=0.3))],
+                         ids=["SGD", "Adam", "Adam-amsgrad", "AdamW", "Adagrad-decay", "Adagrad-l2"])
+def test_decoupled_l1_on_complex_shrinks_the_modulus_by_lr_l1(name, cfg, backend):
+    """l1_mode="decoupled" needs no metric: every optimizer's update (torch.optim's, from our state) followed by
+    z * max(0, 1 - t/|z|) with t = lr*l1 (Adagrad: clr*l1), after Adagrad's l2 (which divides re and im by
+    1 + clr*l2/denom, their own steps): the modulus prox runs where the group prox runs."""
+    dtype, l1 = torch.complex128, 0.5
+    z = torch.randn(40, dtype=dtype) * 0.05
+    opt = getattr(fusedreg, name)([z], backend=backend, l1=l1, l1_mode="decoupled", **cfg)
+    plain = {k: v for k, v in cfg.items() if k != "l2"}
+    zeros = []
+    for k in range(5):
+        g = grads([z], k)[0]
+        v = z.clone()
+        theirs = getattr(torch.optim, name)([v], foreach=False, **plain)
+        if opt.state[z]:
+            theirs.load_state_dict({"state": {0: {key: t.clone() for key, t in opt.state[z].items()}},
+                                    "param_groups": theirs.state_dict()["param_groups"]})
+        v.grad = g.clone()
+        theirs.step()
+        st = theirs.state[v]
+        step_size = cfg["lr"]
+        if name == "Adagrad":
+            step_size = cfg["lr"] / (1 + (float(st["step"]) - 1) * cfg.get("lr_decay", 0.0))
+            if cfg.get("l2"):
+                s = torch.view_as_real(st["sum"])
+                vr = torch.view_as_real(v) / (1 + step_size * cfg["l2"] / (s.sqrt() + 1e-10))
+                v = torch.view_as_complex(vr.contiguous())
+        want = modulus_shrink(v, step_size * l1)
+        z.grad = g
+        opt.step()
+        assert torch.equal(z == 0, want == 0), k
+        assert rel_err(torch.view_as_real(z), torch.view_as_real(want)) <= 1e-12, k
+        zeros.append(int((z == 0).sum()))
     assert max(zeros) > 0 and zeros[-1] < z.numel(), zeros
 
 

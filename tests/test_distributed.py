@@ -27,6 +27,7 @@ CASES = [
     ("Adagrad", dict(lr=0.1, l1=0.02, l2=0.01), ("ddp", "fsdp")),
     ("Adam", dict(lr=0.02, group_l1=0.05, group_dim=0), ("ddp", "fsdp")),  # FSDP2 shards rows: Shard(0)
     ("Ftrl", dict(lr=0.1, l1=0.02, l2=0.01, beta=0.1, lr_power=-0.6), ("ddp", "fsdp")),
+    ("AdamW", dict(lr=0.02, l1=0.5, l1_mode="decoupled", group_l1=0.05, group_dim=0), ("ddp", "fsdp")),
 ]
 
 
@@ -92,7 +93,7 @@ def _run_wrapper(rank, wrapper, backends, out, results):
     n = X.shape[0] // WORLD
     X, y = X[rank * n:(rank + 1) * n], y[rank * n:(rank + 1) * n]  # each rank: its half; the mean loss matches
     for backend in backends:
-        for name, cfg, wrappers in CASES:
+        for case, (name, cfg, wrappers) in enumerate(CASES):
             if wrapper not in wrappers:
                 continue
             model = wrap(mlp())
@@ -104,7 +105,7 @@ def _run_wrapper(rank, wrapper, backends, out, results):
             if wrapper == "fsdp":  # state is DTensor, like torch.optim's, so DCP can reshard it
                 kinds = {type(v).__name__ for s in opt.state.values() for k, v in s.items() if k != "step"}
                 assert kinds == {"DTensor"}, kinds
-            ckpt = os.path.join(out, f"ckpt-{wrapper}-{backend}-{name}")
+            ckpt = os.path.join(out, f"ckpt-{wrapper}-{backend}-{case}")
             dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
                      checkpoint_id=ckpt)
             train(model, opt, X, y, STEPS - SAVE_AT)
@@ -119,7 +120,7 @@ def _run_wrapper(rank, wrapper, backends, out, results):
             train(model2, opt2, X, y, STEPS - SAVE_AT)
             a, b = full_params(model), full_params(model2)
             assert torch.equal(a, b), f"{wrapper} {backend} {name}: DCP restore diverged by {(a - b).abs().max()}"
-            results[(wrapper, backend, name)] = a
+            results[(wrapper, backend, case)] = a
         if wrapper == "fsdp":
             # Group lasso over columns of a row-sharded param would need the norms of groups split across ranks.
             model = wrap(mlp())
@@ -164,11 +165,11 @@ def distributed_results(tmp_path_factory):
 def test_distributed_matches_single_process_and_checkpoints(wrapper, distributed_results):
     checked = 0
     for backend in BACKENDS:
-        for name, cfg, wrappers in CASES:
+        for case, (name, cfg, wrappers) in enumerate(CASES):
             if wrapper not in wrappers:
                 continue
             ref = single_process(name, cfg, backend)
-            ours = distributed_results[(wrapper, backend, name)]
+            ours = distributed_results[(wrapper, backend, case)]
             assert rel_err(ours, ref) <= TRAJECTORY[DT], (backend, name)
             assert torch.equal(ours == 0, ref == 0), (backend, name)
             assert (ref == 0).any(), (backend, name)  # the penalty did produce exact zeros to compare

@@ -17,6 +17,10 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 CONFIGS = [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01)), ("Adam", dict(lr=0.01, amsgrad=True)),
            ("AdamW", dict(lr=0.01, weight_decay=0.1)), ("Adagrad", dict(lr=0.05, lr_decay=0.01))]
 CONFIG_IDS = [name for name, _ in CONFIGS]
+# The GradScaler tests take fusedreg's own options too (no torch.optim run beside them).
+SCALER_CONFIGS = CONFIGS + [("AdamW", dict(lr=0.01, weight_decay=0.1, l1_mode="decoupled", group_l1=1e-3)),
+                            ("Adagrad", dict(lr=0.05, lr_decay=0.01, l2=0.01, l1_mode="decoupled"))]
+SCALER_IDS = CONFIG_IDS + ["AdamW-decoupled", "Adagrad-decoupled"]
 
 
 def mlp(dtype=torch.float32, seed=0, device="cpu"):
@@ -226,7 +230,7 @@ def scaler_run(name, cfg, backend, device="cpu", steps=8, inf_at=(), use_scaler=
     return model, opt, scaler
 
 
-@pytest.mark.parametrize("name,cfg", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("name,cfg", SCALER_CONFIGS, ids=SCALER_IDS)
 def test_grad_scaler_matches_the_unscaled_run(name, cfg, backend):
     """Scaling by a power of two and dividing it out inside the fused step is exact."""
     plain, _, _ = scaler_run(name, cfg, backend, use_scaler=False, l1=1e-3)
@@ -241,7 +245,7 @@ def test_grad_scaler_matches_the_unscaled_run(name, cfg, backend):
     assert all(torch.equal(p.grad, g) for p, g in zip(scaled.parameters(), grads))
 
 
-@pytest.mark.parametrize("name,cfg", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("name,cfg", SCALER_CONFIGS, ids=SCALER_IDS)
 def test_grad_scaler_skips_inf_steps_without_touching_params_or_state(name, cfg, backend):
     # Infs at step 0 (no state yet: SGD must not keep a momentum buffer) and mid-run.
     _, _, scaler = scaler_run(name, cfg, backend, inf_at=(0, 4), l1=1e-3)
@@ -270,7 +274,7 @@ def test_grad_scaler_with_bf16_autocast_and_master_weights(backend):
 
 
 @CUDA
-@pytest.mark.parametrize("name,cfg", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("name,cfg", SCALER_CONFIGS, ids=SCALER_IDS)
 def test_grad_scaler_on_cuda(name, cfg):
     for backend in [b for b in fusedreg.backends.available() if b in ("cuda", "triton", "torch")]:
         plain, _, _ = scaler_run(name, cfg, backend, device="cuda", use_scaler=False, l1=1e-3)
@@ -286,7 +290,9 @@ COMPILE_BACKENDS = [b for b in ("torch", "cpp") if b in fusedreg.backends.availa
 
 
 @pytest.mark.parametrize("name,cfg", [("SGD", dict(momentum=0.9, l1=0.5)), ("AdamW", dict(l1=0.05)),
-                                      ("Ftrl", dict(lr_power=-0.6, l1=0.05))], ids=["SGD", "AdamW", "Ftrl"])
+                                      ("AdamW", dict(l1=0.5, l1_mode="decoupled", group_l1=0.1)),
+                                      ("Ftrl", dict(lr_power=-0.6, l1=0.05))],
+                         ids=["SGD", "AdamW", "AdamW-decoupled", "Ftrl"])
 @pytest.mark.parametrize("backend_name", COMPILE_BACKENDS)
 def test_compiled_training_step_matches_eager_and_tensor_lr_does_not_recompile(name, cfg, backend_name):
     from torch._dynamo.testing import CompileCounter

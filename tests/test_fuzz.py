@@ -126,7 +126,8 @@ def cases(draw, op):
              maximize=draw(st.booleans()),
              weight_decay=draw(_hp(0.0, 0.0, 1e-4, 0.1, 10.0, lo=0.0, hi=2.0)),
              l1=draw(_hp(0.0, 1e-8, 0.01, 1.0, 1e3, lo=0.0, hi=5.0)),
-             l1_mode=draw(st.sampled_from(["prox", "prox", "prox", "subgradient"])),
+             l1_mode=draw(st.sampled_from(["prox", "prox", "prox", "subgradient"] +
+                                          (["decoupled"] if op != "ftrl" else []))),
              l2=draw(_hp(0.0, 0.0, 1e-3, 1.0, 1e3, lo=0.0, hi=5.0)),
              l0=draw(_hp(0.0, 0.0, 0.0, 1e-8, 1e-3, 1.0, lo=0.0, hi=1.0)),
              nonneg=draw(st.integers(0, 3)) == 0,
@@ -220,14 +221,21 @@ def clone(t):
 # The oracle: the documented math (fusedreg/_ops.py, REFERENCE.md) in fp64, written independently of
 # fusedreg.reference, with the running magnitude M of every value (see the module docstring).
 
+def _l1_thr(c, step, d):
+    """The soft-threshold of each element: step*l1/denom (prox), step*l1 (decoupled), or 0."""
+    if not c["l1"] or c["l1_mode"] == "subgradient":
+        return torch.zeros_like(d)
+    return step * c["l1"] / d if c["l1_mode"] == "prox" else torch.full_like(d, step * c["l1"])
+
+
 def _prox(v, Mv, step, denom, Mden, c, O):
     """Returns (value, M, boundary, l0_boundary, value_without_the_l0_cut); O: the opmath of the tensor.
     Mden: the magnitude of denom's rounding error (u*Mden bounds it; 0 for SGD's exact denom of 1)."""
     band = 2 * STEP[O]
     d = denom if torch.is_tensor(denom) else torch.full_like(v, float(denom))
     r = 1 + (Mden / d if torch.is_tensor(Mden) else 0.0)  # a scalar over denom carries denom's relative error
-    thr = step * c["l1"] / d if (c["l1"] and c["l1_mode"] == "prox") else torch.zeros_like(v)
-    M = Mv + thr * r
+    thr = _l1_thr(c, step, d)
+    M = Mv + thr * (r if c["l1_mode"] == "prox" else 1.0)  # decoupled: lr*l1, no denominator's error
     near = ((v.abs() - thr).abs() <= band * M)  # includes |v| ~ 0 (cancellation, nonneg) when thr is 0
     v = torch.sign(v) * torch.clamp_min(v.abs() - thr, 0)
     if c["l2"]:
@@ -362,7 +370,7 @@ def oracle(c, t, i):
     out["params"] = _prox(pe - upd, pe.abs() + Mupd, step, denom, Mden, c, opmath(t["params"][i].dtype))
     # Thresholds on |v| for placement: the L1 cut (or 0) and the L0 cut mapped back through l1 and l2.
     d = denom if torch.is_tensor(denom) else torch.full_like(p, float(denom))
-    thr = step * c["l1"] / d if (c["l1"] and c["l1_mode"] == "prox") else torch.zeros_like(p)
+    thr = _l1_thr(c, step, d)
     targets = [thr]
     if c["l0"]:
         q = 1 + step * c["l2"] / d if c["l2"] else 1.0

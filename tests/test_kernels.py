@@ -120,6 +120,19 @@ GRID = {
                                                               l1_subgradient=True, l0=0.5, nonneg=True, scale=True)),
     "adagrad_group_rows_l1_l2": ("adagrad_", dict(lr_decay=0.01, l1=0.2, l2=0.5, group_l1=0.3)),
     "adagrad_group_cols_scaled": ("adagrad_", dict(weight_decay=1e-2, group_l1=0.3, group_dim=1, scale=True)),
+    # l1_mode="decoupled": threshold lr*l1 (Adagrad clr*l1), group lasso in closed form with that step
+    "sgd_decoupled_group_rows_l2": ("sgd_", dict(momentum=0.9, first=True, l1=0.3, l1_decoupled=True, l2=0.1,
+                                                 group_l1=0.5)),
+    "adamw_decoupled_l1_l0_nonneg": ("adam_", dict(weight_decay=1e-2, decoupled=True, l1=0.7, l1_decoupled=True,
+                                                   l0=0.5, nonneg=True)),
+    "adamw_decoupled_group_rows_tiny": ("adam_", dict(weight_decay=1e-2, decoupled=True, l1=0.3, l1_decoupled=True,
+                                                      group_l1=0.3, tiny=True)),
+    "adam_amsgrad_decoupled_group_cols_l2_scaled": ("adam_", dict(amsgrad=True, l1=0.3, l1_decoupled=True, l2=0.5,
+                                                                  group_l1=0.3, group_dim=1, scale=True)),
+    "adagrad_decoupled_group_rows_l1_l2_max": ("adagrad_", dict(lr_decay=0.01, maximize=True, l1=0.2,
+                                                                l1_decoupled=True, l2=0.5, group_l1=0.3)),
+    "adagrad_decoupled_group_cols_scaled_tiny": ("adagrad_", dict(l1=0.2, l1_decoupled=True, group_l1=0.3,
+                                                                  group_dim=1, scale=True, tiny=True)),
     "ftrl_plain": ("ftrl_", dict()),
     "ftrl_l1_l2_shrink_beta": ("ftrl_", dict(beta=0.5, l2_shrinkage=0.05, l1=0.05, l2=0.1)),
     "ftrl_power_max_l0_nonneg_scaled": ("ftrl_", dict(lr_power=-0.7, maximize=True, l1=0.02, l0=1e-3,
@@ -172,6 +185,18 @@ MIXED_GRID = {
                                                    group_l1=6.0, group_dim=1, grad_scale=8.0), "group"),
     "f64_ftrl_group_cols": ("ftrl_", dict(lr_power=-0.6, beta=0.1, l1=0.02, l2=0.1, group_l1=8.0, group_dim=1),
                             "group"),
+    "adamw_decoupled_l1_l0": ("adam_", dict(decoupled=True, weight_decay=0.1, l1=1.0, l1_decoupled=True, l0=1e-4),
+                              "mixed"),
+    "adamw_decoupled_group_rows_tiny": ("adam_", dict(decoupled=True, weight_decay=0.1, l1=0.5, l1_decoupled=True,
+                                                      group_l1=2.0, tiny=True), "group"),
+    "adam_decoupled_group_cols_l2_scaled": ("adam_", dict(amsgrad=True, l1=0.5, l1_decoupled=True, l2=0.1,
+                                                          group_l1=2.0, group_dim=1, grad_scale=1024.0), "group"),
+    "adagrad_decoupled_group_rows_l2": ("adagrad_", dict(lr_decay=0.01, l1=0.05, l1_decoupled=True, l2=0.1,
+                                                         group_l1=0.5), "group"),
+    "adagrad_decoupled_group_cols_tiny": ("adagrad_", dict(l1=0.05, l1_decoupled=True, group_l1=2.0, group_dim=1,
+                                                           tiny=True), "group"),
+    "f64_adamw_decoupled_group_cols": ("adam_", dict(decoupled=True, weight_decay=0.1, l1=0.5, l1_decoupled=True,
+                                                     l0=1e-4, group_l1=1.0, group_dim=1), "group"),
     "f64_sgd": ("sgd_", dict(momentum=0.9, weight_decay=0.01, l1=0.05, l2=0.1), "mixed"),
     "f64_adamw": ("adam_", dict(amsgrad=True, decoupled=True, weight_decay=0.1, l1=0.01, l0=1e-4), "mixed"),
     "f64_adagrad": ("adagrad_", dict(lr_decay=0.01, l1=0.01, l2=0.1, l0=1e-3), "mixed"),
@@ -265,6 +290,9 @@ SPARSE_GRID = {
     "adagrad_plain": ("adagrad_", dict()),
     "adagrad_decay_l1_l2_l0_nonneg": ("adagrad_", dict(lr_decay=0.01, l1=0.3, l2=0.2, l0=0.01, nonneg=True)),
     "adagrad_max_scaled_eps": ("adagrad_", dict(maximize=True, eps=1e-3, grad_scale=8.0)),
+    "adagrad_decoupled_l1_l2_l0_scaled": ("adagrad_", dict(lr_decay=0.01, l1=0.3, l1_decoupled=True, l2=0.2, l0=0.01,
+                                                           grad_scale=8.0)),
+    "sgd_decoupled_l1_nonneg": ("sgd_", dict(l1=0.3, l1_decoupled=True, nonneg=True)),
     "ftrl_plain": ("ftrl_", dict()),
     "ftrl_l1_l2_shrink_beta_l0_nonneg": ("ftrl_", dict(beta=0.5, l2_shrinkage=0.05, l1=0.05, l2=0.1, l0=1e-3,
                                                        nonneg=True)),
@@ -456,6 +484,9 @@ THRESHOLDS = {
     "adam_l0": ("adam_", dict(l0=2.0 ** -5), 1.0),
     "adagrad_l1": ("adagrad_", dict(l1=2.0 ** -6), 0.25),
     "adagrad_l0": ("adagrad_", dict(l0=2.0 ** -5), 1.0),
+    # decoupled: thr = lr*l1 = 1/8 whatever the denominator
+    "adam_l1_decoupled": ("adam_", dict(l1=2.0, l1_decoupled=True), 0.125),
+    "adagrad_l1_decoupled": ("adagrad_", dict(l1=2.0, l1_decoupled=True), 0.125),
 }
 EXACT_HP = {"sgd_": dict(lr=0.5, momentum=0.9, first_step=True),
             "adam_": dict(lr=2.0 ** -4, eps=2.0 ** -8, decoupled=True),
@@ -772,15 +803,20 @@ COMPILE_GROUP = textwrap.dedent("""
     if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
         sys.exit(77)
     ptr = {tl.float32: "*fp32", tl.bfloat16: "*bf16", tl.float64: "*fp64"}
-    for dt, kind, shape in [(tl.float32, group.ADAM, (4096, 4096, 1)), (tl.bfloat16, group.SGD, (300, 2, 1)),
-                            (tl.float32, group.FTRL, (1, 13, 17)), (tl.float64, group.ADAGRAD, (6, 20, 9)),
-                            (tl.float32, group.ADAM, (1, 2, 5000))]:
+    # METRIC off for SGD, and for Adam / Adagrad with decoupled l1 (the closed form with their scalar step)
+    for dt, kind, shape, metric in [(tl.float32, group.ADAM, (4096, 4096, 1), True),
+                                    (tl.bfloat16, group.SGD, (300, 2, 1), False),
+                                    (tl.float32, group.FTRL, (1, 13, 17), True),
+                                    (tl.float64, group.ADAGRAD, (6, 20, 9), True),
+                                    (tl.float32, group.ADAM, (1, 2, 5000), True),
+                                    (tl.float32, group.ADAM, (2048, 2048, 1), False),
+                                    (tl.bfloat16, group.ADAGRAD, (1, 64, 300), False)]:
         BA, BG, BK = group.tile(*shape, 1024)
         cdt = tl.float64 if dt == tl.float64 else tl.float32
         sig = {"param": ptr[dt], "state": ptr[cdt], "step_ptr": "*fp32", "found_inf": "*fp32", "A": "i32", "G": "i32",
                "K": "i32", **dict.fromkeys(["lr", "group_l1", "l2", "beta2", "lr_decay", "eps", "beta", "neg_power"],
                                           "fp64")}
-        const = dict(CDT=cdt, KIND=kind.value, HAS_L2=True, HAS_FI=True, BA=BA, BG=BG, BK=BK, POWER=2)
+        const = dict(CDT=cdt, KIND=kind.value, HAS_L2=True, HAS_FI=True, BA=BA, BG=BG, BK=BK, POWER=2, METRIC=metric)
         src = ASTSource(group.group_kernel, {**sig, **dict.fromkeys(const, "constexpr")}, const)
         c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=group.options(BA, BG, BK))
         assert c.asm["cubin"]

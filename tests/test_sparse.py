@@ -151,6 +151,8 @@ PENALIZED = [
     ("SGD", dict(lr=0.1, l1=0.2, l1_mode="subgradient")),
     ("Adagrad", dict(lr=0.3, l1=0.3)),
     ("Adagrad", dict(lr=0.3, l1=0.1, l2=0.5, eps=0.0, initial_accumulator_value=0.1)),
+    ("SGD", dict(lr=0.1, l1=0.3, l1_mode="decoupled")),
+    ("Adagrad", dict(lr=0.3, lr_decay=0.05, l1=1.0, l2=0.5, l0=1e-3, l1_mode="decoupled")),
     # Ftrl: a dense step with a zero grad would still move every row (w is recomputed from z and n; l2_shrinkage
     # moves z): the sparse one leaves absent rows and their state as they are (TensorFlow's sparse apply).
     ("Ftrl", dict(lr=0.1, l1=0.5)),

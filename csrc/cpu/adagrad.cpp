@@ -1,5 +1,5 @@
 // fusedreg::adagrad_ on the CPU: adagrad_update (fusedreg_math.h) over the element loop of cpu/loop.h (the rows
-// present with sparse grads), then the group prox in Adagrad's metric.
+// present with sparse grads), then the group prox in Adagrad's metric (with decoupled l1: SGD's closed form).
 #include "loop.h"  // first: it brings in the Vectorized primitives before fusedreg_math.h
 
 #include <ATen/Dispatch.h>
@@ -26,7 +26,8 @@ void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS) {
     for (size_t i = 0; i < st.n; ++i) {
       const S sc = make_adagrad<O>(args, steps[i]);
       slots.push_back(make_slot<scalar_t, O, 1>(st, i, sc));
-      add_group_job<O>(jobs, st, i, adagrad_clr(lr, lr_decay, steps[i]), group_l1, group_dim, l2, slots.back().s[0],
+      const O* x = group_metric(args.pen) ? slots.back().s[0] : nullptr;  // nullptr: no metric
+      add_group_job<O>(jobs, st, i, adagrad_clr(lr, lr_decay, steps[i]), group_l1, group_dim, group_l2(args.pen), x,
                        O(1), sc.eps);
     }
     run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {

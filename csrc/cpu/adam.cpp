@@ -1,5 +1,5 @@
 // fusedreg::adam_ on the CPU (Adam and AdamW): adam_update (fusedreg_math.h) over the element loop of cpu/loop.h,
-// then the group prox in Adam's metric.
+// then the group prox in Adam's metric (with decoupled l1: SGD's closed form).
 #include "loop.h"  // first: it brings in the Vectorized primitives before fusedreg_math.h
 
 #include <ATen/Dispatch.h>
@@ -29,7 +29,8 @@ void adam_cpu(FUSEDREG_ADAM_PARAMS) {
       const S sc = make_adam<O>(args, steps[i]);
       slots.push_back(make_slot<scalar_t, O, 3>(st, i, sc));
       const auto& sl = slots.back();
-      add_group_job<O>(jobs, st, i, lr, group_l1, group_dim, l2, amsgrad ? sl.s[2] : sl.s[1], sc.bc2_sqrt, sc.eps);
+      const O* x = !group_metric(args.pen) ? nullptr : amsgrad ? sl.s[2] : sl.s[1];  // nullptr: no metric
+      add_group_job<O>(jobs, st, i, lr, group_l1, group_dim, group_l2(args.pen), x, sc.bc2_sqrt, sc.eps);
     }
     run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {
       return adam_update(p, g, st_[0], st_[1], st_[2], s, hs, scale);

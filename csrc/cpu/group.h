@@ -27,7 +27,7 @@ namespace {
 
 // The per-element denominators come from x (Adam's v_hat, Adagrad's sum) as adam_denom(x, bdiv, eps), with
 // bdiv = sqrt(bc2) for Adam and 1 for Adagrad (metric_a), or (ftrl set) from Ftrl's new accumulator n' = x as
-// ftrl_denom(x, *ftrl), its q; x == nullptr is SGD (no metric).
+// ftrl_denom(x, *ftrl), its q; x == nullptr is no metric (SGD, or Adam/Adagrad with decoupled l1).
 template <typename O>
 struct GroupJob {
   size_t slot;
@@ -46,7 +46,7 @@ FR_INLINE V denom_of(const GroupJob<O>& job, V x) {
   return job.ftrl != nullptr ? ftrl_denom(x, *job.ftrl) : adam_denom(x, V(job.bdiv), V(job.eps));
 }
 
-// The group job of slot i, if its param gets the group prox; x == nullptr for SGD.
+// The group job of slot i, if its param gets the group prox; x == nullptr without a metric.
 template <typename O>
 void add_group_job(std::vector<GroupJob<O>>& jobs, const Staged& st, size_t i, double step, double group_l1,
                    int64_t group_dim, double l2, const O* x, O bdiv, O eps, const FtrlScalars<O>* ftrl = nullptr) {
@@ -535,6 +535,25 @@ void group_prox_row(T* p, const GroupJob<O>& job, int64_t g, O* den) {
     }
   });
   finish_row<T, O>(p, job, g, rs);
+}
+
+// SGD's closed form on row g (no metric) from a pass over the written row, for a metric op's job without a metric
+// (decoupled l1): the sums RowSums::add(v) takes, in the same order, but in locals the compiler keeps in registers
+// (RowSums' members stayed on the stack, each vector's add waiting on the last one's store).
+template <typename T, typename O>
+void closed_form_row(T* p, const GroupJob<O>& job, int64_t g) {
+  using V = Vec<O>;
+  const int64_t n = job.sh.K;
+  p += g * n;
+  VD nn(0.0), nn2(0.0);
+  each_vec<T, O>(p, n, [&](V v, int64_t, int64_t cnt) {
+    if (cnt < V::size()) v = V::set(V(O(0)), v, cnt);
+    const auto h = widen(v);
+    nn += h[0] * h[0];
+    if constexpr (h.size() > 1) nn2 += h[1] * h[1];
+  });
+  const V f(static_cast<O>(group_factor(hsum(nn + nn2), job.c)));
+  scale_row<T, O>(p, n, [&](int64_t) { return f; });
 }
 
 // The columns one task takes: 256 elements of each row (one column for K >= 256, its run taken in chunks of 256),

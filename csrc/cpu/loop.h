@@ -219,6 +219,14 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
         const S sc = sl.sc;
         O* den = kDenoms ? row_panel<O>(K + Vec<O>::size()) : nullptr;
         for (int64_t g = b; g < e; ++g) {
+          if (kDenoms && job.x == nullptr) {
+            // A metric op's job without a metric (decoupled l1): SGD's prox, the denominators unused, from a pass
+            // over the row just written (in L1). Fed by the update, the sums went through memory a vector at a
+            // time and cost Adam's compute-bound step on one thread a third more.
+            process_range(sl, g * K, (g + 1) * K, [&](auto& p, auto gr, auto& st) { f(sc, p, gr, st); });
+            closed_form_row<T, O>(sl.p, job, g);
+            continue;
+          }
           RowSums<O> rs(job, den, K);
           process_range(sl, g * K, (g + 1) * K, [&](auto& p, auto gr, auto& st) {
             if constexpr (kDenoms) {
@@ -246,6 +254,7 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
         const Vec<O> c = cs.c, c2 = cs.c2;
         const bool lo = cs.lo_needed;
         const int64_t step = cs.np * Vec<O>::size();
+        const bool metric = kDenoms && job.x != nullptr;  // see the rows
         for (int64_t b = b0; b < b1; ++b) {
           auto part = cs.part(b);
           for (int64_t a = cs.row0(b); a < cs.row0(b + 1); ++a) {
@@ -253,7 +262,11 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
             process_range(sl, a * cs.R, (a + 1) * cs.R, [&](auto& p, auto gr, auto& st) {
               if constexpr (kDenoms) {
                 const auto d = f(sc, p, gr, st);
-                ColumnSums<O>::add(q, p, d, c, c2, lo);
+                if (metric) {
+                  ColumnSums<O>::add(q, p, d, c, c2, lo);
+                } else {
+                  ColumnSums<O>::add(q, p);
+                }
               } else {
                 f(sc, p, gr, st);
                 ColumnSums<O>::add(q, p);
@@ -279,17 +292,21 @@ void for_each_element_grouped(const std::vector<Slot<T, O, NS, S>>& slots, const
       // bf16/fp16: the update runs a block of rows at a time (long runs for the hardware prefetchers), keeping the
       // denominators it returns (the metric ops') in a panel, then the prox of each of its rows, from L2.
       const int64_t block = std::max<int64_t>(1, kRowBlock / sh.K);
+      const bool metric = kDenoms && job.x != nullptr;  // see the fp32/fp64 rows
       at::parallel_for(0, sh.G, std::max<int64_t>(1, kGrainUnits * kUnit / sh.K), [&](int64_t b, int64_t e) {
         const S sc = sl.sc;
         O* den = nullptr;
         for (int64_t g0 = b; g0 < e; g0 += block) {
           const int64_t g1 = std::min(e, g0 + block);
-          if constexpr (kDenoms) den = row_panel<O>((g1 - g0) * sh.K + 2 * Vec<T>::size());
+          if (metric) den = row_panel<O>((g1 - g0) * sh.K + 2 * Vec<T>::size());
           O* d = den;
           process_range(sl, g0 * sh.K, g1 * sh.K, [&](auto& p, auto gr, auto& st) {
             if constexpr (kDenoms) {
-              f(sc, p, gr, st).store(d);  // in element order: process_range calls f a vector at a time
-              d += Vec<O>::size();
+              const auto dv = f(sc, p, gr, st);
+              if (d != nullptr) {
+                dv.store(d);  // in element order: process_range calls f a vector at a time
+                d += Vec<O>::size();
+              }
             } else {
               f(sc, p, gr, st);
             }

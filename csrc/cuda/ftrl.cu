@@ -26,6 +26,8 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace cuda
 
 void ftrl_cuda(FUSEDREG_FTRL_PARAMS) {
+  TORCH_CHECK(!l1_decoupled,
+              "fusedreg::ftrl_: l1_decoupled is not defined for FTRL, whose l1 is its closed form's");
   Staged st = stage("ftrl_", c10::DeviceType::CUDA, params, grads,
                     {{"accumulators", accumulators, true}, {"linears", linears, true}}, {}, false, grad_scale,
                     found_inf, lr_tensor, group_l1, group_dim, rows_of(rows));

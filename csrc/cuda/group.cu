@@ -22,12 +22,13 @@ struct NanMax {
 
 // The step's scalars of the prox (the same in every block) and the a_i of an element. Args: the op's (SgdArgs:
 // the scalar step lr; AdamArgs, AdagradArgs: the metric prox, with the step-dependent factors from the step
-// counter; FtrlArgs: the metric prox in q from the new accumulator, step 1). live: false when the step changes
-// nothing (found_inf, lr * group_l1 == 0).
+// counter, or with decoupled l1 SGD's closed form with their scalar step; FtrlArgs: the metric prox in q from the
+// new accumulator, step 1). live: false when the step changes nothing (found_inf, lr * group_l1 == 0).
 template <typename O, typename Args>
 struct GroupStep {
-  static constexpr bool metric = !std::is_same_v<Args, SgdArgs>;
+  static constexpr bool metric_op = !std::is_same_v<Args, SgdArgs>;
   static constexpr bool ftrl = std::is_same_v<Args, FtrlArgs>;
+  bool metric = false;
   double c = 0;
   O c_o = O(0), c2 = O(0), bdiv = O(1), eps = O(0);
   FtrlScalars<O> fs{};
@@ -42,7 +43,7 @@ struct GroupStep {
       if (args.lr == 0) return;  // no step, as ftrl_kernel
       step = 1.0;                // FTRL's penalties are not scaled by lr (q holds it)
       fs = make_ftrl<O>(args);
-    } else if constexpr (metric) {
+    } else if constexpr (metric_op) {
       const double t = static_cast<double>(*step_ptr + 1.0f);  // the counter advances after this kernel
       if constexpr (std::is_same_v<Args, AdamArgs>) {
         bdiv = static_cast<O>(bc2_sqrt(args.beta2, t));
@@ -52,7 +53,8 @@ struct GroupStep {
       eps = static_cast<O>(args.eps);
     }
     if (step * group_l1 == 0) return;
-    const double l2 = ftrl ? 0.0 : args.pen.l2;  // FTRL's l2 is in q
+    metric = ftrl || (metric_op && group_metric(args.pen));
+    const double l2 = ftrl ? 0.0 : metric_op ? group_l2(args.pen) : args.pen.l2;  // FTRL's l2 is in q
     c = group_c(step, group_l1, static_cast<double>(n), l2, metric);
     c_o = static_cast<O>(c);
     c2 = static_cast<O>(step * l2);

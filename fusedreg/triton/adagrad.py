@@ -60,7 +60,7 @@ def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_de
     kw = {k: v for k, v in locals().items() if k != "pen"}
     if torch.compiler.is_compiling():
         return torch.ops.fusedreg.triton_adagrad_(**kw, **pen)
-    _ops.check("adagrad_", **kw)
+    _ops.check("adagrad_", **kw, **pen)
     if rows and params[0].device.type == "cpu":  # read on the host only where that costs no device sync
         _ops.rows_ok("adagrad_", params, rows)
     lr = float(reference.op_lr(lr, lr_tensor))
@@ -69,4 +69,5 @@ def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_de
                lr=lr, lr_decay=float(lr_decay), weight_decay=float(weight_decay), eps=float(eps), pen=pens, PEN=flags,
                MAXIMIZE=bool(maximize))
     group.prox(group.ADAGRAD, params, state_sums, state_steps, lr=lr, group_l1=group_l1, group_dim=group_dim,
-               l2=pen.get("l2", 0.0), found_inf=found_inf, lr_decay=lr_decay, eps=eps)
+               l2=pen.get("l2", 0.0), found_inf=found_inf, lr_decay=lr_decay, eps=eps,
+               l1_decoupled=pen.get("l1_decoupled", False))

@@ -78,7 +78,7 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr
     kw = {k: v for k, v in locals().items() if k != "pen"}
     if torch.compiler.is_compiling():
         return torch.ops.fusedreg.triton_adam_(**kw, **pen)
-    _ops.check("adam_", **kw)
+    _ops.check("adam_", **kw, **pen)
     lr = float(reference.op_lr(lr, lr_tensor))
     vhat = max_exp_avg_sqs if amsgrad else exp_avg_sqs  # the unused column repeats a list: never read
     pens, flags = penalties(params[0].device if params else None, **pen)
@@ -86,4 +86,5 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr
                lr=lr, beta1=float(beta1), beta2=float(beta2), eps=float(eps), weight_decay=float(weight_decay),
                pen=pens, PEN=flags, MAXIMIZE=bool(maximize), DECOUPLED=bool(decoupled), AMSGRAD=bool(amsgrad))
     group.prox(group.ADAM, params, vhat, state_steps, lr=lr, group_l1=group_l1, group_dim=group_dim,
-               l2=pen.get("l2", 0.0), found_inf=found_inf, beta2=beta2, eps=eps)
+               l2=pen.get("l2", 0.0), found_inf=found_inf, beta2=beta2, eps=eps,
+               l1_decoupled=pen.get("l1_decoupled", False))

@@ -66,7 +66,7 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
     kw = {k: v for k, v in locals().items() if k != "pen"}
     if torch.compiler.is_compiling():
         return torch.ops.fusedreg.triton_ftrl_(**kw, **pen)
-    _ops.check("ftrl_", **kw)
+    _ops.check("ftrl_", **kw, **pen)
     if rows and params[0].device.type == "cpu":  # read on the host only where that costs no device sync
         _ops.rows_ok("ftrl_", params, rows)
     lr = float(reference.op_lr(lr, lr_tensor))

@@ -8,13 +8,14 @@ whether a group is a row (contiguous) or a column (K = 1: BG consecutive columns
 are reductions over the a and k axes. The tile is sized from the group (prox: `tile`), so that a group of 10
 elements does not take a 1024-wide block, and small rows share a program too.
 
-SGD shrinks each group by a scalar factor; Adam, Adagrad and Ftrl solve the metric prox with the op's
-per-element denominators, read back from the state the op has just written (Adam's v_hat, Adagrad's sum, Ftrl's
-accumulator n', whose q is the metric, with step 1), by Newton from the left (math.newton_*, at most
-NEWTON_MAX_ITER steps), for the BG groups of the tile at once: each group stops on its own test (a stopped group
-keeps its r), the tile while any goes on, so a group's result does not depend on the groups beside it in a tile
-(the reference steps every kept group until none goes on: the two differ by steps under NEWTON_RTOL). The param
-is read as just written, i.e. already rounded to its dtype, as in the native kernels.
+SGD (and Adam and Adagrad with decoupled l1, METRIC off: their scalar step, no l2 term) shrinks each group by a
+scalar factor; Adam, Adagrad and Ftrl solve the metric prox with the op's per-element denominators, read back
+from the state the op has just written (Adam's v_hat, Adagrad's sum, Ftrl's accumulator n', whose q is the
+metric, with step 1), by Newton from the left (math.newton_*, at most NEWTON_MAX_ITER steps), for the BG groups
+of the tile at once: each group stops on its own test (a stopped group keeps its r), the tile while any goes on,
+so a group's result does not depend on the groups beside it in a tile (the reference steps every kept group until
+none goes on: the two differ by steps under NEWTON_RTOL). The param is read as just written, i.e. already rounded
+to its dtype, as in the native kernels.
 """
 import triton
 import triton.language as tl
@@ -88,7 +89,8 @@ def newton(r, go, s, t):
 def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, group_l1: tl.float64,
                  l2: tl.float64, beta2: tl.float64, lr_decay: tl.float64, eps: tl.float64, beta: tl.float64,
                  neg_power: tl.float64, CDT: tl.constexpr, KIND: tl.constexpr, HAS_L2: tl.constexpr,
-                 HAS_FI: tl.constexpr, BA: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr, POWER: tl.constexpr):
+                 HAS_FI: tl.constexpr, BA: tl.constexpr, BG: tl.constexpr, BK: tl.constexpr, POWER: tl.constexpr,
+                 METRIC: tl.constexpr):
     g0 = tl.program_id(0).to(tl.int64) * BG
     A = A.to(tl.int64)
     size = A * K
@@ -113,7 +115,7 @@ def group_kernel(param, state, step_ptr, found_inf, A, G, K, lr: tl.float64, gro
     if HAS_FI:
         n = tl.where(tl.load(found_inf) == 0, n, 0)
     one = (A <= BA) & (K <= BK)  # the tile in one block: read once, kept in registers
-    if KIND == SGD:
+    if not METRIC:
         c = c / (1.0 + step * l2)
         ss = tl.zeros([BG], tl.float64)
         for a0 in range(0, n, BA):
@@ -200,12 +202,16 @@ def options(BA, BG, BK):
 
 
 def prox(kind, params, states=None, steps=None, *, lr, group_l1, group_dim, l2, found_inf, beta2=0.0,
-         lr_decay=0.0, eps=0.0, beta=0.0, neg_power=0.0, power=0):
+         lr_decay=0.0, eps=0.0, beta=0.0, neg_power=0.0, power=0, l1_decoupled=False):
     """The group prox of op `kind` (SGD, ADAM, ADAGRAD, FTRL) on every param with dim >= 2: one launch per param,
     one program per tile of groups. states: where the denominators come from (None for SGD). FTRL: l2, beta,
-    neg_power and power (ftrl.py's POWER) make q, step 1."""
+    neg_power and power (ftrl.py's POWER) make q, step 1. l1_decoupled (ADAM, ADAGRAD): SGD's closed form with the
+    op's scalar step and no l2 term."""
     if group_l1 == 0 or lr * group_l1 == 0:
         return
+    metric = kind.value != SGD.value and not (l1_decoupled and kind.value in (ADAM.value, ADAGRAD.value))
+    if not metric and kind.value != SGD.value:
+        l2 = 0.0
     for i, p in enumerate(params):
         if p.dim() < 2 or p.numel() == 0:
             continue
@@ -223,6 +229,6 @@ def prox(kind, params, states=None, steps=None, *, lr, group_l1, group_dim, l2, 
                 pc, x, s, fi, A, G, K, lr=float(lr), group_l1=float(group_l1), l2=float(l2), beta2=float(beta2),
                 lr_decay=float(lr_decay), eps=float(eps), beta=float(beta), neg_power=float(neg_power),
                 CDT=launch.opmath(p.dtype), KIND=kind.value, HAS_L2=l2 != 0 and kind.value != FTRL.value,
-                HAS_FI=fi is not None, BA=BA, BG=BG, BK=BK, POWER=power, **options(BA, BG, BK))
+                HAS_FI=fi is not None, BA=BA, BG=BG, BK=BK, POWER=power, METRIC=metric, **options(BA, BG, BK))
         if pc is not p:
             p.copy_(pc)

@@ -108,16 +108,17 @@ def store(ptr, x, mask):
 _pens = {}
 
 
-def penalties(device, l1=0.0, l1_subgradient=False, l2=0.0, l0=0.0, nonneg=False):
+def penalties(device, l1=0.0, l1_subgradient=False, l1_decoupled=False, l2=0.0, l0=0.0, nonneg=False):
     """(pen, PEN): the strengths [l1, l2, l0] as an fp64 tensor on `device` (made once per value: a step does not
-    copy them to the device again), and the switches as constexpr bits (1: l1 as a subgradient, 2: nonneg)."""
+    copy them to the device again), and the switches as constexpr bits (1: l1 as a subgradient, 2: nonneg, 4: l1
+    decoupled)."""
     key = (device, float(l1), float(l2), float(l0))
     pen = _pens.get(key)
     if pen is None:
         if len(_pens) >= 64:
             _pens.clear()
         pen = _pens[key] = torch.tensor(key[1:], dtype=torch.float64, device=device)
-    return pen, int(bool(l1_subgradient)) | 2 * int(bool(nonneg))
+    return pen, int(bool(l1_subgradient)) | 2 * int(bool(nonneg)) | 4 * int(bool(l1_decoupled))
 
 
 @triton.jit
@@ -138,14 +139,15 @@ def prep_grad(p, g, gs, weight_decay, pen, HAS_GS: tl.constexpr, MAXIMIZE: tl.co
 
 @triton.jit
 def prox(v, denom, t, pen, PEN: tl.constexpr, HAS_DENOM: tl.constexpr):
-    """The proximal penalties with per-element step t/denom (t an fp64 scalar; no denom: SGD, denom = 1)."""
+    """The proximal penalties with per-element step t/denom (t an fp64 scalar; no denom: SGD, denom = 1); decoupled
+    l1 (PEN & 4) thresholds by t*l1 alone."""
     l1 = tl.load(pen)
     l2 = tl.load(pen + 1)
     l0 = tl.load(pen + 2)
     if (PEN & 1) == 0:
         if l1 != 0:
             thr = (t * l1).to(v.dtype)
-            if HAS_DENOM:
+            if HAS_DENOM and (PEN & 4) == 0:
                 thr = div(thr, denom)
             v = sign(v) * tl.maximum(tl.abs(v) - thr, 0.0, propagate_nan=tl.PropagateNan.ALL)
     if l2 != 0:

@@ -68,7 +68,7 @@ def sgd_(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, weigh
     kw = {k: v for k, v in locals().items() if k != "pen"}
     if torch.compiler.is_compiling():
         return torch.ops.fusedreg.triton_sgd_(**kw, **pen)
-    _ops.check("sgd_", **kw)
+    _ops.check("sgd_", **kw, **pen)
     if rows and params[0].device.type == "cpu":  # read on the host only where that costs no device sync
         _ops.rows_ok("sgd_", params, rows)
     lr = float(reference.op_lr(lr, lr_tensor))
