@@ -277,8 +277,6 @@ def _matches(rule, full_name, leaf, param, module, output):
             return fnmatch.fnmatchcase(full_name, rule)
         return (leaf == rule or full_name == rule or full_name.endswith("." + rule)
                 or full_name.startswith(rule + "."))  # the last: every param of the module named `rule`
-    if isinstance(rule, nn.Module):
-        return any(p is param for p in rule.parameters())
     if isinstance(rule, type) and issubclass(rule, nn.Module):
         return isinstance(module, rule)
     if callable(rule):
@@ -288,11 +286,18 @@ def _matches(rule, full_name, leaf, param, module, output):
 
 
 def _rules(rules):
+    """A rule list as a tuple; a module instance becomes the callable that tests its params' ids, collected once
+    (not once per parameter of the model)."""
     if rules is None:
         return ()
     if isinstance(rules, (str, type, nn.Module)) or callable(rules):
-        return (rules,)
-    return tuple(rules)
+        rules = (rules,)
+    return tuple(_owns(r) if isinstance(r, nn.Module) else r for r in rules)
+
+
+def _owns(module):
+    ids = frozenset(id(p) for p in module.parameters())
+    return lambda full_name, param: id(param) in ids
 
 
 def param_groups(model, *, no_penalty=("bias", "norm"), no_group=("output",), exclude=(), include=(), **options):

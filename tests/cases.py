@@ -5,8 +5,11 @@ tests and bench/memcheck_step.py.
 float32 step counters) and every other argument by keyword, named and defaulted from fusedreg._ops.ARGS, so that
 no call depends on the order of a schema. A state list that its option leaves unused (momentum_buffers without
 momentum, max_exp_avg_sqs without amsgrad) is empty, as the ops' contract asks. `compare` holds a kernel's
-result against the reference's with the tolerances of tests/tolerances.py.
+result against the reference's with the tolerances of tests/tolerances.py. `unchanged` (an op call's tensors) and
+`snapshot` / `assert_unchanged` (a class's params and state, bit for bit) check that a refused step moved nothing.
 """
+import copy
+
 import torch
 
 from fusedreg import _ops
@@ -208,3 +211,30 @@ def unchanged(case, before):
     for name, tensors in case.lists.items():
         for i, (a, b) in enumerate(zip(tensors, before.lists[name], strict=True)):
             assert torch.equal(a.cpu(), b.cpu()), f"{name}[{i}] changed"
+
+
+def raw(t):
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).clone()
+
+
+def snapshot(ps, opt=None):
+    """Params (and their optimizer state) as raw bytes, to check bit for bit that a step changed nothing."""
+    snap = [raw(p) for p in ps]
+    if opt is not None:
+        for p in ps:
+            st = opt.state.get(p, {})
+            snap.append({k: raw(v) if torch.is_tensor(v) else copy.deepcopy(v) for k, v in st.items()})
+    return snap
+
+
+def assert_unchanged(ps, opt, snap):
+    now = snapshot(ps, opt)
+    assert len(now) == len(snap)
+    for i, (a, b) in enumerate(zip(now, snap)):
+        if torch.is_tensor(a):
+            assert torch.equal(a, b), f"param {i} changed"
+        else:
+            assert a.keys() == b.keys(), f"state keys of param {i - len(ps)} changed: {b.keys()} -> {a.keys()}"
+            for k in a:
+                same = torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k]
+                assert same, f"state {k!r} of param {i - len(ps)} changed"

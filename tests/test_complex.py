@@ -97,6 +97,18 @@ def test_sgd_l1_on_complex_shrinks_the_modulus(cfg, dtype, backend):
     assert zeros and (ours[0] != 0).any()
 
 
+def torch_update(name, plain, z, opt, g):
+    """torch.optim's update of a copy of z from our current state (penalties off): (the copy, torch's state)."""
+    v = z.clone()
+    theirs = getattr(torch.optim, name)([v], foreach=False, **plain)
+    if opt.state[z]:
+        theirs.load_state_dict({"state": {0: {key: t.clone() for key, t in opt.state[z].items()}},
+                                "param_groups": theirs.state_dict()["param_groups"]})
+    v.grad = g.clone()
+    theirs.step()
+    return v, theirs.state[v]
+
+
 def prox_in_metric(v, step, l1, denom, l2=0.0):
     """The expected prox of step*l1*|z| (+ Adagrad's l2) in the optimizer's diagonal metric, from the reference's
     group-lasso prox on (re, im) rows (group_l1*sqrt(2) = l1)."""
@@ -121,14 +133,7 @@ def test_metric_l1_on_complex_is_the_pair_group_prox(name, cfg, backend):
     for k in range(5):
         g = grads([z], k)[0]
         # torch.optim's update from our current param and state (penalties 0), then the prox in its metric.
-        v = z.clone()
-        theirs = getattr(torch.optim, name)([v], foreach=False, **plain)
-        if opt.state[z]:
-            theirs.load_state_dict({"state": {0: {key: t.clone() for key, t in opt.state[z].items()}},
-                                    "param_groups": theirs.state_dict()["param_groups"]})
-        v.grad = g.clone()
-        theirs.step()
-        st = theirs.state[v]
+        v, st = torch_update(name, plain, z, opt, g)
         t = float(st["step"])
         if name == "Adagrad":
             step_size, denom = cfg["lr"], st["sum"].real.sqrt() + 1j * st["sum"].imag.sqrt()
@@ -175,14 +180,7 @@ def test_decoupled_l1_on_complex_shrinks_the_modulus_by_lr_l1(name, cfg, backend
     zeros = []
     for k in range(5):
         g = grads([z], k)[0]
-        v = z.clone()
-        theirs = getattr(torch.optim, name)([v], foreach=False, **plain)
-        if opt.state[z]:
-            theirs.load_state_dict({"state": {0: {key: t.clone() for key, t in opt.state[z].items()}},
-                                    "param_groups": theirs.state_dict()["param_groups"]})
-        v.grad = g.clone()
-        theirs.step()
-        st = theirs.state[v]
+        v, st = torch_update(name, plain, z, opt, g)
         step_size = cfg["lr"]
         if name == "Adagrad":
             step_size = cfg["lr"] / (1 + (float(st["step"]) - 1) * cfg.get("lr_decay", 0.0))

@@ -22,7 +22,7 @@ import torch
 
 import fusedreg
 from fusedreg import backends
-from cases import build, compare, shrink_groups, unchanged
+from cases import assert_unchanged, build, compare, shrink_groups, snapshot, unchanged
 from tolerances import STEP, TRAJECTORY, rel_err
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
@@ -274,15 +274,11 @@ def test_ftrl_refuses_decoupled(backend):
     model = _model(dtype=torch.float32)
     opt = fusedreg.Ftrl(model.parameters(), lr=0.1, l1=0.01, backend=backend)
     _train(model, opt, steps=2)
-    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    before = snapshot(list(model.parameters()), opt)
     opt.param_groups[0]["l1_mode"] = "decoupled"
     with pytest.raises(ValueError, match="not defined for Ftrl"):
         _train(model, opt, steps=1)
-    for k, v in before[0].items():
-        assert torch.equal(model.state_dict()[k], v)
-    for i, st in before[1]["state"].items():
-        for k, v in st.items():
-            assert torch.equal(opt.state_dict()["state"][i][k], v)
+    assert_unchanged(list(model.parameters()), opt, before)
     p, g, n, z = torch.randn(4), torch.randn(4), torch.full((4,), 0.1), torch.zeros(4)
     with pytest.raises(ValueError, match="not defined for Ftrl"):
         fusedreg.functional.ftrl([p], [g], [n], [z], lr=0.1, l1=0.1, l1_mode="decoupled", backend=backend)
@@ -305,15 +301,11 @@ def test_an_unknown_l1_mode_is_refused_before_anything_changes(bad, backend):
     opt = fusedreg.Adam([{"params": model[0].parameters(), "l1_mode": "decoupled"},
                          {"params": model[2].parameters()}], lr=0.01, l1=0.01, backend=backend)
     _train(model, opt, steps=2)
-    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    before = snapshot(list(model.parameters()), opt)
     opt.param_groups[1]["l1_mode"] = bad  # the second group: the first must not have been stepped either
     with pytest.raises(ValueError, match="Invalid l1_mode"):
         _train(model, opt, steps=1)
-    for k, v in before[0].items():
-        assert torch.equal(model.state_dict()[k], v)
-    for i, st in before[1]["state"].items():
-        for k, v in st.items():
-            assert torch.equal(opt.state_dict()["state"][i][k], v)
+    assert_unchanged(list(model.parameters()), opt, before)
     p, g, m, v = torch.randn(4), torch.randn(4), torch.zeros(4), torch.zeros(4)
     keep = p.clone()
     with pytest.raises(ValueError, match="Invalid l1_mode"):

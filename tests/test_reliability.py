@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import fusedreg
 from fusedreg import backends
 from fusedreg import functional as F
-from cases import OPS, build, unchanged
+from cases import OPS, assert_unchanged, build, raw, snapshot, unchanged
 from tolerances import TRAJECTORY, rel_err
 
 CONFIGS = {
@@ -54,32 +54,6 @@ def train(ps, opt, steps, start=0):
 
 def make(name, ps, backend, **extra):
     return getattr(fusedreg, name)(ps, **{**CONFIGS[name], **extra}, backend=backend)
-
-
-def raw(t):
-    return t.detach().contiguous().reshape(-1).view(torch.uint8).clone()
-
-
-def snapshot(ps, opt=None):
-    snap = [raw(p) for p in ps]
-    if opt is not None:
-        for p in ps:
-            st = opt.state.get(p, {})
-            snap.append({k: raw(v) if torch.is_tensor(v) else copy.deepcopy(v) for k, v in st.items()})
-    return snap
-
-
-def assert_unchanged(ps, opt, snap):
-    now = snapshot(ps, opt)
-    assert len(now) == len(snap)
-    for i, (a, b) in enumerate(zip(now, snap)):
-        if torch.is_tensor(a):
-            assert torch.equal(a, b), f"param {i} changed"
-        else:
-            assert a.keys() == b.keys(), f"state keys of param {i - len(ps)} changed: {b.keys()} -> {a.keys()}"
-            for k in a:
-                same = torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k]
-                assert same, f"state {k!r} of param {i - len(ps)} changed"
 
 
 # ------------------------------------------------------------------------------------------------------------
