@@ -364,10 +364,10 @@ def walk_path(model_fn, X, y, lambdas, *, penalty="l1", l1_ratio=0.5, group_dim=
             if restart:  # every λ as if trained alone: the same weights, optimizer and batches as the first
                 gen = torch.Generator().manual_seed(seed)
         else:
-            restart = opt is not None and bool(penalized) and all(not bool(p.any()) for p in penalized)
             # A zero linear model is a solution, not a dead one; going up, a dead network stays dead at any
-            # larger λ, so only the downward path restarts.
-            restart = restart and linear_layer(model) is None and direction == "down"
+            # larger λ, so only the downward path restarts (and only it reads the weights back to test).
+            restart = (direction == "down" and opt is not None and linear_layer(model) is None and bool(penalized)
+                       and all(not bool(p.any()) for p in penalized))
         if restart:  # a dead network (down), or the next λ trained alone: start again from the initial weights
             model.load_state_dict(init)
             opt = None
