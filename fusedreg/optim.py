@@ -150,7 +150,7 @@ class _Fused(torch.optim.Optimizer):
             lists = self._read(params, used, work.sharded)
             F.check_tensors(work.tensors, grads=work.grads, missing_ok=tuple(lists),
                             **{name: ts for name, ts in lists.items() if name in used})
-            F.check_sparse(self._op, work.grads, **scalars)
+            F.check_sparse(self._op, work.grads, work.tensors, **scalars)
             plans.append((group, params, work, lists, scalars, F.resolve(self.backend, work.tensors)))
         for group, params, work, lists, scalars, names in plans:
             work.keep(self.state)
