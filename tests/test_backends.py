@@ -2,6 +2,7 @@
 extension, the native registration check, and the GPU scripts kept runnable on CPU."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -83,6 +84,26 @@ def test_the_op_runs_the_reference_where_no_native_kernel_is_registered():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == list(backends.OPS)
+
+
+@pytest.mark.skipif("cpp" not in backends.available(), reason="needs the C++ extension")
+def test_an_extension_built_for_other_schemas_is_an_import_error_that_says_rebuild(tmp_path):
+    # A user edits an op's table (here: sgd_ gets an argument) and imports without rebuilding: the built _C's
+    # sgd_ kernel no longer fits. That must be an ImportError saying what to do, not a C++ terminate (SIGABRT).
+    pkg = os.path.dirname(os.path.abspath(fusedreg.__file__))
+    shutil.copytree(pkg, tmp_path / "fusedreg", ignore=shutil.ignore_patterns("__pycache__"))
+    ops = tmp_path / "fusedreg" / "_ops.py"
+    text = ops.read_text()
+    first_step = 'Arg("first_step", "bool", False,'
+    assert text.count(first_step) == 1
+    ops.write_text(text.replace(first_step, 'Arg("stale", "float", 0.0), ' + first_step))
+    env = {k: v for k, v in os.environ.items() if k != "FUSEDREG_NO_EXT"}
+    out = subprocess.run([sys.executable, "-c", "import fusedreg"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: fusedreg._C was built for other op schemas") and "sgd_" in last, last
+    assert "rebuild it: bash scripts/setup.sh" in last
 
 
 @pytest.mark.skipif("cpp" not in backends.available(), reason="needs the C++ extension")
