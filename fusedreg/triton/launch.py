@@ -17,7 +17,10 @@ launches, plus one per grouped param with group_l1 (group.py):
 * sparse grads (rows, fusedreg._ops.ROWS): the chunks cover the grads (the present rows' values); a row of the
   table also holds the row indices' address, the param's row length and the chunk's first element, and
   `targets` maps each grad element j*K + k to the param/state element rows[j]*K + k. The indices change every
-  step, so such a table is rebuilt (and copied to the device) every step.
+  step, so such a table is rebuilt (and copied to the device) every step. The rows must be distinct (programs
+  update them in parallel): the entries check that on the host for CPU tensors (`_ops.rows_ok`); on CUDA no
+  kernel checks it (reading the indices on the host would cost a sync), and the Python path makes it so
+  (`functional._coalesced`; tests/test_sparse.py steps uncoalesced grads with repeated rows through it).
 
 Non-contiguous params/states go through contiguous copies written back afterwards (a slow path that also
 rebuilds the table every step). The first call on a new list copies its table to the device (synchronously),
