@@ -23,7 +23,8 @@ HP = {"sgd_": dict(momentum=0.9, weight_decay=1e-2, nesterov=True, l1=1e-3, l2=1
       "adam_": dict(lr=1e-3, weight_decay=1e-2, decoupled=True, amsgrad=True, l1=1e-3, l2=1e-3, l0=1e-4,
                     nonneg=True),
       "adagrad_": dict(lr_decay=0.01, weight_decay=1e-2, l1=1e-3, l1_subgradient=True),
-      "ftrl_": dict(lr_power=-0.6, beta=0.1, l2_shrinkage=1e-3, l1=1e-3, l2=1e-3, l0=1e-4, nonneg=True)}
+      "ftrl_": dict(lr_power=-0.6, beta=0.1, l2_shrinkage=1e-3, l1=1e-3, l2=1e-3, l0=1e-4, nonneg=True),
+      "lion_": dict(beta1=0.8, beta2=0.95, weight_decay=1e-2, maximize=True, l1=1e-3, l1_decoupled=True, l0=1e-4)}
 # Ftrl refuses group lasso.
 GROUPS = {op: ((0.0, 0),) if op == "ftrl_" else ((0.0, 0), (1e-2, 0), (1e-2, 1)) for op in OPS}
 
