@@ -380,6 +380,20 @@ def test_functional_rejects_mismatched_grads_before_touching_anything(backend):
 # Ftrl: against an fp64 implementation of TensorFlow's / Keras's formula written here (numpy, Keras's clip form),
 # and the two known equivalences.
 
+def drawn_grads(gen, shapes, dtype, steps=12):
+    """`steps` lists of N(0, 1) grads of `shapes`, drawn in fp64 and rounded to dtype."""
+    return [[torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes] for _ in range(steps)]
+
+
+def step_with(opt, ps, grads):
+    """One step of opt per list of grads (copies, set as ps' .grad); returns opt."""
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+    return opt
+
+
 def ftrl_fp64(w0, grads, dtype, lr, lr_power=-0.5, initial_accumulator_value=0.1, beta=0.0, l1=0.0, l2=0.0,
               l2_shrinkage=0.0, l0=0.0, nonneg=False, maximize=False, l1_mode="prox"):
     """Keras's Ftrl step in fp64, per param: linear += g_s - (n'^-p - n^-p)/lr * w; quadratic = n'^-p/lr + 2*(l2 +
@@ -424,12 +438,8 @@ def test_ftrl_matches_an_fp64_implementation_of_the_formula(cfg, dtype, backend)
     shapes = ((7, 5), (33,), (1,))
     ps = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype)) for s in shapes]
     w0 = [p.detach().clone() for p in ps]
-    grads = [[torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes] for _ in range(12)]
-    opt = fusedreg.Ftrl(ps, **cfg, backend=backend)
-    for gs in grads:
-        for p, g in zip(ps, gs):
-            p.grad = g.clone()
-        opt.step()
+    grads = drawn_grads(gen, shapes, dtype)
+    opt = step_with(fusedreg.Ftrl(ps, **cfg, backend=backend), ps, grads)
     for i, p in enumerate(ps):
         w, n, z = ftrl_fp64(w0[i], [gs[i] for gs in grads], dtype, **cfg)
         st = opt.state[p]
@@ -689,12 +699,8 @@ def test_lion_penalties_match_an_fp64_implementation(cfg, dtype, backend):
             w.movedim(cfg.get("group_dim", 0), 0)[::3] *= 1e-2
     ps = [torch.nn.Parameter(w.to(dtype)) for w in w0]
     w0 = [p.detach().clone() for p in ps]
-    grads = [[torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes] for _ in range(12)]
-    opt = fusedreg.Lion(ps, **cfg, backend=backend)
-    for gs in grads:
-        for p, g in zip(ps, gs):
-            p.grad = g.clone()
-        opt.step()
+    grads = drawn_grads(gen, shapes, dtype)
+    opt = step_with(fusedreg.Lion(ps, **cfg, backend=backend), ps, grads)
     tol = TRAJECTORY[dtype]
     for i, p in enumerate(ps):
         w, m = lion_fp64(w0[i], [gs[i] for gs in grads], dtype, **cfg)
