@@ -7,7 +7,8 @@ Workload: 25.2M fp32 params in 34 tensors (16 x 1024x1024, 16 x 1024, 2 x 4096x1
 
 pytest-benchmark times; nothing here asserts a time. The roofline is a streaming `a += b` (torch._foreach_add_)
 over the same tensors; effective bandwidth = bytes/param x params / median (SGD 12, SGD-momentum 20, Adam 28 B,
-FTRL 28, Adagrad 20: FTRL is timed against torch's fused Adagrad, torch.optim having no FTRL).
+FTRL 28, Adagrad 20, Lion 20: FTRL is timed against torch's fused Adagrad, torch.optim having no FTRL, and Lion
+against torch's fused SGD with momentum, torch.optim having no Lion).
 fusedreg is timed as its optimizer classes (`fusedreg.AdamW(...).step()`, as users call it) and, in the `_op`
 rows, as the bare op. The paired group alternates fusedreg and torch's fused step in one loop and keeps the
 median of the per-pair time ratios, which drifts far less with this VM's memory bandwidth than a ratio of two
@@ -87,6 +88,15 @@ def _fusedreg_adamw():
 def _fusedreg_sgd(momentum):
     import fusedreg
     return fusedreg.SGD(_with_grads(), lr=LR, momentum=momentum, weight_decay=WD, l1=L1, backend="cpp").step
+
+
+def _fusedreg_lion(**kw):
+    import fusedreg
+    return fusedreg.Lion(_with_grads(), lr=LR, weight_decay=WD, l1=L1, backend="cpp", **kw).step
+
+
+def _torch_sgd_momentum_fused():
+    return torch.optim.SGD(_with_grads(), lr=LR, momentum=0.9, weight_decay=WD, fused=True).step
 
 
 @pytest.mark.benchmark(group="adamw")
@@ -375,6 +385,13 @@ PAIRS = {
     "sgd_l1": (lambda: _fusedreg_sgd(0.0), lambda: torch.optim.SGD(_with_grads(), lr=LR, weight_decay=WD,
                                                                    fused=True).step),
     "ftrl_l1_vs_adagrad": (_fusedreg_ftrl, _torch_adagrad_fused),
+    # Lion (p, g read, p and m written, m read: 20 bytes/param) against torch's fused SGD with momentum, the same
+    # bytes; with group lasso on the rows / columns of the 18 matrices
+    "lion_l1_vs_sgd_momentum": (_fusedreg_lion, _torch_sgd_momentum_fused),
+    "lion_l1_group_rows_vs_sgd_momentum": (lambda: _fusedreg_lion(group_l1=GROUP_L1, group_dim=0),
+                                           _torch_sgd_momentum_fused),
+    "lion_l1_group_cols_vs_sgd_momentum": (lambda: _fusedreg_lion(group_l1=GROUP_L1, group_dim=1),
+                                           _torch_sgd_momentum_fused),
     "adamw_l1_l2_vs_seeds_way": (_fusedreg_adamw, _seeds_step),
     "adamw_l1_l2_vs_seeds_way_fused": (_fusedreg_adamw, lambda: _seeds_step(fused=True)),
     **{name: (lambda a=a: _sparse_step(a), lambda b=b: _sparse_step(b)) for name, (a, b) in SPARSE_PAIRS.items()},

@@ -7,7 +7,8 @@ kernels; and Triton where fusedreg.backends has it) with decoupled wd + L1 + L2,
 SGD classes' step (wd + L1; what users call, Python checks included), vs torch AdamW
 fused/foreach, torch fused + a foreach soft-threshold pass, the seeds' way (loss += l1*sum|p|: abs-sum forward,
 backward, then torch fused AdamW or the AdamW torch builds by default); fusedreg sgd_ (momentum, L1, wd) vs torch SGD fused/foreach; device-to-device
-copy and a += b for the bandwidth roofline.
+copy and a += b for the bandwidth roofline. fusedreg lion_ (wd + L1, op and class) is held against torch's fused
+SGD with momentum, which moves the same bytes.
 """
 import argparse
 import json
@@ -126,6 +127,13 @@ def cases(dtype):
             return lambda: fn(p, g, n, z, **kw)
         return make
 
+    def lion(fn):
+        def make():
+            p, g, (m,) = setup(dtype, 1)
+            kw = {**_ops.defaults("lion_"), "lr": LR, "weight_decay": WD, "l1": L1, "l1_decoupled": True}
+            return lambda: fn(p, g, m, **kw)
+        return make
+
     def ftrl_class(backend):
         def make():
             _, opt = torch_opt(fusedreg.Ftrl, dtype, lr=LR, l1=L1, backend=backend if DEVICE == "cuda" else "auto")
@@ -151,7 +159,9 @@ def cases(dtype):
     out = {"fusedreg_cuda_adamw_l1_l2": (fused_adam(ops.adam_), adam_bytes),
            "fusedreg_cuda_adamw_class_l1": (optimizer("AdamW", "cuda"), adam_bytes),
            "fusedreg_cuda_ftrl_l1": (ftrl(ops.ftrl_), ftrl_bytes),
-           "fusedreg_cuda_ftrl_class_l1": (ftrl_class("cuda"), ftrl_bytes)}
+           "fusedreg_cuda_ftrl_class_l1": (ftrl_class("cuda"), ftrl_bytes),
+           "fusedreg_cuda_lion_l1": (lion(ops.lion_), sgd_bytes),  # p, g read; p written; m read+written
+           "fusedreg_cuda_lion_class_l1": (optimizer("Lion", "cuda"), sgd_bytes)}
     try:
         why = fusedreg.backends.explain()["triton"]
         if why != "available":
@@ -159,6 +169,7 @@ def cases(dtype):
         out["fusedreg_triton_adamw_l1_l2"] = (fused_adam(fusedreg.backends.kernel("triton", "adam_")), adam_bytes)
         out["fusedreg_triton_adamw_class_l1"] = (optimizer("AdamW", "triton"), adam_bytes)
         out["fusedreg_triton_ftrl_l1"] = (ftrl(fusedreg.backends.kernel("triton", "ftrl_")), ftrl_bytes)
+        out["fusedreg_triton_lion_l1"] = (lion(fusedreg.backends.kernel("triton", "lion_")), sgd_bytes)
     except Exception as e:  # noqa: BLE001  (Triton is optional)
         print(f"triton: not benchmarked ({type(e).__name__}: {e})")
     out.update({
@@ -213,8 +224,9 @@ def main():
             if "error" in r:
                 print(f"| {name} | error: {r['error'][:80]} | | |")
                 continue
-            ref = sbase if "sgd" in name else fbase if ("ftrl" in name or "adagrad" in name) else base
-            ratio = f"{r['median_ms'] / ref:.2f}x" if ref and any(k in name for k in ("adam", "sgd", "seeds", "ftrl")) \
+            ref = sbase if "sgd" in name or "lion" in name else fbase if ("ftrl" in name or "adagrad" in name) else base
+            ratio = f"{r['median_ms'] / ref:.2f}x" if ref and any(k in name for k in ("adam", "sgd", "seeds", "ftrl",
+                                                                                    "lion")) \
                 else ""
             print(f"| {name} | {r['median_ms']:.2f} | {ratio} | {r['GBps']:.0f} |")
 

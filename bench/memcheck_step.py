@@ -22,7 +22,8 @@ SHAPES = [(1,), (3,), (5,), (4097,), (65536 + 3,)] + [(7,)] * 40 + [(33, 65), (6
 OPTIONS = {"sgd_": dict(momentum=0.9, weight_decay=1e-2, nesterov=True),
            "adam_": dict(lr=1e-3, weight_decay=1e-2, decoupled=True, amsgrad=True),
            "adagrad_": dict(lr_decay=0.01, weight_decay=1e-2),
-           "ftrl_": dict(lr_power=-0.6, beta=0.1, l2_shrinkage=1e-3)}
+           "ftrl_": dict(lr_power=-0.6, beta=0.1, l2_shrinkage=1e-3),
+           "lion_": dict(beta1=0.8, beta2=0.95, weight_decay=1e-2, maximize=True)}
 # Every elementwise penalty and mode of l1 (the modes exclude each other); a set an op's contract refuses (Ftrl's
 # decoupled l1) is left out for it.
 PENALTIES = [dict(l1=1e-3, l2=1e-3, l0=1e-4, nonneg=True), dict(l1=1e-3, l1_subgradient=True),

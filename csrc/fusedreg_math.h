@@ -90,6 +90,11 @@ struct FtrlArgs {
   bool maximize;
   PenaltyArgs pen;
 };
+struct LionArgs {
+  double lr, beta1, beta2, weight_decay;
+  bool maximize;
+  PenaltyArgs pen;
+};
 
 // The elementwise penalties as the schema orders them (fusedreg/_ops.py ELEMENTWISE): the kernels' parameters
 // (in csrc/ops.h's signatures) and their names, which every kernel hands on as penalty_args(FUSEDREG_PENALTY_NAMES).
@@ -157,6 +162,18 @@ inline FtrlArgs ftrl_args(double lr, double lr_power, double beta, double l2_shr
   a.lr_power = lr_power;
   a.beta = beta;
   a.l2_shrinkage = l2_shrinkage;
+  a.maximize = maximize;
+  a.pen = pen;
+  return a;
+}
+
+inline LionArgs lion_args(double lr, double beta1, double beta2, double weight_decay, bool maximize,
+                          const PenaltyArgs& pen) {
+  LionArgs a;
+  a.lr = lr;
+  a.beta1 = beta1;
+  a.beta2 = beta2;
+  a.weight_decay = weight_decay;
   a.maximize = maximize;
   a.pen = pen;
   return a;
@@ -440,6 +457,42 @@ C10_HOST_DEVICE FR_INLINE V ftrl_update(V& p, V g, V& n, V& z, const FtrlScalars
   n = n_new;
   p = prox(p, q, s.pen);
   return q;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Lion (lion-pytorch's update_fn): p *= 1 - lr*wd; c = beta1*m + (1-beta1)*g; p -= lr*sign(c);
+// m = beta2*m + (1-beta2)*g; prox with step lr (no metric: the group prox is SGD's closed form).
+template <typename O>
+struct LionScalars {
+  O lr, decay, beta1, one_minus_beta1, beta2, one_minus_beta2;
+  bool has_decay;
+  GradPrep<O> gp;
+  Penalty<O> pen;
+};
+
+template <typename O>
+C10_HOST_DEVICE FR_INLINE LionScalars<O> make_lion(const LionArgs& a) {
+  LionScalars<O> s;
+  s.lr = O(a.lr);
+  s.has_decay = a.weight_decay != 0;
+  s.decay = O(1 - a.lr * a.weight_decay);
+  s.beta1 = O(a.beta1);
+  s.one_minus_beta1 = O(1 - a.beta1);
+  s.beta2 = O(a.beta2);
+  s.one_minus_beta2 = O(1 - a.beta2);
+  s.gp = make_grad_prep<O>(0.0, a.maximize);
+  s.pen = make_penalty<O>(a.pen, a.lr);
+  return s;
+}
+
+template <typename V, typename O>
+C10_HOST_DEVICE FR_INLINE void lion_update(V& p, V g, V& m, const LionScalars<O>& s, bool has_scale, O scale) {
+  g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
+  if (s.has_decay) p = p * V(s.decay);
+  const V c = m * V(s.beta1) + V(s.one_minus_beta1) * g;
+  p = p - V(s.lr) * fr_sign(c);
+  m = m * V(s.beta2) + V(s.one_minus_beta2) * g;
+  p = prox(p, One{}, s.pen);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,10 @@ inline at::TensorList rows_of(const std::optional<at::TensorList>& rows) {
       double lr_power, double beta, double l2_shrinkage, bool maximize, FUSEDREG_PENALTY_PARAMS,      \
       FUSEDREG_ROWS_PARAM
 
+#define FUSEDREG_LION_PARAMS                                                                         \
+  at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, double lr, double beta1, double beta2, \
+      double weight_decay, bool maximize, FUSEDREG_PENALTY_PARAMS
+
 void sgd_cpu(FUSEDREG_SGD_PARAMS);
 void adam_cpu(FUSEDREG_ADAM_PARAMS);
 void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS);
@@ -55,6 +59,8 @@ void adam_cuda(FUSEDREG_ADAM_PARAMS);
 void adagrad_cuda(FUSEDREG_ADAGRAD_PARAMS);
 void ftrl_cpu(FUSEDREG_FTRL_PARAMS);
 void ftrl_cuda(FUSEDREG_FTRL_PARAMS);
+void lion_cpu(FUSEDREG_LION_PARAMS);
+void lion_cuda(FUSEDREG_LION_PARAMS);
 
 inline at::ScalarType opmath_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 

@@ -8,11 +8,11 @@ can be swapped silently.
 
 Per-element order inside every op (torch.optim's, then ours):
   g = grad / grad_scale  ->  g = -g if maximize  ->  g += l1*sign(p) if l1_subgradient  ->  g += wd*p (coupled)
-  -> optimizer update (AdamW: p *= 1 - lr*wd first)  ->  proximal penalties with the element's step t:
+  -> optimizer update (AdamW, Lion: p *= 1 - lr*wd first)  ->  proximal penalties with the element's step t:
   soft-threshold by t*l1 (unless subgradient), divide by 1 + t*l2, zero where |p| <= sqrt(2*t*l0), max(p, 0).
-  t = lr for SGD, lr/denom for Adam (denom = sqrt(v_hat) + eps), clr/(sqrt(sum) + eps) for Adagrad.
+  t = lr for SGD and Lion, lr/denom for Adam (denom = sqrt(v_hat) + eps), clr/(sqrt(sum) + eps) for Adagrad.
   l1_decoupled: the soft-threshold (only it) uses the scalar step instead, lr (Adagrad: clr) * l1, and the group
-  prox below is the closed form with that step (no metric, no l2 term); SGD is the same either way.
+  prox below is the closed form with that step (no metric, no l2 term); SGD and Lion are the same either way.
 FTRL instead computes w from its state in closed form (reference.ftrl_), its l1/l2 inside it, then l0 and nonneg
 with t = 1/quadratic.
 Sparse grads (ops with a `rows` argument): rows[i] lists, distinct (in any order), the rows (index along dim 0) of
@@ -129,6 +129,17 @@ ARGS = {
                                           "g + 2·l2_shrinkage·w (the accumulator g²)"),
         Arg("maximize", "bool", False),
     ) + PENALTY + (ROWS,),
+    # Lion (Chen et al. 2023) as lion-pytorch's update_fn: p *= 1 - lr·wd; c = beta1·m + (1-beta1)·g;
+    # p -= lr·sign(c); m = beta2·m + (1-beta2)·g; then the penalties with step lr, as SGD's (no metric).
+    "lion_": (
+        _PARAMS, _GRADS,
+        Arg("exp_avgs", "Tensor(b!)[]", role="state"),
+        _LR,
+        Arg("beta1", "float", 0.9, "the interpolation of the update's sign: sign(beta1·m + (1-beta1)·g)"),
+        Arg("beta2", "float", 0.99, "the momentum's decay: m = beta2·m + (1-beta2)·g"),
+        Arg("weight_decay", "float", 0.0, "decoupled: w *= 1 - lr·weight_decay before the update"),
+        Arg("maximize", "bool", False),
+    ) + PENALTY,
 }
 
 

@@ -1,4 +1,5 @@
-"""Stateless fused steps over lists of tensors: `sgd`, `adam`, `adagrad`, `ftrl`, and the checks every step makes.
+"""Stateless fused steps over lists of tensors: `sgd`, `adam`, `adagrad`, `ftrl`, `lion`, and the checks every step
+makes.
 
 Each step takes its op's arguments (fusedreg._ops.ARGS: the tensor lists, then every scalar by keyword), with
 `l1_mode` in place of the op's `l1_subgradient` and `l1_decoupled` (l1_flags), `lr` a number or a one-element
@@ -20,6 +21,8 @@ import torch
 from . import _ops, backends, reference
 
 L1_MODES = ("prox", "subgradient", "decoupled")
+# The l1_mode of an op whose default is not "prox" (Lion has no per-element step for the prox to take).
+L1_DEFAULT = {"lion_": "decoupled"}
 # The float arguments of the ops that must be >= 0 (betas have their own range).
 _NONNEG = ({a.name for args in _ops.ARGS.values() for a in args if a.type == "float"}
            - {"beta1", "beta2", "lr_power"})
@@ -53,12 +56,16 @@ def check_args(**kw):
     if "lr_power" in kw:  # FTRL's own rule: n^(-lr_power) must not blow up (TensorFlow's)
         if not float(kw["lr_power"]) <= 0:
             raise ValueError(f"Invalid lr_power value: {kw['lr_power']} (must be <= 0)")
-    l1_mode = kw.get("l1_mode", "prox")
+    l1_mode = kw.get("l1_mode", L1_DEFAULT.get(kw.get("op"), "prox"))
     if not isinstance(l1_mode, str) or l1_mode not in L1_MODES:
         raise ValueError(f"Invalid l1_mode {l1_mode!r}; choose one of {L1_MODES}")
     if l1_mode == "decoupled" and kw.get("op") == "ftrl_":
         raise ValueError("l1_mode='decoupled' is not defined for Ftrl: its l1 is FTRL's own, applied by its closed "
                          "form; use l1_mode='prox' (FTRL's) or 'subgradient'")
+    if l1_mode == "prox" and kw.get("op") == "lion_":
+        raise ValueError("l1_mode='prox' is not defined for Lion: its update is lr*sign(...), with no per-element "
+                         "step (diagonal metric) for a prox threshold to take; use l1_mode='decoupled' (Lion's "
+                         "default: soft-threshold by lr*l1) or 'subgradient'")
     group_dim = kw.get("group_dim", 0)
     if isinstance(group_dim, bool) or group_dim not in (0, 1):
         raise ValueError(f"Invalid group_dim {group_dim!r}; choose 0 (rows: output neurons) or 1 (columns: inputs)")
@@ -242,7 +249,8 @@ def _complex_part(args, scalars):
 
 # Sparse grads (torch.sparse_coo, e.g. nn.Embedding(sparse=True)) in the ops that take rows (fusedreg._ops.ROWS).
 # torch.optim.Adam's words, which AdamW (its subclass) uses too.
-_NO_SPARSE = {"adam_": "Adam does not support sparse gradients, please consider SparseAdam instead"}
+_NO_SPARSE = {"adam_": "Adam does not support sparse gradients, please consider SparseAdam instead",
+              "lion_": "Lion does not support sparse gradients"}
 
 
 def check_sparse(op, grads, params, **scalars):
@@ -393,7 +401,7 @@ def _stateless(op, doc):
     args = _ops.ARGS[op]
     names = [a.name for a in args if a.role and a.role != "rows"]  # rows come from sparse grads (launch)
 
-    def step(*tensors, backend="auto", l1_mode="prox", **scalars):
+    def step(*tensors, backend="auto", l1_mode=L1_DEFAULT.get(op, "prox"), **scalars):
         step.__signature__.bind(*tensors, **scalars)  # a misspelt or missing argument is a TypeError here
         # defaults too: the op's rules may need them
         check_args(op=op, l1_mode=l1_mode, **{**_DEFAULTS[op], **scalars})
@@ -412,7 +420,7 @@ def _stateless(op, doc):
         if a.role or a.name in ("lr_tensor", "rows"):
             continue
         if a.name == "l1_subgradient":
-            params.append(inspect.Parameter("l1_mode", kw, default="prox"))
+            params.append(inspect.Parameter("l1_mode", kw, default=L1_DEFAULT.get(op, "prox")))
         elif a.name == "l1_decoupled":
             continue
         elif a.name == "lr":
@@ -446,3 +454,8 @@ adagrad = _stateless("adagrad_", """One Adagrad step (torch.optim.Adagrad's math
 TensorFlow's proximal l2. group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step
 clr/(sqrt(sum) + eps), joint with l2; see reference.group_prox) to every param with dim >= 2. l1_mode="decoupled":
 l1 thresholds by clr*l1 and the group prox is the closed form with step clr, without l2.""")
+
+lion = _stateless("lion_", """One Lion step (lion-pytorch's math: decoupled weight decay, p -= lr*sign(beta1*m +
+(1-beta1)*g), m = beta2*m + (1-beta2)*g) with fused penalties, all with step lr as in SGD. l1_mode is "decoupled"
+(threshold lr*l1, the default) or "subgradient"; "prox" is refused (Lion has no per-element step). group_l1 > 0
+also applies the closed-form group-lasso prox with step lr to every param with dim >= 2.""")

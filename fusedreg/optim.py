@@ -1,5 +1,5 @@
-"""Drop-in replacements for torch.optim.SGD / Adam / AdamW / Adagrad with fused penalties, and Ftrl
-(FTRL-Proximal, TensorFlow's / Keras's, which torch.optim lacks).
+"""Drop-in replacements for torch.optim.SGD / Adam / AdamW / Adagrad with fused penalties, Ftrl
+(FTRL-Proximal, TensorFlow's / Keras's, which torch.optim lacks) and Lion (lion-pytorch's).
 
 The classes keep torch.optim's signatures, group keys and state layout (so state_dicts move both ways) and
 delegate every update to fusedreg.functional. Penalty keys (l1, l1_mode, ...) may differ per param group.
@@ -12,7 +12,7 @@ from . import _ops
 from .precision import Work, local, locals_, no_compile
 from .reference import opmath
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "Ftrl"]
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "Ftrl", "Lion"]
 
 # Penalty group keys every optimizer accepts, with their defaults.
 PENALTIES = dict(l1=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0)
@@ -53,7 +53,10 @@ class _Fused(torch.optim.Optimizer):
 
     def __getstate__(self):
         # torch.optim pickles only defaults, state and param_groups; keep the backend choice too.
-        return {**super().__getstate__(), "backend": self.backend, "unscale_in_step": self.unscale_in_step}
+        state = {**super().__getstate__(), "backend": self.backend}
+        if "unscale_in_step" in self.__dict__:  # set on this optimizer (else the class's default)
+            state["unscale_in_step"] = self.unscale_in_step
+        return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -208,7 +211,7 @@ class _Fused(torch.optim.Optimizer):
                                      f"{list(required + optional)}): is this another optimizer's state_dict?")
                 present = [k for k in required if k in st]
                 missing = [k for k in required if k not in st]
-                if missing and (present or isinstance(self, SGD)):
+                if missing and (present or isinstance(self, (SGD, Lion))):  # their one key is all their state
                     raise ValueError(f"param {i}: state is missing {missing} (has {list(st)}); {name} keeps "
                                      f"{list(required)} for every param it has stepped")
                 for k, v in st.items():
@@ -478,6 +481,65 @@ class Ftrl(_Fused):
                                                     memory_format=torch.preserve_format)
                 st["linear"] = _zeros_state(p)
                 lists["accumulators"][i], lists["linears"][i] = local(st["accumulator"]), local(st["linear"])
+
+
+class Lion(_Fused):
+    """Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023) as lion-pytorch's Lion, fused, plus
+    penalties. Per element, with the state "exp_avg" m (in opmath, from 0 on a param's first step):
+
+        p *= 1 - lr*wd;  p -= lr*sign(beta1*m + (1-beta1)*g);  m = beta2*m + (1-beta2)*g
+
+    The signature, group keys and state are lion-pytorch's, so state_dicts load both ways. decoupled_weight_decay=True
+    divides weight_decay by the initial lr, as lion-pytorch does. use_triton is accepted for lion-pytorch's
+    signature and changes nothing: `backend` chooses the kernel (backend="triton" for Triton).
+    The penalties take the scalar step lr, as in SGD (Lion's update has no per-element step): l1_mode="decoupled"
+    (the default) soft-thresholds by lr*l1 after the update, "subgradient" adds l1*sign(w) to g first; "prox" is
+    refused (ValueError). l0, nonneg and group_l1 (the closed form w_g*max(0, 1 - lr*group_l1*sqrt(|g|)/||w_g||)
+    over rows or columns, see `group_dim`) as in SGD. Sparse grads and complex params are refused
+    (lion-pytorch's sign of a complex number is z/|z|, not the elementwise step on (re, im))."""
+    _defaults = dict(maximize=False, l1_mode="decoupled")
+    _op = "lion_"
+    _state = dict(exp_avgs="exp_avg")
+    _keys = ("exp_avg",)
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, use_triton=False,
+                 decoupled_weight_decay=False, *, l1=0.0, l1_mode="decoupled", l0=0.0, nonneg=False, group_l1=0.0,
+                 group_dim=0, maximize=False, backend="auto", master_weights=False, stochastic_rounding=False,
+                 foreach=None, differentiable=False, fused=None):
+        self.backend = backend
+        # lion-pytorch keeps these on the optimizer, not in the groups: its state_dicts do not carry them.
+        self._init_lr = lr
+        self.decoupled_wd = bool(decoupled_weight_decay)
+        if self.decoupled_wd and not float(lr) > 0:
+            raise ValueError(f"Invalid lr value: {lr} (decoupled_weight_decay divides weight_decay by it: must be "
+                             f"> 0)")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize, l1=l1,
+                                      l1_mode=l1_mode, l0=l0, nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
+                                      master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                                      foreach=foreach, differentiable=differentiable, fused=fused))
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_init_lr": self._init_lr, "decoupled_wd": self.decoupled_wd}
+
+    def _extra(self, group):
+        beta1, beta2 = group["betas"]
+        wd = group["weight_decay"]
+        return dict(beta1=beta1, beta2=beta2, weight_decay=wd / float(self._init_lr) if self.decoupled_wd else wd)
+
+    def _check(self, group, scalars=None):
+        if any(p.is_complex() for p in group.get("params", ())):
+            raise ValueError("Lion takes real floating-point params only, not complex ones: lion-pytorch's sign of "
+                             "a complex number is z/|z|, which the elementwise kernels do not compute")
+        super()._check(group, scalars)
+
+    def _state_keys(self, group):
+        return self._keys, ()
+
+    def _init_group(self, group, params, lists):
+        for i, p in enumerate(params):
+            if lists["exp_avgs"][i] is None:
+                self.state[p]["exp_avg"] = _zeros_state(p)
+                lists["exp_avgs"][i] = local(self.state[p]["exp_avg"])
 
 
 def _zeros_state(p):

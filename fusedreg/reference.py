@@ -189,6 +189,28 @@ def adagrad_(params, grads, state_sums, state_steps, lr, lr_decay=0.0, weight_de
             _group(param, clr, denom, group_l1, group_dim, pen.get("l2", 0.0), pen.get("l1_decoupled", False))
 
 
+def lion_(params, grads, exp_avgs, lr, beta1=0.9, beta2=0.99, weight_decay=0.0, maximize=False, group_l1=0.0,
+          group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None, **pen):
+    """Lion as lion-pytorch's update_fn, in its order: p *= 1 - lr*wd; c = beta1*m + (1-beta1)*g;
+    p -= lr*sign(c); m = beta2*m + (1-beta2)*g; then the penalties and the group prox with step lr, as SGD's."""
+    check_group_dim(group_dim)
+    lr = op_lr(lr, lr_tensor)
+    if _skip(found_inf):
+        return
+    for param, grad, exp_avg in zip(params, grads, exp_avgs):
+        dt = opmath(param.dtype)
+        p = param.to(dt)
+        g = _grad(p, grad.to(dt), grad_scale, maximize, 0, **pen)
+        if weight_decay != 0:
+            p = p * _scalar(1 - lr * weight_decay, dt)
+        m = exp_avg.to(dt)
+        c = m * _scalar(beta1, dt) + _scalar(1 - beta1, dt) * g
+        p = p - _scalar(lr, dt) * torch.sign(c)
+        exp_avg.copy_(m * _scalar(beta2, dt) + _scalar(1 - beta2, dt) * g)
+        param.copy_(prox(p, lr, 1, **pen))
+        _group(param, lr, None, group_l1, group_dim, pen.get("l2", 0.0))
+
+
 def ftrl_power(n, lr_power):
     """n^(-lr_power) as every kernel forms it: sqrt for -0.5 (TensorFlow's case), 1 for 0 (0^0 = 1), else pow
     with the exponent rounded to opmath. pow runs in fp64: torch's fp32 pow rounds its vectorized body and its

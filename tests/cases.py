@@ -21,7 +21,7 @@ REDUCED = (torch.bfloat16, torch.float16)
 # the reference run in the params' precision.
 REDUCED_FACTOR = 2.0
 # The lr of every case that names none (the schema has no default for it).
-LR = {"sgd_": 0.1, "adam_": 1e-2, "adagrad_": 0.1, "ftrl_": 0.1}
+LR = {"sgd_": 0.1, "adam_": 1e-2, "adagrad_": 0.1, "ftrl_": 0.1, "lion_": 1e-2}
 SHAPES = ((5, 4), (7,), (0,))
 # The state lists that hold squares or sums of squares (random ones are drawn >= 0); the others are signed.
 NONNEG = ("exp_avg_sqs", "max_exp_avg_sqs", "state_sums", "accumulators")

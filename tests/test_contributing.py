@@ -21,8 +21,8 @@ def section(title):
     return m.group(1)
 
 
-# Where a name the guide shortens lives (`cpu/loop.h`, or `group.h` in the CPU column of its table).
-FOLDERS = ("", "csrc/", "csrc/cpu/", "csrc/cuda/", "fusedreg/", "fusedreg/triton/")
+# Where a name the guide shortens lives (`cpu/loop.h`, `group.h` in the CPU column of its table, `cases.py`).
+FOLDERS = ("", "csrc/", "csrc/cpu/", "csrc/cuda/", "fusedreg/", "fusedreg/triton/", "tests/", "bench/")
 
 
 def paths(text):

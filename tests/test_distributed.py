@@ -29,6 +29,8 @@ CASES = [
     ("Adam", dict(lr=0.02, group_l1=0.05, group_dim=0), ("ddp", "fsdp")),  # FSDP2 shards rows: Shard(0)
     ("Ftrl", dict(lr=0.1, l1=0.02, l2=0.01, beta=0.1, lr_power=-0.6), ("ddp", "fsdp")),
     ("AdamW", dict(lr=0.02, l1=0.5, l1_mode="decoupled", group_l1=0.05, group_dim=0), ("ddp", "fsdp")),
+    # Lion moves every weight by lr: l0's cut sqrt(2*lr*l0) >= lr keeps its zeros
+    ("Lion", dict(lr=0.01, l1=0.5, l0=0.01, weight_decay=0.1, group_l1=0.05, group_dim=0), ("ddp", "fsdp")),
 ]
 
 

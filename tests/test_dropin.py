@@ -11,6 +11,8 @@ from tolerances import TRAJECTORY, rel_err
 
 TORCH = {"SGD": dict(lr=0.05, momentum=0.9), "Adam": dict(lr=0.01), "AdamW": dict(lr=0.01),
          "Adagrad": dict(lr=0.05)}
+# Every class, for the checks that need no torch.optim run beside it (Lion's is lion-pytorch's: test_optim.py).
+ALL = {**TORCH, "Lion": dict(lr=0.01)}
 
 
 def model(seed=0):
@@ -41,16 +43,31 @@ def test_torch_keywords_are_accepted_and_recorded(name, backend):
     assert set(ref.param_groups[0]) <= set(opt.param_groups[0])
 
 
-@pytest.mark.parametrize("name", list(TORCH))
+@pytest.mark.parametrize("name", list(ALL))
 def test_differentiable_is_a_clear_error(name):
     with pytest.raises(ValueError, match="differentiable=True is not supported"):
-        getattr(fusedreg, name)(model().parameters(), differentiable=True, **TORCH[name])
+        getattr(fusedreg, name)(model().parameters(), differentiable=True, **ALL[name])
 
 
-@pytest.mark.parametrize("name", list(TORCH))
+@pytest.mark.parametrize("name", list(ALL))
 def test_a_tensor_lr_of_two_elements_gets_torchs_error(name):
     with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
-        getattr(fusedreg, name)(model().parameters(), **{**TORCH[name], "lr": torch.tensor([0.1, 0.2])})
+        getattr(fusedreg, name)(model().parameters(), **{**ALL[name], "lr": torch.tensor([0.1, 0.2])})
+
+
+def test_lion_takes_lion_pytorchs_arguments_by_position_and_torchs_keywords(backend):
+    # lion-pytorch's order: lr, betas, weight_decay, use_triton, decoupled_weight_decay
+    keys = dict(foreach=False, fused=True, differentiable=False)
+    opt = fusedreg.Lion(model().parameters(), 0.002, (0.8, 0.9), 0.5, True, True, backend=backend, **keys)
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (0.002, (0.8, 0.9), 0.5)
+    assert {k: group[k] for k in keys} == keys and group["l1_mode"] == "decoupled"
+    # decoupled_weight_decay: the decay divided by the initial lr; a tensor lr steps as its value does
+    a, b = model(), model()
+    train(a, fusedreg.Lion(a.parameters(), torch.tensor(0.002, dtype=torch.float64), weight_decay=0.5,
+                           decoupled_weight_decay=True, backend=backend), 5)
+    train(b, fusedreg.Lion(b.parameters(), lr=0.002, weight_decay=0.5 / 0.002, backend=backend), 5)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])

@@ -19,8 +19,9 @@ CONFIGS = [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01)), ("Adam", dic
 CONFIG_IDS = [name for name, _ in CONFIGS]
 # The GradScaler tests take fusedreg's own options too (no torch.optim run beside them).
 SCALER_CONFIGS = CONFIGS + [("AdamW", dict(lr=0.01, weight_decay=0.1, l1_mode="decoupled", group_l1=1e-3)),
-                            ("Adagrad", dict(lr=0.05, lr_decay=0.01, l2=0.01, l1_mode="decoupled"))]
-SCALER_IDS = CONFIG_IDS + ["AdamW-decoupled", "Adagrad-decoupled"]
+                            ("Adagrad", dict(lr=0.05, lr_decay=0.01, l2=0.01, l1_mode="decoupled")),
+                            ("Lion", dict(lr=0.01, weight_decay=0.1, group_l1=1e-3))]
+SCALER_IDS = CONFIG_IDS + ["AdamW-decoupled", "Adagrad-decoupled", "Lion"]
 
 
 def mlp(dtype=torch.float32, seed=0, device="cpu"):
@@ -324,8 +325,10 @@ COMPILE_BACKENDS = [b for b in ("torch", "cpp") if b in fusedreg.backends.availa
 
 @pytest.mark.parametrize("name,cfg", [("SGD", dict(momentum=0.9, l1=0.5)), ("AdamW", dict(l1=0.05)),
                                       ("AdamW", dict(l1=0.5, l1_mode="decoupled", group_l1=0.1)),
-                                      ("Ftrl", dict(lr_power=-0.6, l1=0.05))],
-                         ids=["SGD", "AdamW", "AdamW-decoupled", "Ftrl"])
+                                      ("Ftrl", dict(lr_power=-0.6, l1=0.05)),
+                                      # l1 = 1: the threshold lr*l1 is Lion's step, so a zero stays zero
+                                      ("Lion", dict(weight_decay=0.1, l1=1.0, group_l1=0.1))],
+                         ids=["SGD", "AdamW", "AdamW-decoupled", "Ftrl", "Lion"])
 @pytest.mark.parametrize("backend_name", COMPILE_BACKENDS)
 def test_compiled_training_step_matches_eager_and_tensor_lr_does_not_recompile(name, cfg, backend_name):
     from torch._dynamo.testing import CompileCounter
@@ -440,7 +443,8 @@ def test_add_param_group_rejects_bad_groups_and_keeps_defaults(backend):
 
 
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
-@pytest.mark.parametrize("name,cfg", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("name,cfg", CONFIGS + [("Lion", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True))],
+                         ids=CONFIG_IDS + ["Lion"])
 def test_deepcopy_and_pickle_continue_identically(name, cfg, how, backend):
     model = mlp(torch.bfloat16)
     opt = getattr(fusedreg, name)(model.parameters(), **cfg, l1=1e-3, master_weights=True, backend=backend)

@@ -45,7 +45,7 @@ from fusedreg import backends
 from tolerances import STEP
 
 BACKENDS = [b for b in backends.available() if b != "cuda"]
-OPS = ("sgd", "adam", "adagrad", "ftrl")
+OPS = ("sgd", "adam", "adagrad", "ftrl", "lion")
 
 _FULL = int(os.environ.get("FUSEDREG_FUZZ_EXAMPLES", "0") or 0)
 _FULL_TRITON = int(os.environ.get("FUSEDREG_FUZZ_EXAMPLES_TRITON", "0") or 0) or _FULL
@@ -126,7 +126,9 @@ def cases(draw, op):
              maximize=draw(st.booleans()),
              weight_decay=draw(_hp(0.0, 0.0, 1e-4, 0.1, 10.0, lo=0.0, hi=2.0)),
              l1=draw(_hp(0.0, 1e-8, 0.01, 1.0, 1e3, lo=0.0, hi=5.0)),
-             l1_mode=draw(st.sampled_from(["prox", "prox", "prox", "subgradient"] +
+             # Lion refuses "prox" (no per-element step)
+             l1_mode=draw(st.sampled_from(["decoupled", "decoupled", "decoupled", "subgradient"] if op == "lion" else
+                                          ["prox", "prox", "prox", "subgradient"] +
                                           (["decoupled"] if op != "ftrl" else []))),
              l2=draw(_hp(0.0, 0.0, 1e-3, 1.0, 1e3, lo=0.0, hi=5.0)),
              l0=draw(_hp(0.0, 0.0, 0.0, 1e-8, 1e-3, 1.0, lo=0.0, hi=1.0)),
@@ -154,6 +156,10 @@ def cases(draw, op):
                                | st.floats(-0.75, 0.0).map(lambda x: 0.0 if x > -1e-9 else x)),
                  beta=draw(_hp(0.0, 0.0, 0.1, 1.0, lo=0.0, hi=2.0)),
                  l2_shrinkage=draw(_hp(0.0, 0.0, 1e-3, 1.0, lo=0.0, hi=2.0)))
+    elif op == "lion":
+        c.update(lr=draw(_hp(0.0, 1e-12, 1e-3, 0.1, 1.0, 1e3, lo=0.0, hi=2.0)),
+                 beta1=draw(_hp(0.0, 0.5, 0.9, 0.999, lo=0.0, hi=0.9999)),
+                 beta2=draw(_hp(0.0, 0.9, 0.99, 0.999, lo=0.0, hi=0.9999)))
     else:
         c.update(lr=draw(_hp(0.0, 1e-12, 1e-3, 0.1, 1.0, 1e3, lo=0.0, hi=2.0)),
                  lr_decay=draw(_hp(0.0, 0.0, 1e-2, 1.0, 1e3, lo=0.0, hi=1.0)),
@@ -206,6 +212,8 @@ def build(c):
         elif c["op"] == "ftrl":
             t["n"].append(val(square=True, zero_frac=0.1).to(O))
             t["z"].append(val().to(O))
+        elif c["op"] == "lion":
+            t["m"].append(val().to(O))
         else:
             t["sums"].append(val(square=True, zero_frac=0.1).to(O))
         if c["op"] in ("adam", "adagrad"):
@@ -260,7 +268,7 @@ def _grad(c, p, g):
         g = -g
     if c["l1"] and c["l1_mode"] == "subgradient":
         g, Mg = g + c["l1"] * torch.sign(p), Mg + c["l1"] * (p != 0)
-    coupled = not (c["op"] == "adam" and c["decoupled"])
+    coupled = not (c["op"] == "adam" and c["decoupled"]) and c["op"] != "lion"
     if c["weight_decay"] and coupled:
         g, Mg = g + c["weight_decay"] * p, Mg + c["weight_decay"] * p.abs()
     return g, Mg
@@ -324,6 +332,20 @@ def oracle(c, t, i):
             out["bufs"] = (b, Mb, none, none, b)
             d, Md = (g + mu * b, Mg + mu * Mb) if c["nesterov"] else (b, Mb)
         upd, Mupd, step, denom, Mden = lr * d, lr * Md, lr, 1.0, None
+    elif c["op"] == "lion":
+        lr, b1, b2 = c["lr"], c["beta1"], c["beta2"]
+        if c["weight_decay"]:
+            scale = 1 - lr * c["weight_decay"]
+        m0 = f(t["m"][i])
+        cc, Mc = b1 * m0 + (1 - b1) * g, b1 * m0.abs() + (1 - b1) * Mg
+        mm = b2 * m0 + (1 - b2) * g
+        out["m"] = (mm, b2 * m0.abs() + (1 - b2) * Mg, none, none, mm)
+        upd = lr * torch.sign(cc)
+        # sign(c) jumps at 0: where c is within rounding of 0, a kernel's sign may differ from fp64's (M = inf:
+        # any result is accepted there)
+        near_c = (cc.abs() <= 2 * STEP[opmath(t["params"][i].dtype)] * Mc) & (Mc > 0)
+        Mupd = torch.where(near_c, float("inf"), upd.abs())
+        step, denom, Mden = lr, 1.0, None
     elif c["op"] == "adam":
         lr, b1, b2, eps = c["lr"], c["beta1"], c["beta2"], c["eps"]
         if c["decoupled"] and c["weight_decay"]:
@@ -380,7 +402,8 @@ def oracle(c, t, i):
 
 def place(c, t):
     """Move a fraction of the params so v = p_eff - upd lands at or a few ulps beside a threshold."""
-    if not c["place"] or c["weight_decay"] and not (c["op"] == "adam" and c["decoupled"]) or c["op"] == "ftrl":
+    decoupled = c["op"] == "lion" or c["op"] == "adam" and c["decoupled"]
+    if not c["place"] or c["weight_decay"] and not decoupled or c["op"] == "ftrl":
         return  # FTRL's thresholds are on z, which the state sets: tests/test_kernels.py places z there
     if c["l1"] and c["l1_mode"] == "subgradient":
         return
@@ -420,6 +443,8 @@ def run(c, t, backend):
     elif c["op"] == "adam":
         fn(t["params"], t["grads"], t["m"], t["v"], t["vmax"] if c["amsgrad"] else [], t["steps"], lr=c["lr"],
            beta1=c["beta1"], beta2=c["beta2"], eps=c["eps"], decoupled=c["decoupled"], amsgrad=c["amsgrad"], **kw)
+    elif c["op"] == "lion":
+        fn(t["params"], t["grads"], t["m"], lr=c["lr"], beta1=c["beta1"], beta2=c["beta2"], **kw)
     else:
         fn(t["params"], t["grads"], t["sums"], t["steps"], lr=c["lr"], lr_decay=c["lr_decay"], eps=c["eps"], **kw)
 

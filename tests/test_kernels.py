@@ -142,6 +142,14 @@ GRID = {
     "ftrl_group_rows_l1_l2_beta": ("ftrl_", dict(beta=0.5, l2_shrinkage=0.05, l1=0.05, l2=0.1, group_l1=8.0)),
     "ftrl_group_cols_power_l0_nonneg_scaled": ("ftrl_", dict(lr_power=-0.7, l1=0.02, l0=1e-3, nonneg=True,
                                                              group_l1=6.0, group_dim=1, scale=True)),
+    # Lion moves every weight by lr: group_l1=2.0 zeroes the tiny groups (norm ~lr*sqrt(size)) and keeps the others
+    "lion_plain": ("lion_", dict()),
+    "lion_wd_l1_l0_nonneg": ("lion_", dict(weight_decay=0.1, l1=0.5, l1_decoupled=True, l0=1e-4, nonneg=True)),
+    "lion_betas_max_subgrad_l2_scaled": ("lion_", dict(beta1=0.5, beta2=0.9, maximize=True, l1=0.5,
+                                                       l1_subgradient=True, l2=0.3, scale=True)),
+    "lion_group_rows_l1_tiny": ("lion_", dict(weight_decay=0.1, l1=0.3, l1_decoupled=True, group_l1=2.0, tiny=True)),
+    "lion_group_cols_l2_scaled_tiny": ("lion_", dict(l1=0.3, l1_decoupled=True, l2=0.1, group_l1=2.0, group_dim=1,
+                                                     scale=True, tiny=True)),
 }
 # name -> (op, hyperparameters, size): every size in one call. These run on every backend (on Triton at
 # float32/bf16/fp16, or float64 only for the f64_ ones); GRID runs size by size on cpp and cuda only, where a
@@ -204,6 +212,17 @@ MIXED_GRID = {
     "f64_adagrad_group_rows": ("adagrad_", dict(l1=0.01, group_l1=0.2), "group"),
     "f64_sgd_group_cols": ("sgd_", dict(momentum=0.9, l2=0.1, group_l1=1.0, group_dim=1), "group"),
     "f64_adam_group_rows_tiny": ("adam_", dict(l1=0.01, group_l1=2.0, tiny=True), "group"),
+    "lion_default": ("lion_", dict(), "mixed"),
+    "lion_wd_l1_l0_nonneg": ("lion_", dict(weight_decay=0.1, l1=0.5, l1_decoupled=True, l0=1e-4, nonneg=True),
+                             "mixed"),
+    "lion_betas_max_subgrad_l2_scaled": ("lion_", dict(beta1=0.5, beta2=0.9, maximize=True, l1=0.5,
+                                                       l1_subgradient=True, l2=0.1, grad_scale=1024.0), "mixed"),
+    "lion_group_rows_tiny": ("lion_", dict(weight_decay=0.1, l1=0.3, l1_decoupled=True, group_l1=2.0, tiny=True),
+                             "group"),
+    "lion_group_cols_scaled_tiny": ("lion_", dict(l1=0.3, l1_decoupled=True, group_l1=2.0, group_dim=1,
+                                                  grad_scale=8.0, tiny=True), "group"),
+    "f64_lion_group_cols": ("lion_", dict(weight_decay=0.1, l1=0.3, l1_decoupled=True, l0=1e-4, group_l1=1.0,
+                                          group_dim=1), "group"),
 }
 CONFIGS = {**{k: (op, hp) for k, (op, hp) in GRID.items()},
            **{"mixed_" + k: (op, hp) for k, (op, hp, _) in MIXED_GRID.items()}}
@@ -412,6 +431,8 @@ HP = {
                      group_l1=0.05),
     "ftrl_": dict(lr_power=-0.6, beta=0.2, l2_shrinkage=0.01, maximize=True, l1=0.2, l2=0.3, l0=1e-3, nonneg=True,
                   group_l1=3.0, group_dim=1),
+    "lion_": dict(beta1=0.8, beta2=0.95, weight_decay=0.1, maximize=True, l1=0.5, l1_decoupled=True, l2=0.3, l0=1e-4,
+                  nonneg=True, group_l1=0.5, group_dim=1),
 }
 
 

@@ -35,6 +35,10 @@ VARIANTS = {
               "power_max_subgrad": dict(lr_power=-0.7, maximize=True, l1=0.01, l1_subgradient=True, group_l1=0.5,
                                         group_dim=1),
               "rows": dict(lr_power=-0.6, l2_shrinkage=0.01, l1=0.1, l2=0.02, rows=[[0, 2, 3], [6, 1], []])},
+    "lion_": {"plain": dict(weight_decay=0.1, l1=0.1, l1_decoupled=True, l2=0.01, l0=0.001, nonneg=True,
+                            group_l1=0.05),
+              "betas_max_subgrad": dict(beta1=0.5, beta2=0.9, maximize=True, l1=0.01, l1_subgradient=True,
+                                        group_l1=0.05, group_dim=1)},
 }
 CASES = [(op, name) for op in VARIANTS for name in VARIANTS[op]]
 

@@ -2,6 +2,7 @@
 schedulers, closures and bad input. Every test runs on each backend this install has for CPU tensors."""
 import copy
 
+import lion_pytorch
 import numpy as np
 import pytest
 import torch
@@ -379,6 +380,20 @@ def test_functional_rejects_mismatched_grads_before_touching_anything(backend):
 # Ftrl: against an fp64 implementation of TensorFlow's / Keras's formula written here (numpy, Keras's clip form),
 # and the two known equivalences.
 
+def drawn_grads(gen, shapes, dtype, steps=12):
+    """`steps` lists of N(0, 1) grads of `shapes`, drawn in fp64 and rounded to dtype."""
+    return [[torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes] for _ in range(steps)]
+
+
+def step_with(opt, ps, grads):
+    """One step of opt per list of grads (copies, set as ps' .grad); returns opt."""
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+    return opt
+
+
 def ftrl_fp64(w0, grads, dtype, lr, lr_power=-0.5, initial_accumulator_value=0.1, beta=0.0, l1=0.0, l2=0.0,
               l2_shrinkage=0.0, l0=0.0, nonneg=False, maximize=False, l1_mode="prox"):
     """Keras's Ftrl step in fp64, per param: linear += g_s - (n'^-p - n^-p)/lr * w; quadratic = n'^-p/lr + 2*(l2 +
@@ -423,12 +438,8 @@ def test_ftrl_matches_an_fp64_implementation_of_the_formula(cfg, dtype, backend)
     shapes = ((7, 5), (33,), (1,))
     ps = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype)) for s in shapes]
     w0 = [p.detach().clone() for p in ps]
-    grads = [[torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes] for _ in range(12)]
-    opt = fusedreg.Ftrl(ps, **cfg, backend=backend)
-    for gs in grads:
-        for p, g in zip(ps, gs):
-            p.grad = g.clone()
-        opt.step()
+    grads = drawn_grads(gen, shapes, dtype)
+    opt = step_with(fusedreg.Ftrl(ps, **cfg, backend=backend), ps, grads)
     for i, p in enumerate(ps):
         w, n, z = ftrl_fp64(w0[i], [gs[i] for gs in grads], dtype, **cfg)
         st = opt.state[p]
@@ -588,3 +599,141 @@ def test_ftrl_master_weights_follow_the_fp32_run(backend):
         assert torch.equal(st["master_param"], r.detach())
         assert torch.equal(p.detach(), r.detach().to(torch.bfloat16))
     assert any((p == 0).any() for p in low)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Lion: against lion-pytorch (the oracle) with every penalty at 0, and with penalties against an fp64
+# implementation of lion-pytorch's step and of the penalties written here (numpy).
+
+LION_CONFIGS = [
+    dict(lr=0.01),
+    dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
+    dict(lr=0.003, betas=(0.95, 0.98), weight_decay=0.3, decoupled_weight_decay=True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("cfg", LION_CONFIGS, ids=[f"lion-{i}" for i in range(len(LION_CONFIGS))])
+def test_lion_matches_lion_pytorch_without_penalty(cfg, dtype, backend):
+    ref_model, our_model = mlp(dtype), mlp(dtype)
+    ref_opt = lion_pytorch.Lion(ref_model.parameters(), **cfg)
+    our_opt = fusedreg.Lion(our_model.parameters(), **cfg, backend=backend)
+    ref, ours = train(ref_model, ref_opt), train(our_model, our_opt)
+    assert rel_err(ours, ref) <= TRAJECTORY[dtype]
+    for p_ref, p_our in zip(ref_model.parameters(), our_model.parameters()):
+        assert set(our_opt.state[p_our]) == set(ref_opt.state[p_ref]) == {"exp_avg"}
+        assert rel_err(our_opt.state[p_our]["exp_avg"], ref_opt.state[p_ref]["exp_avg"]) <= TRAJECTORY[dtype]
+    assert set(ref_opt.param_groups[0]) <= set(our_opt.param_groups[0])
+
+
+def test_lion_state_dict_interop_with_lion_pytorch(backend):
+    """lion-pytorch -> fusedreg and fusedreg -> lion-pytorch mid-run, then the same continuation."""
+    dt = torch.float64
+    cfg = dict(lr=0.01, betas=(0.85, 0.97), weight_decay=0.05)
+    straight = mlp(dt)
+    train(straight, lion_pytorch.Lion(straight.parameters(), **cfg), steps=20)
+    for first, second in ((lion_pytorch, fusedreg), (fusedreg, lion_pytorch)):
+        model = mlp(dt)
+        opt = first.Lion(model.parameters(), **cfg, **(dict(backend=backend) if first is fusedreg else {}))
+        train(model, opt, steps=10)
+        sd = copy.deepcopy(opt.state_dict())
+        # use_triton is lion-pytorch's keyword: accepted (backend= chooses fusedreg's kernel)
+        opt2 = second.Lion(model.parameters(), lr=0.5, **(dict(backend=backend, use_triton=True)
+                                                            if second is fusedreg else {}))
+        opt2.load_state_dict(sd)  # the hyperparameters come from the state_dict
+        assert opt2.param_groups[0]["lr"] == cfg["lr"] and tuple(opt2.param_groups[0]["betas"]) == cfg["betas"]
+        assert all(set(st) == {"exp_avg"} for st in opt2.state_dict()["state"].values())
+        train(model, opt2, steps=10)
+        assert rel_err(flat(model), flat(straight)) <= TRAJECTORY[dt], f"{first.__name__} -> {second.__name__}"
+
+
+def lion_fp64(w0, grads, dtype, lr, betas=(0.9, 0.99), weight_decay=0.0, l1=0.0, l1_mode="decoupled", l0=0.0,
+              nonneg=False, group_l1=0.0, group_dim=0):
+    """lion-pytorch's step in fp64 (w *= 1 - lr*wd; w -= lr*sign(b1*m + (1-b1)*g); m = b2*m + (1-b2)*g), then the
+    penalties with step lr: soft-threshold by lr*l1 (l1_mode="subgradient": l1*sign(w) added to g first), w = 0
+    where |w| <= sqrt(2*lr*l0), max(w, 0), then every group (rows or columns of a tensor with dim >= 2) times
+    max(0, 1 - lr*group_l1*sqrt(|g|)/||w_g||); w is stored in `dtype` after every step."""
+    b1, b2 = betas
+    w = w0.double().numpy()
+    m = np.zeros_like(w)
+    for g in grads:
+        g = g.double().numpy()
+        if l1_mode == "subgradient":
+            g = g + l1 * np.sign(w)
+        w = w * (1 - lr * weight_decay)
+        w = w - lr * np.sign(b1 * m + (1 - b1) * g)
+        m = b2 * m + (1 - b2) * g
+        if l1_mode != "subgradient":
+            w = np.sign(w) * np.maximum(np.abs(w) - lr * l1, 0.0)
+        if l0:
+            w = np.where(np.abs(w) <= np.sqrt(2 * lr * l0), 0.0, w)
+        if nonneg:
+            w = np.maximum(w, 0.0)
+        if group_l1 and w.ndim >= 2:
+            v = np.moveaxis(w, group_dim, 0)
+            norm = np.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(axis=1))
+            with np.errstate(divide="ignore"):
+                f = np.maximum(0.0, 1 - lr * group_l1 * np.sqrt(v[0].size) / norm)
+            w = np.moveaxis(v * f.reshape((-1,) + (1,) * (v.ndim - 1)), 0, group_dim)
+        w = torch.from_numpy(np.ascontiguousarray(w)).to(dtype).double().numpy()
+    return torch.from_numpy(w), torch.from_numpy(m)
+
+
+LION_PENALTY_CONFIGS = [
+    dict(lr=0.01, l1=1.0),  # l1_mode="decoupled", Lion's default; lr*l1 = lr: a zero stays zero
+    dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1, l1=2.0, l0=1e-3, nonneg=True),
+    dict(lr=0.01, l1=0.3, l1_mode="subgradient", nonneg=True),
+    dict(lr=0.01, l1=0.2, group_l1=3.0),
+    dict(lr=0.01, weight_decay=0.1, l0=1e-4, group_l1=3.0, group_dim=1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("cfg", LION_PENALTY_CONFIGS, ids=[f"lion-pen-{i}" for i in range(len(LION_PENALTY_CONFIGS))])
+def test_lion_penalties_match_an_fp64_implementation(cfg, dtype, backend):
+    gen = torch.Generator().manual_seed(7)
+    shapes = ((7, 5), (4, 6, 2), (33,))
+    w0 = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    if cfg.get("group_l1"):  # every third group small: the group prox zeroes those, and keeps the others
+        for w in w0[:2]:
+            w.movedim(cfg.get("group_dim", 0), 0)[::3] *= 1e-2
+    ps = [torch.nn.Parameter(w.to(dtype)) for w in w0]
+    w0 = [p.detach().clone() for p in ps]
+    grads = drawn_grads(gen, shapes, dtype)
+    opt = step_with(fusedreg.Lion(ps, **cfg, backend=backend), ps, grads)
+    tol = TRAJECTORY[dtype]
+    for i, p in enumerate(ps):
+        w, m = lion_fp64(w0[i], [gs[i] for gs in grads], dtype, **cfg)
+        assert torch.equal(p.detach() == 0, w == 0), f"param {i}: exact-zero set differs"
+        assert (p.detach().double() - w).abs().max() <= tol * max(w.abs().max().item(), cfg["lr"]), i
+        assert (opt.state[p]["exp_avg"].double() - m).abs().max() <= tol * m.abs().max().item(), i
+    zeros = sum(int((p == 0).sum()) for p in ps)
+    assert 0 < zeros < sum(p.numel() for p in ps)  # the penalties made zeros, not only zeros
+    if cfg.get("group_l1"):
+        gd = cfg.get("group_dim", 0)
+        for p in ps[:2]:
+            norms = torch.linalg.vector_norm(p.detach().movedim(gd, 0).flatten(1), dim=1)
+            assert (norms[::3] == 0).all() and (norms != 0).sum() >= len(norms) // 2
+
+
+def test_lion_refuses_prox_l1_complex_params_and_sparse_grads(backend):
+    with pytest.raises(ValueError, match="l1_mode='prox' is not defined for Lion.*'decoupled'"):
+        fusedreg.Lion(mlp(torch.float32).parameters(), l1=0.1, l1_mode="prox")
+    with pytest.raises(ValueError, match="complex"):
+        fusedreg.Lion([torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))])
+    model = mlp(torch.float32)
+    opt = fusedreg.Lion(model.parameters(), lr=0.01, l1=0.1, backend=backend)
+    assert opt.param_groups[0]["l1_mode"] == "decoupled"
+    train(model, opt, steps=2)
+    X, y = data(torch.float32)
+    ((model(X) - y) ** 2).mean().backward()
+    snap = snapshot(model, opt)
+    model[2].bias.grad = model[2].bias.grad.to_sparse()
+    with pytest.raises(RuntimeError, match="Lion does not support sparse gradients"):
+        opt.step()
+    assert_untouched(model, opt, snap)
+    model[2].bias.grad = model[2].bias.grad.to_dense()
+    opt.param_groups[0]["l1_mode"] = "prox"  # edited into a group after construction: refused at step
+    with pytest.raises(ValueError, match="l1_mode='prox'"):
+        opt.step()
+    assert_untouched(model, opt, snap)

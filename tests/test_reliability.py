@@ -28,9 +28,10 @@ CONFIGS = {
     "AdamW": dict(lr=0.01, l1=0.01, weight_decay=0.1),
     "Adagrad": dict(lr=0.05, l1=0.01, l2=0.01, lr_decay=0.01),
     "Ftrl": dict(lr=0.05, l1=0.01, l2=0.01, l2_shrinkage=0.01, beta=0.1),
+    "Lion": dict(lr=0.01, l1=0.01, weight_decay=0.1),
 }
 NAMES = list(CONFIGS)
-TORCH_NAMES = [n for n in NAMES if hasattr(torch.optim, n)]  # torch.optim has no Ftrl
+TORCH_NAMES = [n for n in NAMES if hasattr(torch.optim, n)]  # torch.optim has no Ftrl, no Lion
 
 
 def params(dtype=torch.float32, seed=0, shapes=((16, 6), (16,), (3, 16), (3,))):
@@ -65,6 +66,7 @@ HYPER = {
     "AdamW": ["lr", "eps", "beta1", "beta2", "weight_decay", "l1", "l0", "group_l1"],
     "Adagrad": ["lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value", "l1", "l2", "l0", "group_l1"],
     "Ftrl": ["lr", "initial_accumulator_value", "beta", "l1", "l2", "l2_shrinkage", "l0", "group_l1"],
+    "Lion": ["lr", "beta1", "beta2", "weight_decay", "l1", "l0", "group_l1"],
 }
 BAD_HYPER = [(n, k, v) for n in HYPER for k in HYPER[n] for v in (-0.5, float("nan"))]
 
@@ -113,7 +115,8 @@ FUNCTIONAL_BAD = [("sgd", "lr"), ("sgd", "momentum"), ("sgd", "dampening"), ("sg
                   ("sgd", "l2"), ("sgd", "l0"), ("adam", "lr"), ("adam", "eps"), ("adam", "beta1"),
                   ("adam", "beta2"), ("adam", "l1"), ("adagrad", "lr"), ("adagrad", "lr_decay"), ("adagrad", "eps"),
                   ("adagrad", "l2"), ("ftrl", "lr"), ("ftrl", "beta"), ("ftrl", "l2_shrinkage"), ("ftrl", "l1"),
-                  ("ftrl", "l2"), ("ftrl", "l0")]
+                  ("ftrl", "l2"), ("ftrl", "l0"), ("lion", "lr"), ("lion", "beta1"), ("lion", "beta2"),
+                  ("lion", "weight_decay"), ("lion", "l1"), ("lion", "l0")]
 
 
 def functional_call(op, ps, gs, backend, **kw):
@@ -131,6 +134,9 @@ def functional_call(op, ps, gs, backend, **kw):
     elif op == "ftrl":
         state = dict(accumulators=[x + 0.1 for x in o], linears=o)
         F.ftrl(ps, gs, state["accumulators"], o, **{"lr": 0.1, **kw}, backend=backend)
+    elif op == "lion":
+        state = dict(exp_avgs=o)
+        F.lion(ps, gs, o, **{"lr": 0.1, **kw}, backend=backend)
     else:
         state = dict(state_sums=o, state_steps=steps)
         F.adagrad(ps, gs, o, steps, **{"lr": 0.1, **kw}, backend=backend)
@@ -164,7 +170,7 @@ def test_sparse_gradient_is_rejected_and_nothing_moves(name, backend):
     _step_and_expect(ps, opt, RuntimeError, "sparse")
 
 
-@pytest.mark.parametrize("op", ["sgd", "adam", "adagrad", "ftrl"])
+@pytest.mark.parametrize("op", ["sgd", "adam", "adagrad", "ftrl", "lion"])
 def test_functional_rejects_sparse_and_mismatched_grads(op, backend):
     ps = [torch.ones(4), torch.ones(3)]
     # sgd and adagrad take sparse grads, but not with weight_decay (as torch.optim); ftrl takes them (no
@@ -293,7 +299,7 @@ def test_non_contiguous_params_in_an_optimizer(name, backend):
     assert all(torch.equal(a, b) for a, b in zip(views, dense))
 
 
-@pytest.mark.parametrize("op", ["sgd", "adam", "adagrad", "ftrl"])
+@pytest.mark.parametrize("op", ["sgd", "adam", "adagrad", "ftrl", "lion"])
 def test_overlapping_or_aliased_params_are_rejected(op, backend):
     ok = torch.ones(3)
     expanded = torch.zeros(1).expand(4)        # four elements, one memory location
@@ -445,7 +451,8 @@ def test_a_valid_optimizer_step_never_takes_the_python_walk(monkeypatch):
 
 
 # The kernel-level tests below: momentum on, AdamW's decay, so that lr reaches every term of the update.
-KERNEL_HP = {"sgd_": dict(momentum=0.9), "adam_": dict(decoupled=True), "adagrad_": dict(), "ftrl_": dict()}
+KERNEL_HP = {"sgd_": dict(momentum=0.9), "adam_": dict(decoupled=True), "adagrad_": dict(), "ftrl_": dict(),
+             "lion_": dict()}
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -483,7 +490,7 @@ def test_kernel_lr_tensor_replaces_the_float_lr(op, lr_dtype, backend):
 
 
 def test_unknown_backend_fails_before_anything_moves_functional():
-    for op in ("sgd", "adam", "adagrad", "ftrl"):
+    for op in ("sgd", "adam", "adagrad", "ftrl", "lion"):
         ps = [torch.ones(3)]
         with pytest.raises(ValueError, match="'tpu'.*auto.*cuda.*triton.*cpp.*torch"):
             functional_call(op, ps, [torch.ones(3)], "tpu")
@@ -539,7 +546,7 @@ def _load_then_step(ps, opt, sd, match):
 
 STATE_KEYS = {"SGD": ["momentum_buffer"], "Adam": ["step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
               "AdamW": ["step", "exp_avg", "exp_avg_sq"], "Adagrad": ["step", "sum"],
-              "Ftrl": ["accumulator", "linear"]}
+              "Ftrl": ["accumulator", "linear"], "Lion": ["exp_avg"]}
 MISSING = [(n, k) for n in STATE_KEYS for k in STATE_KEYS[n]]
 
 
@@ -586,7 +593,8 @@ def test_bad_state_tensor_in_a_later_group_moves_no_earlier_group_at_step(name, 
 
 
 OTHER = [("SGD", "Adam"), ("Adam", "SGD"), ("Adagrad", "Adam"), ("Adam", "Adagrad"), ("SGD", "Adagrad"),
-         ("Adagrad", "SGD"), ("Ftrl", "Adagrad"), ("Adagrad", "Ftrl"), ("Ftrl", "Adam")]
+         ("Adagrad", "SGD"), ("Ftrl", "Adagrad"), ("Adagrad", "Ftrl"), ("Ftrl", "Adam"), ("Lion", "Adam"),
+         ("Adam", "Lion"), ("Lion", "SGD")]
 
 
 @pytest.mark.parametrize("src,dst", OTHER,
@@ -634,7 +642,8 @@ def test_nonfinite_gradients_propagate_like_torch_optim(name, backend):
     assert torch.isnan(ours[0][0, :3]).any() and not torch.isfinite(ours[0][0, :3]).any()
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Lion steps by sign(...), which is 0 for NaN (torch.sign's, as lion-pytorch): test_lion_nonfinite_gradients_...
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "Lion"])
 def test_the_prox_keeps_nan_as_nan(name, backend):
     """A NaN is never soft-thresholded, L0-cut or clamped (nonneg) to an exact zero; an inf stays non-finite
     through the thresholds (nonneg turns -inf into 0, as max(-inf, 0) should)."""
@@ -648,6 +657,31 @@ def test_the_prox_keeps_nan_as_nan(name, backend):
         if not nonneg:
             assert not torch.isfinite(ps[1][:3]).any()
         assert (ps[1][3:] == 0).all()  # the huge penalties zero every finite element
+
+
+def test_lion_nonfinite_gradients_follow_lion_pytorch(backend):
+    """Without GradScaler, NaN/inf gradients reach params and state exactly where lion-pytorch's do: the momentum
+    takes them, and the param moves by lr*sign(...) only, sign(NaN) being 0 (torch.sign's)."""
+    import lion_pytorch
+    cfg = dict(lr=0.01, weight_decay=0.1)
+    ours, theirs = params(torch.float64), params(torch.float64)
+    ref = lion_pytorch.Lion(theirs, **cfg)
+    opt = fusedreg.Lion(ours, **cfg, backend=backend)
+    for k in range(3):
+        for ps in (ours, theirs):
+            set_grads(ps, k)
+            if k == 1:
+                ps[0].grad[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=torch.float64)
+                ps[1].grad[5] = float("nan")
+        opt.step()
+        ref.step()
+    for a, b in zip(ours, theirs):
+        m_a, m_b = opt.state[a]["exp_avg"], ref.state[b]["exp_avg"]
+        assert torch.equal(torch.isnan(m_a), torch.isnan(m_b)) and torch.equal(torch.isinf(m_a), torch.isinf(m_b))
+        fin = torch.isfinite(m_b)
+        assert rel_err(m_a[fin], m_b[fin]) <= TRAJECTORY[torch.float64]
+        assert torch.isfinite(a).all() and rel_err(a, b) <= TRAJECTORY[torch.float64]
+    assert torch.isnan(opt.state[ours[1]]["exp_avg"][5]) and torch.isnan(opt.state[ours[0]]["exp_avg"][0, 0])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -689,6 +723,8 @@ RESUME_CONFIGS = [
     ("Adagrad", "float32", dict(lr=0.05, lr_decay=0.01, l1=0.01, l2=0.01, initial_accumulator_value=0.1)),
     ("Ftrl", "float32", dict(lr=0.05, l1=0.01, l2=0.01, l2_shrinkage=0.01, beta=0.1)),
     ("Ftrl", "bfloat16", dict(lr=0.05, lr_power=-0.7, l1=0.01, l0=1e-4, nonneg=True)),
+    ("Lion", "float32", dict(lr=0.01, weight_decay=0.1, l1=0.01, group_l1=0.05)),
+    ("Lion", "bfloat16", dict(lr=0.01, betas=(0.8, 0.95), l1=0.01, nonneg=True)),
 ]
 
 _RESUME = textwrap.dedent('''

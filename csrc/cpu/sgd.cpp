@@ -17,18 +17,10 @@ void sgd_cpu(FUSEDREG_SGD_PARAMS) {
                                 penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_sgd_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
-    using S = SgdScalars<O>;
-    const S sc = make_sgd<O>(args);
-    const auto [has_scale, scale] = scale_of<O>(grad_scale);
-    std::vector<Slot<scalar_t, O, 1, S>> slots;
-    std::vector<GroupJob<O>> jobs;
-    for (size_t i = 0; i < st.n; ++i) {
-      slots.push_back(make_slot<scalar_t, O, 1>(st, i, sc));
-      add_group_job<O>(jobs, st, i, lr, group_l1, group_dim, l2, nullptr, O(1), O(0));
-    }
-    run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {
-      sgd_update(p, g, st_[0], s, hs, scale);
-    });
+    run_closed_form<scalar_t>(st, make_sgd<O>(args), lr, group_l1, group_dim, l2, grad_scale,
+                              [](auto& p, auto g, auto& buf, const auto& s, bool hs, O scale) {
+                                sgd_update(p, g, buf, s, hs, scale);
+                              });
   });
   st.finish();
 }

@@ -20,13 +20,13 @@ struct NanMax {
   __device__ double operator()(double a, double b) const { return b > a || b != b ? b : a; }
 };
 
-// The step's scalars of the prox (the same in every block) and the a_i of an element. Args: the op's (SgdArgs:
-// the scalar step lr; AdamArgs, AdagradArgs: the metric prox, with the step-dependent factors from the step
+// The step's scalars of the prox (the same in every block) and the a_i of an element. Args: the op's (SgdArgs,
+// LionArgs: the scalar step lr; AdamArgs, AdagradArgs: the metric prox, with the step-dependent factors from the step
 // counter, or with decoupled l1 SGD's closed form with their scalar step; FtrlArgs: the metric prox in q from the
 // new accumulator, step 1). live: false when the step changes nothing (found_inf, lr * group_l1 == 0).
 template <typename O, typename Args>
 struct GroupStep {
-  static constexpr bool metric_op = !std::is_same_v<Args, SgdArgs>;
+  static constexpr bool metric_op = !std::is_same_v<Args, SgdArgs> && !std::is_same_v<Args, LionArgs>;
   static constexpr bool ftrl = std::is_same_v<Args, FtrlArgs>;
   bool metric = false;
   double c = 0;
@@ -289,6 +289,8 @@ template void group_prox<AdamArgs>(const Staged&, int, at::TensorList, const Ada
 template void group_prox<AdagradArgs>(const Staged&, int, at::TensorList, const AdagradArgs&, double, int64_t,
                                       const float*, const double*, cudaStream_t);
 template void group_prox<FtrlArgs>(const Staged&, int, at::TensorList, const FtrlArgs&, double, int64_t,
+                                   const float*, const double*, cudaStream_t);
+template void group_prox<LionArgs>(const Staged&, int, at::TensorList, const LionArgs&, double, int64_t,
                                    const float*, const double*, cudaStream_t);
 
 }  // namespace cuda

@@ -4,14 +4,14 @@ the elementwise penalties as **pen, handed to fusedreg.triton.math.penalties), c
 
   math.py     the per-element math, one @triton.jit helper per formula, and the numerics notes
   launch.py   launch shapes, chunk tables and their cache, the step counters, the launch
-  sgd.py, adam.py, adagrad.py, ftrl.py   each op's kernel and host entry
+  sgd.py, adam.py, adagrad.py, ftrl.py, lion.py   each op's kernel and host entry
   group.py    the group-lasso prox, launched after the op's kernel
 
 Each entry checks its arguments with fusedreg._ops.check (the kernels' contract) before it changes anything.
 
 torch.compile: the ops are also registered as opaque custom ops `fusedreg::triton_sgd_`, `triton_adam_`,
-`triton_adagrad_` and `triton_ftrl_` with the schemas of fusedreg._ops (mutations declared there) and fake kernels
-that check the same contract; under compilation the entries call them by keyword. They are not `triton_op`s: the
+`triton_adagrad_`, `triton_ftrl_` and `triton_lion_` with the schemas of fusedreg._ops (mutations declared
+there) and fake kernels that check the same contract; under compilation the entries call them by keyword. They are not `triton_op`s: the
 kernels write through addresses loaded from a table, which Inductor's kernel mutation analysis cannot see.
 """
 import importlib

@@ -299,6 +299,22 @@ def ftrl_update(p, g, n, z, gs, lr, neg_power, beta, l2_shrinkage, l1, l2, pen, 
     return w, n_new, z
 
 
+@triton.jit
+def lion_update(p, g, m, gs, lr, beta1, beta2, weight_decay, pen,
+                HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr, PEN: tl.constexpr):
+    """Lion (fusedreg.reference.lion_), all scalars fp64: decoupled decay, p -= lr*sign(beta1*m + (1-beta1)*g),
+    m = beta2*m + (1-beta2)*g, then the penalties with step lr (no metric)."""
+    dt = p.dtype
+    g = prep_grad(p, g, gs, weight_decay=0.0, pen=pen, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN)
+    if weight_decay != 0:
+        p = p * (1.0 - lr * weight_decay).to(dt)
+    c = m * beta1.to(dt) + (1.0 - beta1).to(dt) * g
+    p = p - lr.to(dt) * sign(c)
+    m = m * beta2.to(dt) + (1.0 - beta2).to(dt) * g
+    p = prox(p, 1.0, lr, pen=pen, PEN=PEN, HAS_DENOM=False)
+    return p, m
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The group prox (fusedreg.reference.group_prox): group sums in fp64, per-element factors in the compute dtype
 
