@@ -242,7 +242,8 @@ def _complex_part(args, scalars):
 
 # Sparse grads (torch.sparse_coo, e.g. nn.Embedding(sparse=True)) in the ops that take rows (fusedreg._ops.ROWS).
 # torch.optim.Adam's words, which AdamW (its subclass) uses too.
-_NO_SPARSE = {"adam_": "Adam does not support sparse gradients, please consider SparseAdam instead"}
+_NO_SPARSE = {"adam_": "Adam does not support sparse gradients, please consider SparseAdam instead",
+              "muon_momentum_": "Muon does not support sparse gradients"}
 
 
 def check_sparse(op, grads, **scalars):
@@ -338,7 +339,8 @@ def launch(op, names, lists, grad_scale=None, found_inf=None, **scalars):
     for i, p in enumerate(params):
         parts.setdefault((p.device, p.dtype, grads[i].is_sparse), []).append(i)
     scalars = {**_DEFAULTS[op], **scalars}
-    lr = scalars.pop("lr")
+    has_lr = "lr" in scalars  # muon_momentum_ has none
+    lr = scalars.pop("lr", None)
     whole = len(parts) == 1
     densify = _densify(op, scalars)
     for (device, dtype, sparse), idx in parts.items():
@@ -350,10 +352,10 @@ def launch(op, names, lists, grad_scale=None, found_inf=None, **scalars):
         if dtype.is_complex:
             args, kw, back = _complex_part(args, scalars)
         on_device = torch.is_tensor(lr) and lr.device == device and device.type != "cpu"
+        # NaN where the kernel reads lr_tensor instead: a kernel that used the float by mistake would show it.
+        lrs = dict(lr=float("nan") if on_device else float(lr), lr_tensor=lr if on_device else None) if has_lr else {}
         backends.kernel(names[device], op)(
-            **args, **kw,
-            # NaN where the kernel reads lr_tensor instead: a kernel that used the float by mistake would show it.
-            lr=float("nan") if on_device else float(lr), lr_tensor=lr if on_device else None,
+            **args, **kw, **lrs,
             grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
             found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
         for t, c in back:
