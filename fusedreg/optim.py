@@ -68,10 +68,15 @@ class _Fused(torch.optim.Optimizer):
             self.param_groups.pop()
             raise
 
+    def _kind(self, group):
+        """(op, state list -> state key, keys created together) of a group: the class's (Muon's AdamW groups take
+        Adam's)."""
+        return self._op, self._state, self._keys
+
     def _scalars(self, group):
         """The op's scalar arguments for this group: every op argument that is a group key, plus the subclass's
         own (_extra) and l1_subgradient / l1_decoupled for l1_mode."""
-        kw = {a.name: group[a.name] for a in _ops.ARGS[self._op] if not a.role and a.name in group}
+        kw = {a.name: group[a.name] for a in _ops.ARGS[self._kind(group)[0]] if not a.role and a.name in group}
         kw.update(F.l1_flags(group["l1_mode"]))
         kw.update(self._extra(group))
         return kw
@@ -86,7 +91,7 @@ class _Fused(torch.optim.Optimizer):
             raise ValueError("differentiable=True is not supported: fusedreg's step is one fused kernel that "
                              "autograd does not differentiate through")
         scalars = scalars or self._scalars(group)
-        F.check_args(op=self._op, l1_mode=group["l1_mode"], **scalars)
+        F.check_args(op=self._kind(group)[0], l1_mode=group["l1_mode"], **scalars)
         F.check_complex(group.get("params", ()), **scalars)
 
     def _state_keys(self, group):
@@ -97,24 +102,25 @@ class _Fused(torch.optim.Optimizer):
         """Create the state of params that have none yet (the None entries of `lists`, which it fills)."""
         raise NotImplementedError
 
-    def _read(self, params, used, sharded):
+    def _read(self, params, used, sharded, group):
         """The op's state lists for params as their state holds them (None where there is none yet; empty for
         the lists not in `used`); raises where a param's state is broken (some of the keys created together, not
         all). sharded: DTensor params, whose state goes to the kernels as local shards."""
-        keys = [(name, key) for name, key in self._state.items() if name in used]
+        _, names, together = self._kind(group)
+        keys = [(name, key) for name, key in names.items() if name in used]
         state = self.state
         sts = [state.get(p, _EMPTY) for p in params]
         try:  # every step after the first: all there
             lists = {name: [st[key] for st in sts] for name, key in keys}
         except KeyError:  # first steps (or broken state): look closer
             for i, st in enumerate(sts):
-                missing = [k for k in self._keys if k not in st]
-                if st and 0 < len(missing) < len(self._keys):
+                missing = [k for k in together if k not in st]
+                if st and 0 < len(missing) < len(together):
                     raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
             lists = {name: [st.get(key) for st in sts] for name, key in keys}
         if sharded:
             lists = {name: locals_(ts) for name, ts in lists.items()}
-        return {name: lists.get(name, []) for name in self._state}
+        return {name: lists.get(name, []) for name in names}
 
     def _run(self, params, names, lists, scalars, grad_scale, found_inf):
         F.launch(self._op, names, lists, grad_scale, found_inf, **scalars)
@@ -148,11 +154,12 @@ class _Fused(torch.optim.Optimizer):
                 F.check_tensors(locals_(params), grads=locals_([p.grad for p in params]))
             # What the kernels update: local shards of DTensors, fp32 masters or temporaries (fusedreg.precision).
             work = Work(params, self.state, group)
-            used = F.used(self._op, scalars)
-            lists = self._read(params, used, work.sharded)
+            op = self._kind(group)[0]
+            used = F.used(op, scalars)
+            lists = self._read(params, used, work.sharded, group)
             F.check_tensors(work.tensors, grads=work.grads, missing_ok=tuple(lists),
                             **{name: ts for name, ts in lists.items() if name in used})
-            F.check_sparse(self._op, work.grads, **scalars)
+            F.check_sparse(op, work.grads, **scalars)
             plans.append((group, params, work, lists, scalars, F.resolve(self.backend, work.tensors)))
         for group, params, work, lists, scalars, names in plans:
             work.keep(self.state)
@@ -329,7 +336,8 @@ class Adam(_Fused):
         return dict(beta1=beta1, beta2=beta2, decoupled=group["decoupled_weight_decay"])
 
     def _state_keys(self, group):
-        return (self._keys + ("max_exp_avg_sq",), ()) if group["amsgrad"] else (self._keys, ("max_exp_avg_sq",))
+        keys = Adam._keys  # also for Muon's AdamW groups
+        return (keys + ("max_exp_avg_sq",), ()) if group["amsgrad"] else (keys, ("max_exp_avg_sq",))
 
     def _init_group(self, group, params, lists):
         for i, p in enumerate(params):
@@ -339,7 +347,7 @@ class Adam(_Fused):
                 st["exp_avg"] = _zeros_state(p)
                 st["exp_avg_sq"] = _zeros_state(p)
                 for name in ("exp_avgs", "exp_avg_sqs", "state_steps"):
-                    lists[name][i] = local(st[self._state[name]])
+                    lists[name][i] = local(st[Adam._state[name]])
             # amsgrad switched on mid-run: the max starts at zero (torch.optim.Adam would raise a KeyError).
             if group["amsgrad"] and lists["max_exp_avg_sqs"][i] is None:
                 self.state[p]["max_exp_avg_sq"] = _zeros_state(p)
@@ -486,7 +494,12 @@ class Muon(_Fused):
     closed-form group prox with step lr over rows (group_dim=0) or columns (1). Two fused ops run around the
     orthogonalization (fusedreg._ops: muon_momentum_, muon_); the orthogonalization itself is torch's matmuls.
     2-D params only, real only, dense grads, as torch.optim.Muon; DTensor params are refused (the orthogonalization
-    needs the whole matrix). State: "momentum_buffer" (opmath), made at a param's first step."""
+    needs the whole matrix). State: "momentum_buffer" (opmath), made at a param's first step.
+
+    AdamW groups (KellerJordan/Muon's MuonWithAuxAdam): a param group with use_muon=False is stepped by
+    fusedreg.AdamW's math in the same step() (embeddings, head, norms, biases: any shape), with AdamW's keys and
+    defaults (lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, l1_mode="prox") and its own
+    penalties; its state is AdamW's ("step", "exp_avg", "exp_avg_sq")."""
     _defaults = dict(momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5,
                      adjust_lr_fn=None, maximize=False, l1_mode="decoupled")
     _op = "muon_momentum_"
@@ -494,6 +507,9 @@ class Muon(_Fused):
     _state = dict(momentum_buffers="momentum_buffer")
     _keys = ("momentum_buffer",)
     _orthogonalization = ("ns_coefficients", "ns_steps", "eps", "adjust_lr_fn")
+    # The keys an AdamW group (use_muon=False) takes when it names none: AdamW's defaults, not Muon's.
+    _adamw = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, l1_mode="prox",
+                  decoupled_weight_decay=True)
 
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None, *, l1=0.0,
@@ -506,7 +522,20 @@ class Muon(_Fused):
                                       nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
                                       master_weights=master_weights, stochastic_rounding=stochastic_rounding))
 
+    def add_param_group(self, param_group):
+        if isinstance(param_group, dict) and not param_group.get("use_muon", True):
+            param_group = {**self._adamw, **param_group, "decoupled_weight_decay": True}
+        super().add_param_group(param_group)
+
+    def _kind(self, group):
+        return ("adam_", Adam._state, Adam._keys) if _adamw(group) else super()._kind(group)
+
+    def _extra(self, group):
+        return Adam._extra(self, group) if _adamw(group) else {}
+
     def _scalars(self, group):
+        if _adamw(group):
+            return super()._scalars(group)
         # Both ops' scalars and the orthogonalization's keys; _run hands each op its own.
         kw = {a.name: group[a.name] for op in self._ops for a in _ops.ARGS[op] if not a.role and a.name in group}
         kw.update(F.l1_flags(group["l1_mode"]))
@@ -514,6 +543,8 @@ class Muon(_Fused):
         return kw
 
     def _check(self, group, scalars=None):
+        if _adamw(group):
+            return super()._check(group, scalars)
         # torch.optim.Muon's errors in its words (its tests match them)
         if group.get("l1_mode") == "prox":
             raise ValueError("l1_mode='prox' is not defined for Muon: its update has no per-element step for the "
@@ -540,9 +571,11 @@ class Muon(_Fused):
         super()._check(group, scalars)
 
     def _state_keys(self, group):
-        return self._keys, ()
+        return Adam._state_keys(self, group) if _adamw(group) else (self._keys, ())
 
     def _init_group(self, group, params, lists):
+        if _adamw(group):
+            return Adam._init_group(self, group, params, lists)
         # torch.optim.Muon's buffers start at zero
         for i, p in enumerate(params):
             if lists["momentum_buffers"][i] is None:
@@ -550,6 +583,8 @@ class Muon(_Fused):
                 lists["momentum_buffers"][i] = local(self.state[p]["momentum_buffer"])
 
     def _run(self, params, names, lists, scalars, grad_scale, found_inf):
+        if "beta1" in scalars:  # an AdamW group (_scalars)
+            return F.launch("adam_", names, lists, grad_scale, found_inf, **scalars)
         mine = [{a.name: scalars[a.name] for a in _ops.ARGS[op] if not a.role and a.name in scalars}
                 for op in self._ops]
         ps, bufs = lists["params"], lists["momentum_buffers"]
@@ -567,6 +602,11 @@ class Muon(_Fused):
         for ratio, idx in by_ratio.items():
             F.launch("muon_", names, {"params": [ps[i] for i in idx], "grads": [orthogonal[i] for i in idx]}, None,
                      found_inf, lr_ratio=ratio, **mine[1])
+
+
+def _adamw(group):
+    """Whether a Muon param group is an AdamW group (use_muon=False)."""
+    return group is not None and not group.get("use_muon", True)
 
 
 def newton_schulz(u, *, coefficients, steps, eps):

@@ -707,3 +707,43 @@ def test_muon_refuses_prox_l1_and_torchs_bad_inputs():
         fusedreg.Muon([w], ns_steps=100)
     with pytest.raises(ValueError, match="Invalid lr"):
         fusedreg.Muon([w], lr=-1.0)
+
+
+def test_muon_adamw_groups_step_as_fusedreg_adamw_in_the_same_step(backend):
+    # KellerJordan/Muon's MuonWithAuxAdam split: hidden 2-D weights with Muon, the rest (here biases and the
+    # output layer) with AdamW's math and its own penalties, in one optimizer; against the two optimizers apart.
+    def net():
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16), torch.nn.Tanh(),
+                                   torch.nn.Linear(16, 3))
+
+    def split(m):
+        hidden = [m[0].weight, m[2].weight]
+        return hidden, [p for p in m.parameters() if all(p is not h for h in hidden)]
+
+    one, two = net(), net()
+    hidden, rest = split(one)
+    side = dict(lr=0.01, betas=(0.9, 0.95), weight_decay=0.01, l1=1e-3)
+    opt = fusedreg.Muon([dict(params=hidden, l1=0.05, group_l1=0.02),
+                         dict(params=rest, use_muon=False, **side)], lr=0.02, backend=backend)
+    hidden2, rest2 = split(two)
+    muon = fusedreg.Muon(hidden2, lr=0.02, l1=0.05, group_l1=0.02, backend=backend)
+    adamw = fusedreg.AdamW(rest2, **side, backend=backend)
+    X, y = data(torch.float32)
+    for _ in range(10):
+        for m, opts in ((one, [opt]), (two, [muon, adamw])):
+            for o in opts:
+                o.zero_grad()
+            ((m(X) - y) ** 2).mean().backward()
+            for o in opts:
+                o.step()
+    assert torch.equal(flat(one), flat(two))
+    assert (hidden[0] == 0).any()
+    g = opt.param_groups[1]
+    assert (g["eps"], g["amsgrad"], g["l1_mode"]) == (1e-8, False, "prox")  # AdamW's defaults, not Muon's
+    assert set(opt.state[rest[0]]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert set(opt.state[hidden[0]]) == {"momentum_buffer"}
+    # the state_dict round trip keeps both kinds of group
+    again = fusedreg.Muon([dict(params=split(two)[0]), dict(params=split(two)[1], use_muon=False)], backend=backend)
+    again.load_state_dict(opt.state_dict())
+    assert again.param_groups[1]["betas"] == (0.9, 0.95) and not again.param_groups[1]["use_muon"]
