@@ -23,17 +23,21 @@ HP = {"sgd_": dict(momentum=0.9, weight_decay=1e-2, nesterov=True, l1=1e-3, l2=1
       "adam_": dict(lr=1e-3, weight_decay=1e-2, decoupled=True, amsgrad=True, l1=1e-3, l2=1e-3, l0=1e-4,
                     nonneg=True),
       "adagrad_": dict(lr_decay=0.01, weight_decay=1e-2, l1=1e-3, l1_subgradient=True),
-      "ftrl_": dict(lr_power=-0.6, beta=0.1, l2_shrinkage=1e-3, l1=1e-3, l2=1e-3, l0=1e-4, nonneg=True)}
-# Ftrl refuses group lasso.
-GROUPS = {op: ((0.0, 0),) if op == "ftrl_" else ((0.0, 0), (1e-2, 0), (1e-2, 1)) for op in OPS}
+      "ftrl_": dict(lr_power=-0.6, beta=0.1, l2_shrinkage=1e-3, l1=1e-3, l2=1e-3, l0=1e-4, nonneg=True),
+      "muon_momentum_": dict(momentum=0.9, maximize=True, l1=1e-3, l1_subgradient=True),
+      "muon_": dict(lr_ratio=1.5, weight_decay=1e-2, l1=1e-3, l2=1e-3, l0=1e-4, nonneg=True)}
+# Ftrl refuses group lasso; muon_momentum_ has none (and no lr).
+GROUPS = {op: ((0.0, 0),) if op == "ftrl_" else ((0.0, 0), (1e-2, 0), (1e-2, 1)) for op in OPS
+          if op != "muon_momentum_"}
 
 for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
     for op in OPS:
         base = build(op, SHAPES, dtype, scale=2.0, init={"state_steps": 0.0}, **HP[op])
         for offset in (0, 1):
-            for group_l1, group_dim in GROUPS[op]:
+            for group_l1, group_dim in GROUPS.get(op, ((0.0, 0),)):
                 case = base.clone(device=dev, offset=offset)
-                case.kw.update(group_l1=group_l1, group_dim=group_dim)
+                if op in GROUPS:
+                    case.kw.update(group_l1=group_l1, group_dim=group_dim)
                 for found in (0.0, 1.0):
                     case.kw["found_inf"].fill_(found)
                     case.call(getattr(torch.ops.fusedreg, op))
