@@ -371,6 +371,7 @@ def test_sparse_scaling_torch_adagrad(benchmark, table, touched, one_thread):
 # The bench's matrices at an eighth of each side: both steps run the same Newton-Schulz in bf16 matmuls, which a CPU
 # without bf16 units takes minutes over for one 1024x1024 matrix; the ratio is that of the whole steps.
 MUON_SHAPES = [(128, 128)] * 16 + [(512, 128)] * 2
+MUON_NUMEL = sum(torch.Size(s).numel() for s in MUON_SHAPES)
 
 
 def _matrices():
@@ -439,6 +440,8 @@ def test_paired(benchmark, pair):
     # step takes about a millisecond: more rounds.
     run(benchmark, both, rounds=(40 if "seeds" in pair or "dense" in pair else 1000 if "sparse" in pair else
                                  6 if "muon" in pair else 200))
+    if "muon" in pair:
+        benchmark.extra_info["params"] = MUON_NUMEL
     ratios = ratios[2:]  # the warm-ups
     q1, med, q3 = statistics.quantiles(ratios, n=4)
     benchmark.extra_info.update(ratio_median=med, ratio_q1=q1, ratio_q3=q3, pairs=len(ratios))
