@@ -1,4 +1,5 @@
-"""Stateless fused steps over lists of tensors: `sgd`, `adam`, `adagrad`, `ftrl`, and the checks every step makes.
+"""Stateless fused steps over lists of tensors: `sgd`, `adam`, `adagrad`, `ftrl`, `muon` (Muon's step after its
+orthogonalization), and the checks every step makes.
 
 Each step takes its op's arguments (fusedreg._ops.ARGS: the tensor lists, then every scalar by keyword), with
 `l1_mode` in place of the op's `l1_subgradient` and `l1_decoupled` (l1_flags), `lr` a number or a one-element
@@ -425,6 +426,11 @@ math): accumulators start at the initial accumulator value, linears at 0. l1 and
 l1*sign(w) to the gradient instead. group_l1 > 0 then applies the group-lasso prox in FTRL's metric (per-element
 step 1/q, q the closed form's denominator from the just-updated accumulator; see reference.group_prox) to every
 param with dim >= 2.""")
+
+muon = _stateless("muon_", """Muon's step after its orthogonalization (fusedreg.Muon runs the whole step: the momentum,
+muon_momentum_, then torch's Newton-Schulz, then this): grads are the orthogonalized updates; w *= 1 - lr*weight_decay,
+w -= lr*lr_ratio*u, then the penalties with step lr and no denominator, as SGD's (l1_mode "prox" and "decoupled" are the
+same; "subgradient" belongs to muon_momentum_, and leaves l1 out here), and group lasso in closed form with step lr.""")
 
 adagrad = _stateless("adagrad_", """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is
 TensorFlow's proximal l2. group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step

@@ -45,7 +45,7 @@ from fusedreg import backends
 from tolerances import STEP
 
 BACKENDS = [b for b in backends.available() if b != "cuda"]
-OPS = ("sgd", "adam", "adagrad", "ftrl")
+OPS = ("sgd", "adam", "adagrad", "ftrl", "muon")  # muon: the muon_ op (its penalties; muon_momentum_ has none)
 
 _FULL = int(os.environ.get("FUSEDREG_FUZZ_EXAMPLES", "0") or 0)
 _FULL_TRITON = int(os.environ.get("FUSEDREG_FUZZ_EXAMPLES_TRITON", "0") or 0) or _FULL
@@ -127,7 +127,8 @@ def cases(draw, op):
              weight_decay=draw(_hp(0.0, 0.0, 1e-4, 0.1, 10.0, lo=0.0, hi=2.0)),
              l1=draw(_hp(0.0, 1e-8, 0.01, 1.0, 1e3, lo=0.0, hi=5.0)),
              l1_mode=draw(st.sampled_from(["prox", "prox", "prox", "subgradient"] +
-                                          (["decoupled"] if op != "ftrl" else []))),
+                                          (["decoupled"] if op != "ftrl" else []))
+                          if op != "muon" else st.sampled_from(["prox", "decoupled"])),  # subgradient: muon_momentum_
              l2=draw(_hp(0.0, 0.0, 1e-3, 1.0, 1e3, lo=0.0, hi=5.0)),
              l0=draw(_hp(0.0, 0.0, 0.0, 1e-8, 1e-3, 1.0, lo=0.0, hi=1.0)),
              nonneg=draw(st.integers(0, 3)) == 0,
@@ -146,6 +147,9 @@ def cases(draw, op):
                  eps=draw(_hp(0.0, 1e-30, 1e-8, 1e-3, 1.0, lo=0.0, hi=1.0)),
                  decoupled=draw(st.booleans()), amsgrad=draw(st.booleans()),
                  step0=draw(st.sampled_from([0, 1, 2, 9, 1000]) | st.integers(0, 2**24 - 2)))
+    elif op == "muon":
+        c.update(lr=draw(_hp(0.0, 1e-12, 1e-3, 0.1, 1.0, 1e3, lo=0.0, hi=2.0)), maximize=False,
+                 lr_ratio=draw(_hp(1.0, 1.0, 0.5, 3.0, lo=0.0, hi=4.0)))
     elif op == "ftrl":
         # lr >= 1e-3 and lr_power >= -0.75: sigma*w (up to n^0.75/lr * |w|) stays inside fp32's range
         c.update(weight_decay=0.0, lr=draw(_hp(1e-3, 0.1, 1.0, 1e3, lo=1e-3, hi=2.0)),
@@ -206,7 +210,7 @@ def build(c):
         elif c["op"] == "ftrl":
             t["n"].append(val(square=True, zero_frac=0.1).to(O))
             t["z"].append(val().to(O))
-        else:
+        elif c["op"] == "adagrad":
             t["sums"].append(val(square=True, zero_frac=0.1).to(O))
         if c["op"] in ("adam", "adagrad"):
             t["steps"].append(torch.tensor(float(c["step0"]), dtype=torch.float32))
@@ -260,7 +264,7 @@ def _grad(c, p, g):
         g = -g
     if c["l1"] and c["l1_mode"] == "subgradient":
         g, Mg = g + c["l1"] * torch.sign(p), Mg + c["l1"] * (p != 0)
-    coupled = not (c["op"] == "adam" and c["decoupled"])
+    coupled = not (c["op"] == "adam" and c["decoupled"] or c["op"] == "muon")
     if c["weight_decay"] and coupled:
         g, Mg = g + c["weight_decay"] * p, Mg + c["weight_decay"] * p.abs()
     return g, Mg
@@ -315,7 +319,11 @@ def oracle(c, t, i):
     scale = 1.0
     if c["op"] == "ftrl":
         return ftrl_oracle(c, p, g, Mg, f(t["n"][i]), f(t["z"][i]), opmath(t["params"][i].dtype)), None
-    if c["op"] == "sgd":
+    if c["op"] == "muon":  # decoupled decay, then the step lr*lr_ratio*u, then SGD's penalties with step lr
+        lr, adj = c["lr"], c["lr"] * c["lr_ratio"]
+        scale = 1 - lr * c["weight_decay"]
+        upd, Mupd, step, denom, Mden = adj * g, adj * Mg, lr, 1.0, None
+    elif c["op"] == "sgd":
         lr, mu, tau = c["lr"], c["momentum"], c["dampening"]
         d, Md = g, Mg
         if mu != 0:
@@ -380,7 +388,8 @@ def oracle(c, t, i):
 
 def place(c, t):
     """Move a fraction of the params so v = p_eff - upd lands at or a few ulps beside a threshold."""
-    if not c["place"] or c["weight_decay"] and not (c["op"] == "adam" and c["decoupled"]) or c["op"] == "ftrl":
+    if (not c["place"] or c["weight_decay"] and not (c["op"] == "adam" and c["decoupled"] or c["op"] == "muon")
+            or c["op"] == "ftrl"):
         return  # FTRL's thresholds are on z, which the state sets: tests/test_kernels.py places z there
     if c["l1"] and c["l1_mode"] == "subgradient":
         return
@@ -414,7 +423,10 @@ def run(c, t, backend):
            l2_shrinkage=c["l2_shrinkage"], **kw)
         return
     kw["weight_decay"] = c["weight_decay"]
-    if c["op"] == "sgd":
+    if c["op"] == "muon":
+        del kw["maximize"]
+        fn(t["params"], t["grads"], lr=c["lr"], lr_ratio=c["lr_ratio"], **kw)
+    elif c["op"] == "sgd":
         fn(t["params"], t["grads"], t["bufs"] if c["momentum"] else [], lr=c["lr"], momentum=c["momentum"],
            dampening=c["dampening"], nesterov=c["nesterov"], first_step=c["first_step"], **kw)
     elif c["op"] == "adam":
