@@ -508,8 +508,8 @@ class Muon(_Fused):
     _keys = ("momentum_buffer",)
     _orthogonalization = ("ns_coefficients", "ns_steps", "eps", "adjust_lr_fn")
     # The keys an AdamW group (use_muon=False) takes when it names none: AdamW's defaults, not Muon's.
-    _adamw = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, l1_mode="prox",
-                  decoupled_weight_decay=True)
+    _adamw_defaults = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, l1_mode="prox",
+                           decoupled_weight_decay=True)
 
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None, *, l1=0.0,
@@ -524,7 +524,7 @@ class Muon(_Fused):
 
     def add_param_group(self, param_group):
         if isinstance(param_group, dict) and not param_group.get("use_muon", True):
-            param_group = {**self._adamw, **param_group, "decoupled_weight_decay": True}
+            param_group = {**self._adamw_defaults, **param_group, "decoupled_weight_decay": True}
         super().add_param_group(param_group)
 
     def _kind(self, group):
