@@ -1,5 +1,5 @@
 """fusedreg: fused penalized optimizers for PyTorch (L1 prox, elastic net, weight decay in one memory pass)."""
-from . import _ops  # noqa: F401  (defines the op schemas before any kernel registers)
+from . import _ops  # noqa: F401  (loads the C++ kernels, then defines the op schemas, which checks them)
 from . import backends, functional, reference  # noqa: F401
 from . import optim
 from .optim import *  # noqa: F401,F403  (the optimizer classes: optim.__all__)

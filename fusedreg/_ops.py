@@ -24,6 +24,8 @@ columns for 1), in the same metric (reference.group_prox; with l1_decoupled the 
 as just written.
 When found_inf is given and nonzero, nothing changes and no step counter advances.
 """
+import importlib
+import os
 from typing import NamedTuple
 
 import torch
@@ -282,6 +284,29 @@ def fake(op):
 
 SCHEMAS = {op: schema(op) for op in ARGS}
 
+
+def _load_kernels():
+    """Import fusedreg._C, whose static initializers register its kernels, before the schemas exist: defining a
+    schema then checks the kernels already registered for it, so a _C built for other schemas is a Python error
+    here (a kernel registered after its schema is checked while the library loads, where a mismatch can only
+    terminate the process). A missing or unloadable _C is backends' business (the reference runs instead)."""
+    if os.environ.get("FUSEDREG_NO_EXT") == "1":
+        return False
+    try:
+        importlib.import_module(f"{__package__}._C")
+    except ImportError:
+        return False
+    return True
+
+
+_native = _load_kernels()
 for _op in ARGS:
-    torch.library.define(f"{LIB}::{_op}", "(" + SCHEMAS[_op].split("(", 1)[1])
+    try:
+        torch.library.define(f"{LIB}::{_op}", "(" + SCHEMAS[_op].split("(", 1)[1])
+    except RuntimeError as e:
+        if not _native:
+            raise
+        raise ImportError(f"fusedreg._C was built for other op schemas than fusedreg/_ops.py defines now (its "
+                          f"{_op} kernel does not fit); rebuild it: bash scripts/setup.sh, or pip install "
+                          f"--no-build-isolation --no-deps -e . (torch said: {str(e).splitlines()[0]})") from e
     torch.library.register_fake(f"{LIB}::{_op}")(fake(_op))

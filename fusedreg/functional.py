@@ -247,13 +247,22 @@ _NO_SPARSE = {"adam_": "Adam does not support sparse gradients, please consider 
               "muon_momentum_": "Muon does not support sparse gradients"}
 
 
-def check_sparse(op, grads, **scalars):
-    """Raise (before anything changes) when `op` cannot step these sparse grads with these scalars, as
-    torch.optim raises: Adam/AdamW never (torch's message), Adagrad not with weight_decay (torch's message),
-    SGD not with weight_decay (torch.optim.SGD fails there too: its g + wd*p of a sparse g is an error); group
-    lasso not at all (its groups are whole rows or columns, not the rows a step touches)."""
+def check_sparse(op, grads, params, **scalars):
+    """Raise (before anything changes) when `op` cannot step these sparse grads of these params with these
+    scalars, as torch.optim raises: Adam/AdamW never (torch's message), Adagrad not with weight_decay (torch's
+    message), SGD not with weight_decay (torch.optim.SGD fails there too: its g + wd*p of a sparse g is an error);
+    group lasso not at all (its groups are whole rows or columns, not the rows a step touches). Ours alone: a grad
+    with several sparse dims on a param whose strides do not let those dims flatten into one (_sparse_part's
+    view; e.g. a transposed param)."""
     if not any(g is not None and g.is_sparse for g in grads):
         return
+    for i, (p, g) in enumerate(zip(params, grads)):
+        sd = g.sparse_dim() if g is not None and g.is_sparse else 1
+        if sd > 1 and not _flattens(p, sd):
+            raise RuntimeError(f"fusedreg::{op}: params[{i}] (shape {tuple(p.shape)}, strides {p.stride()}) has a "
+                               f"sparse grad with {sd} sparse dims, which the kernels step as rows of the param "
+                               f"with those dims flattened into one, and its strides do not allow that view: make "
+                               f"the param contiguous, or give it a grad with one sparse dim")
     if not any(a.role == "rows" for a in _ops.ARGS[op]):
         raise RuntimeError(_NO_SPARSE.get(op, f"fusedreg::{op} does not support sparse gradients"))
     if scalars.get("weight_decay", 0) != 0:
@@ -264,6 +273,15 @@ def check_sparse(op, grads, **scalars):
     if scalars.get("group_l1", 0) != 0:
         raise RuntimeError("group lasso (group_l1) does not support sparse gradients: its groups are whole rows "
                            "or columns of a param, not the rows a sparse step touches")
+
+
+def _flattens(t, dims):
+    """Whether t's first `dims` dims can be viewed as one (what _sparse_part does to a param and its state)."""
+    try:
+        t.view((-1,) + tuple(t.shape[dims:]))
+    except RuntimeError:
+        return False
+    return True
 
 
 def _densify(op, scalars):
@@ -386,7 +404,7 @@ def _stateless(op, doc):
         on = used(op, scalars)
         lists = op_lists(op, dict(zip(names, tensors)), on)
         check_tensors(**{k: ts for k, ts in lists.items() if k in on})
-        check_sparse(op, lists["grads"], **scalars)
+        check_sparse(op, lists["grads"], lists["params"], **scalars)
         launch(op, resolve(backend, lists["params"]), lists, **l1_flags(l1_mode), **scalars)
 
     # The signature users see: the op's tensor lists, then its scalars by keyword (l1_mode for l1_subgradient and

@@ -34,8 +34,11 @@ class _Fused(torch.optim.Optimizer):
     """The step every optimizer shares. A subclass names its op (`_op`, a fusedreg._ops.ARGS key), the state
     key behind each of the op's state lists (`_state`), the keys created together on a param's first step
     (`_keys`), and creates that lazy state in `_init_group`, as torch.optim's _init_group does."""
-    # GradScaler hands us grad_scale/found_inf instead of unscaling and checking the grads itself.
-    _step_supports_amp_scaling = True
+    # True: GradScaler hands the kernels its scale and inf flag instead of unscaling the grads and checking them
+    # itself (one pass less, no host sync), so step() runs even on a step it skips, as for torch's fused=True.
+    # False: GradScaler unscales and skips the call, as for plain torch.optim, which is what a wrapper that watches
+    # step() being called needs (accelerate's step_was_skipped). Set per optimizer.
+    unscale_in_step = True
     _defaults = {}
     _op = ""
     _state = {}
@@ -46,9 +49,13 @@ class _Fused(torch.optim.Optimizer):
         self._check(defaults)
         super().__init__(params, {**PENALTIES, **PRECISION, **TORCH_KEYS, **defaults})
 
+    @property
+    def _step_supports_amp_scaling(self):  # what GradScaler reads
+        return self.unscale_in_step
+
     def __getstate__(self):
         # torch.optim pickles only defaults, state and param_groups; keep the backend choice too.
-        return {**super().__getstate__(), "backend": self.backend}
+        return {**super().__getstate__(), "backend": self.backend, "unscale_in_step": self.unscale_in_step}
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -159,7 +166,7 @@ class _Fused(torch.optim.Optimizer):
             lists = self._read(params, used, work.sharded, group)
             F.check_tensors(work.tensors, grads=work.grads, missing_ok=tuple(lists),
                             **{name: ts for name, ts in lists.items() if name in used})
-            F.check_sparse(op, work.grads, **scalars)
+            F.check_sparse(op, work.grads, work.tensors, **scalars)
             plans.append((group, params, work, lists, scalars, F.resolve(self.backend, work.tensors)))
         for group, params, work, lists, scalars, names in plans:
             work.keep(self.state)

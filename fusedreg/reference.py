@@ -200,6 +200,13 @@ def ftrl_power(n, lr_power):
     return torch.pow(n.double(), float(_scalar(-lr_power, n.dtype))).to(n.dtype)
 
 
+def ftrl_prox(pen):
+    """The elementwise penalties FTRL applies after its closed form, with the element's step 1/q: all but l1 and l2,
+    which the closed form has itself (so a new penalty reaches FTRL in every language, as make_ftrl clears only
+    those two in C++)."""
+    return {**pen, "l1": 0.0, "l2": 0.0}
+
+
 def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_shrinkage=0.0, maximize=False,
           group_l1=0.0, group_dim=0, grad_scale=None, found_inf=None, lr_tensor=None, rows=None, **pen):
     """FTRL-Proximal as TensorFlow's ApplyFtrlV2 (with Keras's beta), per element:
@@ -237,7 +244,7 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
             w = torch.where(z.abs() <= thr, torch.zeros_like(z), -(torch.sign(z) * (z.abs() - thr)) / q)
             acc.copy_(n_new)
             linear.copy_(z)
-            param.copy_(prox(w, 1.0, q, l0=pen.get("l0", 0.0), nonneg=pen.get("nonneg", False)))
+            param.copy_(prox(w, 1.0, q, **ftrl_prox(pen)))
             _group(param, 1.0, q, group_l1, group_dim, 0.0)  # l2 is in q
 
 

@@ -3,7 +3,7 @@
 #
 # What it installs: torch==2.13.0 (FUSEDREG_TORCH names another requirement, e.g. "torch==2.14.1"), in a pip
 # call of its own, then numpy, scikit-learn, matplotlib, tqdm, pytest, pytest-benchmark, hypothesis, expecttest,
-# ninja, pybind11, triton, setuptools and wheel. Which torch build that is depends on where pip finds it:
+# accelerate, ninja, pybind11, triton, setuptools and wheel. Which torch build that is depends on where pip finds it:
 #   - from PyPI on Linux x86_64: the CUDA build, with its nvidia-* wheels; a venv with it takes about 5.5 GB
 #     (measured with torch 2.14.1). It runs on CPU-only machines too.
 #   - the CPU-only build: set FUSEDREG_TORCH_INDEX=https://download.pytorch.org/whl/cpu (PyTorch's own wheel
@@ -27,7 +27,7 @@ fi
 py="$venv/bin/python"
 # torch first, pinned, in its own call (so FUSEDREG_TORCH_INDEX reaches it alone); the rest cannot then pull a
 # second torch, nor can the build (no build isolation).
-deps="numpy scikit-learn matplotlib tqdm pytest pytest-benchmark hypothesis expecttest ninja pybind11 triton setuptools wheel"
+deps="numpy scikit-learn matplotlib tqdm pytest pytest-benchmark hypothesis expecttest accelerate ninja pybind11 triton setuptools wheel"
 want="$torch_req${torch_index:+ --index-url $torch_index} $deps"
 stamp="$venv/.fusedreg-deps"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

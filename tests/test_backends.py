@@ -2,6 +2,7 @@
 extension, the native registration check, and the GPU scripts kept runnable on CPU."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -63,9 +64,46 @@ def test_import_without_the_extension_falls_back_with_one_warning():
 
 
 def test_the_op_runs_the_reference_where_no_native_kernel_is_registered():
-    # The "default" kernel of every op is the reference; Meta has no native kernel.
-    for op in backends.OPS:
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedreg::{op}", "CompositeExplicitAutograd")
+    # Without the extension no device has a native kernel: torch.ops.fusedreg.<op> must then be the reference,
+    # bit for bit, for every op (its penalties and group lasso on).
+    code = ("import sys, torch\n"
+            f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+            "import fusedreg, cases\n"
+            "from fusedreg import _ops, reference\n"
+            "assert 'cpp' not in fusedreg.backends.available()\n"
+            "for op in _ops.ARGS:\n"
+            "    case = cases.build(op, l1=0.05, l0=1e-4, group_l1=0.05)\n"
+            "    via_op, direct = case.clone(), case.clone()\n"
+            "    via_op.call(getattr(torch.ops.fusedreg, op))\n"
+            "    direct.call(getattr(reference, op))\n"
+            "    for name, ts in direct.state().items():\n"
+            "        assert all(torch.equal(a, b) for a, b in zip(via_op.state()[name], ts)), (op, name)\n"
+            "    assert not all(torch.equal(a, b) for a, b in zip(case.params, direct.params)), op\n"
+            "    print(op)\n")
+    env = dict(os.environ, FUSEDREG_NO_EXT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == list(backends.OPS)
+
+
+@pytest.mark.skipif("cpp" not in backends.available(), reason="needs the C++ extension")
+def test_an_extension_built_for_other_schemas_is_an_import_error_that_says_rebuild(tmp_path):
+    # A user edits an op's table (here: sgd_ gets an argument) and imports without rebuilding: the built _C's
+    # sgd_ kernel no longer fits. That must be an ImportError saying what to do, not a C++ terminate (SIGABRT).
+    pkg = os.path.dirname(os.path.abspath(fusedreg.__file__))
+    shutil.copytree(pkg, tmp_path / "fusedreg", ignore=shutil.ignore_patterns("__pycache__"))
+    ops = tmp_path / "fusedreg" / "_ops.py"
+    text = ops.read_text()
+    first_step = 'Arg("first_step", "bool", False,'
+    assert text.count(first_step) == 1
+    ops.write_text(text.replace(first_step, 'Arg("stale", "float", 0.0), ' + first_step))
+    env = {k: v for k, v in os.environ.items() if k != "FUSEDREG_NO_EXT"}
+    out = subprocess.run([sys.executable, "-c", "import fusedreg"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: fusedreg._C was built for other op schemas") and "sgd_" in last, last
+    assert "rebuild it: bash scripts/setup.sh" in last
 
 
 @pytest.mark.skipif("cpp" not in backends.available(), reason="needs the C++ extension")

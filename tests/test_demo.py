@@ -1,8 +1,7 @@
-"""`python -m fusedreg demo` / `sweep` end to end in quick mode, fusedreg.select on small problems, and the
-command line's help and errors."""
+"""`python -m fusedreg demo` / `sweep` end to end in quick mode, and the command line's help and errors
+(fusedreg.select itself: test_select.py)."""
 import contextlib
 import io
-import math
 import os
 import re
 import subprocess
@@ -264,75 +263,6 @@ def test_sweep_group_lasso_with_explicit_grid(tmp_path):
     assert res.path.lambdas == [1e-2, 1e-3]  # sorted large to small
     assert res.path.rule == "1se" and res.path.lambda_ == res.path.lambda_1se
     _png_ok(png)
-
-
-# ---------------------------------------------------------------------------------------------------- select
-
-def _sparse_problem(n=240, d=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d, generator=g)
-    w = torch.zeros(d, 3)
-    w[:3] = torch.randn(3, 3, generator=g) * 3
-    y = (X @ w).argmax(1)
-    return X, y
-
-
-def _linear(d=12):
-    return lambda: torch.nn.Linear(d, 3)
-
-
-def test_select_lambda_on_a_sparse_linear_problem():
-    X, y = _sparse_problem()
-    res = select.select_lambda(_linear(), X, y, penalty="l1", n_lambdas=5, lambda_min_ratio=1e-2, folds=3,
-                               epochs=3, batch_size=60, lr=0.05)
-    assert len(res.lambdas) == 5 and res.lambdas[0] == res.lambda_max
-    assert all(math.isclose(a / b, res.lambdas[0] / res.lambdas[1], rel_tol=1e-9)
-               for a, b in zip(res.lambdas, res.lambdas[1:]))
-    # λ_max is exact on all rows (no calibration for a linear model); a fold's own λ_max differs a little,
-    # as in scikit-learn's LassoCV, whose grid also comes from all rows.
-    assert res.penalized_sparsity[0] > 0.9
-    assert res.lambda_ == res.best_lambda and res.mean[res.best_index] == max(res.mean)
-    assert res.mean[res.best_index] > 0.8
-    assert res.index_1se <= res.best_index
-    assert res.model is not None and int((res.model.weight == 0).sum()) > 0
-    assert "chosen lambda" in str(res)
-
-
-def test_select_lambda_lambda_max_is_exact_for_a_linear_model():
-    X, y = _sparse_problem()
-    torch.manual_seed(0)
-    model = _linear()()
-    torch.nn.init.zeros_(model.weight)
-    lmax = select.grid_lambda_max(model, X, y, "l1")
-    g = torch.autograd.grad(torch.nn.functional.cross_entropy(model(X), y), model.weight)[0]
-    assert math.isclose(lmax, float(g.abs().max()), rel_tol=1e-6)
-    assert math.isclose(select.grid_lambda_max(model, X, y, "elastic_net", l1_ratio=0.25), 4 * lmax, rel_tol=1e-6)
-    gl = select.grid_lambda_max(model, X, y, "group_l1", group_dim=1)
-    assert math.isclose(gl, float(g.norm(dim=0).max()) / math.sqrt(3), rel_tol=1e-6)
-
-
-def test_kfold_partitions_and_stratifies():
-    y = torch.arange(100) % 4
-    folds = select.kfold(y, 5, seed=1)
-    idx = torch.cat(folds).sort().values
-    assert torch.equal(idx, torch.arange(100))
-    for f in folds:
-        assert torch.bincount(y[f], minlength=4).tolist() == [5, 5, 5, 5]
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(rule="median"), "rule"),
-    (dict(lambdas=[1e-3, 1e-2]), "sorted"),
-    (dict(lambdas=[]), "non-empty"),
-    (dict(penalty="l2"), "explicitly"),
-    (dict(penalty="l3"), "penalty"),
-    (dict(folds=1), "folds"),
-    (dict(lambda_min_ratio=2.0), "lambda_min_ratio"),
-])
-def test_select_lambda_rejects_bad_arguments(kwargs, match):
-    X, y = _sparse_problem(n=30)
-    with pytest.raises(ValueError, match=match):
-        select.select_lambda(_linear(), X, y, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ command line

@@ -5,6 +5,7 @@ fp64 throughout, so the comparison is not at the mercy of reduction order at the
 import datetime
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -65,10 +66,19 @@ def _worker(rank, port, wrappers, backends, out):
         torch.save(results, os.path.join(out, "results.pt"))
     dist.barrier()
     dist.destroy_process_group()
-    # Every check has passed and rank 0 has saved its results. Leave without the interpreter's teardown: there,
-    # gloo's threads can still hold tensors whose release needs the GIL, and about one run in fifteen here ended
-    # in "terminate called without an active exception" (SIGABRT) after destroy_process_group had returned.
-    os._exit(0)
+    exit_gracefully()
+
+
+def exit_gracefully(seconds=0.5):
+    """Wait, with the GIL free, for gloo's worker threads to release their last collectives before the interpreter
+    exits. PyTorch's gloo backend releases a finished collective on its worker thread after the waiting thread has
+    returned, and a work can hold the last reference to tensors that have Python objects, whose release takes the
+    GIL. If the interpreter is finalizing by then, the thread is made to exit while unwinding a noexcept destructor:
+    "terminate called without an active exception" (SIGABRT), about one run in fifteen here without this wait. A
+    core dump shows it: a pt_gloo_runloop thread in ~AsyncBarrierWork -> ~AsyncAllgatherCoalescedWork ->
+    decref_pyobject -> take_gil -> PyThread_exit_thread, the main thread in Py_FinalizeEx. destroy_process_group
+    leaves those threads running (the process group outlives it), so there is no handshake to wait on."""
+    time.sleep(seconds)
 
 
 def _run_wrapper(rank, wrapper, backends, out, results):

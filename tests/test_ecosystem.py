@@ -204,10 +204,11 @@ def test_precision_flag_misuse_is_a_clear_error():
 # torch.amp.GradScaler
 
 def scaler_run(name, cfg, backend, device="cpu", steps=8, inf_at=(), use_scaler=True, unscale_first=False,
-               dtype=torch.float32, **opt_kw):
+               dtype=torch.float32, unscale_in_step=True, **opt_kw):
     """Train with a GradScaler; at the steps in inf_at one grad element is set to inf after backward."""
     model = mlp(dtype, device=device, bias=name not in TWO_D)
     opt = getattr(fusedreg, name)(model.parameters(), **cfg, **opt_kw, backend=backend)
+    opt.unscale_in_step = unscale_in_step
     scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 12, growth_interval=3, enabled=use_scaler)
     X, y = data(dtype, device=device)
     snapshots = []
@@ -248,13 +249,45 @@ def test_grad_scaler_matches_the_unscaled_run(name, cfg, backend):
     assert all(torch.equal(p.grad, g) for p, g in zip(scaled.parameters(), grads))
 
 
+@pytest.mark.parametrize("unscale_in_step", [True, False], ids=["in-step", "by-scaler"])
 @pytest.mark.parametrize("name,cfg", SCALER_CONFIGS, ids=SCALER_IDS)
-def test_grad_scaler_skips_inf_steps_without_touching_params_or_state(name, cfg, backend):
+def test_grad_scaler_skips_inf_steps_without_touching_params_or_state(name, cfg, backend, unscale_in_step):
     # Infs at step 0 (no state yet: SGD must not keep a momentum buffer) and mid-run.
-    _, _, scaler = scaler_run(name, cfg, backend, inf_at=(0, 4), l1=1e-3)
+    _, _, scaler = scaler_run(name, cfg, backend, inf_at=(0, 4), l1=1e-3, unscale_in_step=unscale_in_step)
     assert scaler.get_scale() < 2.0 ** 12 * 2 ** 3  # the scaler saw the infs and backed off
     # After unscale_ (e.g. for clipping) the step gets grad_scale=None and still skips on found_inf.
-    scaler_run(name, cfg, backend, inf_at=(2,), unscale_first=True)
+    scaler_run(name, cfg, backend, inf_at=(2,), unscale_first=True, unscale_in_step=unscale_in_step)
+
+
+@pytest.mark.parametrize("unscale_in_step", [True, False], ids=["in-step", "by-scaler"])
+def test_accelerate_reports_a_skipped_step_when_the_scaler_unscales(backend, unscale_in_step):
+    # accelerate calls a step skipped when GradScaler did not call step(). In-step unscaling calls it on every
+    # step (the kernel skips), so accelerate sees no skip and its scheduler advances, as with torch's fused=True;
+    # unscale_in_step = False gives plain torch.optim's protocol, and the report with it.
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.scheduler import AcceleratedScheduler
+
+    Accelerator(cpu=True)  # accelerate's process state, which its wrappers read
+    model = mlp()
+    opt = fusedreg.AdamW(model.parameters(), lr=0.01, l1=1e-3, backend=backend)
+    opt.unscale_in_step = unscale_in_step
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    wrapped = AcceleratedOptimizer(opt, device_placement=False, scaler=scaler)
+    sched = AcceleratedScheduler(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5), wrapped)
+    X, y = data()
+    for inf in (False, True, False):
+        wrapped.zero_grad()
+        scaler.scale(loss_fn(model, X, y)).backward()
+        if inf:
+            with torch.no_grad():
+                model[0].weight.grad[0, 0] = torch.inf
+        before, lr = flat(model).clone(), opt.param_groups[0]["lr"]
+        wrapped.step()
+        sched.step()
+        assert torch.equal(flat(model), before) == inf
+        assert wrapped.step_was_skipped == (inf and not unscale_in_step)
+        assert opt.param_groups[0]["lr"] == (lr if wrapped.step_was_skipped else lr / 2)
 
 
 def test_grad_scaler_with_bf16_autocast_and_master_weights(backend):
@@ -424,10 +457,12 @@ def test_deepcopy_and_pickle_continue_identically(name, cfg, how, backend):
             opt.step()
 
     train(model, opt, 3)
+    opt.unscale_in_step = False
     # Copy model and optimizer together so the copied optimizer steps the copied params.
     bundle = dict(model=model, opt=opt)
     clone = copy.deepcopy(bundle) if how == "deepcopy" else pickle.loads(pickle.dumps(bundle))
     assert clone["opt"].backend == backend and clone["opt"].param_groups[0]["master_weights"]
+    assert not clone["opt"].unscale_in_step and not clone["opt"]._step_supports_amp_scaling
     train(model, opt, 3)
     train(clone["model"], clone["opt"], 3)
     assert torch.equal(flat(model), flat(clone["model"]))

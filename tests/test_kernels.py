@@ -810,6 +810,32 @@ def test_triton_plans_are_cached_and_hyperparameters_change_freely(backend):
             assert sum(len(c[0]) for c in caches.values()) == 1
 
 
+@pytest.mark.parametrize("backend", each(["triton"]))
+def test_triton_sparse_plans_are_cached_by_the_row_counts(backend, monkeypatch):
+    # Every sparse step brings new grad values and indices: the plan is keyed by the row counts, and a hit must
+    # still read this step's rows.
+    T = importlib.import_module(TRITON_KNOBS)
+    monkeypatch.setattr(T, "_cache", type(T._cache)())  # empty: a full cache would evict as it adds
+    shapes = [(20, 3), (9, 4)]
+    case = build("sgd_", shapes, device=DEVICE[backend], gen=seeded("sparse-cache"), rows=[[1, 5, 7], [0, 2]],
+                 l1=0.05)
+    ref = case.clone(device="cpu")
+    gen = seeded("sparse-cache-grads")
+    n = None
+    for rows, new_plan in (([[1, 5, 7], [0, 2]], True), ([[4, 2, 19], [8, 3]], False), ([[4, 2], [8, 3, 1]], True),
+                           ([[0, 9, 3], [5, 1]], False)):
+        index = [torch.tensor(r, dtype=torch.int64) for r in rows]
+        grads = [torch.randn(len(r), s[1], generator=gen) for r, s in zip(rows, shapes)]
+        case.call(kernel(backend, "sgd_"), grads=[g.to(DEVICE[backend]) for g in grads],
+                  rows=[r.to(DEVICE[backend]) for r in index])
+        ref.call(ref_kernel("sgd_"), grads=grads, rows=index)
+        if n is not None:
+            assert len(T._cache) == n + new_plan
+        n = len(T._cache)
+        for a, b in zip(case.params, ref.params):
+            assert rel_err(a.cpu(), b) <= STEP[torch.float32] and torch.equal(a.cpu() == 0, b == 0)
+
+
 def _triton_custom_ops():
     if not all(hasattr(torch.ops.fusedreg, f"triton_{op}") for op in OPS):
         pytest.skip("the Triton custom ops fusedreg::triton_* did not register")

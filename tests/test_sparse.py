@@ -9,6 +9,7 @@ import torch
 
 import fusedreg
 from fusedreg import functional
+from cases import assert_unchanged, snapshot
 from tolerances import TRAJECTORY, rel_err
 
 # (class name, torch.optim keyword arguments): torch.optim's sparse semantics, penalties at 0.
@@ -98,6 +99,32 @@ def test_sparse_grads_of_any_sparse_dim_match_torch(name, backend):
             o.step()
     for p, q in zip(ps, qs):
         assert rel_err(p.detach(), q.detach()) <= TRAJECTORY[torch.float64]
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "Ftrl"])
+def test_several_sparse_dims_on_a_transposed_param_are_refused_before_the_step(name, backend):
+    # The kernels step the sparse dims flattened into rows (a view): a transposed param has no such view, so the
+    # step must refuse it before it changes the group's other param (listed first) or any state, on the first
+    # step (no state yet) and on a later one.
+    torch.manual_seed(0)
+    first = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 4, dtype=torch.float64).t().requires_grad_()
+    opt = getattr(fusedreg, name)([first, t], lr=0.1, backend=backend)
+
+    def grads(sparse_dims):
+        opt.zero_grad()
+        (first.sum() + (t * t).sum()).backward()
+        first.grad = first.grad.to_sparse()
+        t.grad = t.grad.to_sparse(sparse_dims)
+
+    for _ in range(2):
+        grads(2)
+        snap = snapshot([first, t], opt)
+        with pytest.raises(RuntimeError, match=r"params\[1\].*2 sparse dims.*contiguous"):
+            opt.step()
+        assert_unchanged([first, t], opt, snap)
+        grads(1)  # one sparse dim: rows of the transposed param, which steps
+        opt.step()
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adagrad"])

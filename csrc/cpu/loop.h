@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "../ops.h"
-#include "group.h"
+#include "group_columns.h"  // and through it group_rows.h, group_solve.h, group.h
 
 namespace fusedreg {
 // Internal linkage, as when every kernel was one file: each op's file gets its own copy, inlined as before.

@@ -55,7 +55,9 @@ struct TensorListMeta {
 
 // Packs the tensors of `lists` (N lists of equal length; an undefined tensor means "unused") into launches;
 // launch(meta, blocks) enqueues one kernel. With Rows, chunks cover the grads (the rows' values) and `rows`
-// holds each tensor's row indices.
+// holds each tensor's row indices, which must be distinct (blocks update rows in parallel): the kernels check their
+// range but not that (it would need the indices on the host, a sync); the Python path makes them distinct
+// (fusedreg.functional._coalesced; tests/test_sparse.py steps uncoalesced grads with repeated rows through it).
 template <int N, bool Rows = false, typename Launch>
 void multi_tensor_apply(const std::vector<std::vector<at::Tensor>>& lists, at::TensorList steps,
                         const Launch& launch, at::TensorList rows = {}) {

@@ -74,8 +74,7 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
         return
     device = params[0].device if params else None
     pens, flags = penalties(device, **pen)
-    # l0 and nonneg after the closed form, which has l1 and l2 itself: the prox's own l1 and l2 are off
-    pen_prox, _ = penalties(device, l0=pen.get("l0", 0.0))
+    pen_prox, _ = penalties(device, **reference.ftrl_prox(pen))
     l1 = 0.0 if pen.get("l1_subgradient") else float(pen.get("l1", 0.0))
     power = 0 if lr_power == -0.5 else 1 if lr_power == 0 else 2
     launch.run(ftrl_kernel, [params, grads, accumulators, linears], [], grad_scale, found_inf,

@@ -16,8 +16,13 @@ launches, plus one per grouped param with group_l1 (group.py):
   vectorize them when every address is ALIGN-byte aligned; the last piece masked).
 * sparse grads (rows, fusedreg._ops.ROWS): the chunks cover the grads (the present rows' values); a row of the
   table also holds the row indices' address, the param's row length and the chunk's first element, and
-  `targets` maps each grad element j*K + k to the param/state element rows[j]*K + k. The indices change every
-  step, so such a table is rebuilt (and copied to the device) every step.
+  `targets` maps each grad element j*K + k to the param/state element rows[j]*K + k. The grads' values and
+  indices are new tensors every step, so the table is cached by the row counts instead (a step with the counts
+  of an earlier one refills only those two address columns) and copied to the device every step. The rows must
+  be distinct (programs
+  update them in parallel): the entries check that on the host for CPU tensors (`_ops.rows_ok`); on CUDA no
+  kernel checks it (reading the indices on the host would cost a sync), and the Python path makes it so
+  (`functional._coalesced`; tests/test_sparse.py steps uncoalesced grads with repeated rows through it).
 
 Non-contiguous params/states go through contiguous copies written back afterwards (a slow path that also
 rebuilds the table every step). The first call on a new list copies its table to the device (synchronously),
@@ -136,19 +141,32 @@ _cache = OrderedDict()
 
 def plan(device, chunk, cols, steps, index=None):
     """The chunk table of one call, cached: (rows, n_chunks, aligned, step addresses). index: the row indices of
-    sparse grads, or None."""
+    sparse grads, or None. Sparse: cached by everything but the grads' and indices' addresses (new tensors every
+    step), which are filled in on every call."""
     ptrs = torch.Tensor.data_ptr
-    key = (device, chunk, cols[0][0].dtype, tuple(tuple(map(ptrs, c)) for c in cols),
-           tuple(map(torch.Tensor.numel, cols[1])), tuple(map(ptrs, steps)),
-           None if index is None else tuple(map(ptrs, index)))
+    sparse = index is not None
+    key = (device, chunk, cols[0][0].dtype, tuple(tuple(map(ptrs, c)) for k, c in enumerate(cols)
+                                                  if not (sparse and k == 1)),
+           tuple(map(torch.Tensor.numel, cols[1])), tuple(map(ptrs, steps)), sparse)
     found = _cache.get(key)
     if found is not None:
         _cache.move_to_end(key)
-        return found
-    found = _cache[key] = _build(device, chunk, cols, steps, index)
-    while len(_cache) > CACHE_SIZE:
-        _cache.popitem(last=False)
-    return found
+    else:
+        found = _cache[key] = _build(device, chunk, cols, steps, index)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return _with_rows(device, found, cols[1], index) if sparse else found
+
+
+def _with_rows(device, found, grads, index):
+    """A sparse plan with this call's grad and index addresses in its rows (found's rows stay on the host)."""
+    rows, n_chunks, aligned, step_addrs, owner, start, idx = found
+    rows = rows.clone()
+    esize = grads[0].element_size() if grads else 0
+    rows[:, 1] = torch.tensor([grads[i].data_ptr() for i in idx], dtype=torch.int64)[owner] + start * esize
+    rows[:, INDEX.value] = torch.tensor([index[i].data_ptr() for i in idx], dtype=torch.int64)[owner]
+    aligned = aligned and bool((rows[:, 1] % ALIGN.value == 0).all())
+    return rows.reshape(-1).to(device), n_chunks, aligned, step_addrs
 
 
 def _build(device, chunk, cols, steps, index):
@@ -170,12 +188,14 @@ def _build(device, chunk, cols, steps, index):
     rows = torch.zeros(len(owner), ROW.value, dtype=torch.int64)
     rows[:, :COUNT.value] = addrs[owner] + start[:, None] * esize[None, :]
     rows[:, COUNT.value] = torch.clamp_max(numel[owner] - start, chunk)
-    if index is not None:
-        rows[:, INDEX.value] = torch.tensor([index[i].data_ptr() for i in idx], dtype=torch.int64)[owner]
+    step_addrs = torch.tensor([s.data_ptr() for s in steps], dtype=torch.int64).to(device) if steps else None
+    if index is not None:  # the grad and index addresses are the call's (_with_rows)
         rows[:, ROW_LEN.value] = torch.tensor([grads[i][0].numel() for i in idx], dtype=torch.int64)[owner]
         rows[:, FIRST.value] = start
+        cols_but_grads = [k for k in range(len(cols)) if k != 1]
+        aligned = bool((rows[:, cols_but_grads] % ALIGN.value == 0).all())
+        return rows, len(owner), aligned, step_addrs, owner, start, idx
     aligned = bool((rows[:, :len(cols)] % ALIGN.value == 0).all())
-    step_addrs = torch.tensor([s.data_ptr() for s in steps], dtype=torch.int64).to(device) if steps else None
     return rows.reshape(-1).to(device), len(owner), aligned, step_addrs
 
 
