@@ -38,7 +38,8 @@ SHAPES = [(1024, 1024)] * 16 + [(1024,)] * 16 + [(4096, 1024)] * 2
 NUMEL = sum(torch.Size(s).numel() for s in SHAPES)
 LR, WD, L1 = 1e-3, 1e-2, 1e-4
 # FTRL: p, n and z read and written, g read (28); Adagrad: p and sum read and written, g read (20).
-BYTES = {"adam": 28, "sgd_momentum": 20, "sgd": 12, "copy": 12, "ftrl": 28, "adagrad": 20}
+BYTES = {"adam": 28, "sgd_momentum": 20, "sgd": 12, "copy": 12, "ftrl": 28, "adagrad": 20,
+         "muon": 32}  # Muon: muon_momentum_ reads p, g and buf, writes buf and the update (20); muon_ 12
 
 
 def _ops():
@@ -375,6 +376,31 @@ def test_sparse_scaling_torch_adagrad(benchmark, table, touched, one_thread):
     run(benchmark, _sparse_step(_torch("Adagrad"), table, touched), rounds=100)
 
 
+# ---- Muon: fusedreg.Muon + L1 + group lasso / torch.optim.Muon (no penalties) ---------------------------------
+
+# The bench's matrices at an eighth of each side: both steps run the same Newton-Schulz in bf16 matmuls, which a CPU
+# without bf16 units takes minutes over for one 1024x1024 matrix; the ratio is that of the whole steps.
+MUON_SHAPES = [(128, 128)] * 16 + [(512, 128)] * 2
+MUON_NUMEL = sum(torch.Size(s).numel() for s in MUON_SHAPES)
+
+
+def _matrices():
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen).requires_grad_() for s in MUON_SHAPES]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    return params
+
+
+def _fusedreg_muon():
+    import fusedreg
+    return fusedreg.Muon(_matrices(), lr=0.02, l1=L1, group_l1=L1, backend="cpp").step
+
+
+def _torch_muon():
+    return torch.optim.Muon(_matrices(), lr=0.02).step
+
+
 # ---- paired: fusedreg's step / another step, alternated in one loop -----------------------------------------
 
 PAIRS = {
@@ -403,6 +429,7 @@ PAIRS = {
                                       lambda: _bag_step(_torch("Adagrad"))),
     "sparse_bag_ftrl_l1_vs_dense_ftrl": (lambda: _bag_step(_fusedreg("Ftrl", l1=SPARSE_L1)),
                                          lambda: _dense_table_step(_fusedreg("Ftrl", l1=SPARSE_L1))),
+    "muon_l1_group_vs_muon": (_fusedreg_muon, _torch_muon),
 }
 
 
@@ -424,10 +451,14 @@ def test_paired(benchmark, pair):
         ratios.append(times["ours"] / times["torch"])
 
     benchmark.extra_info["bytes_per_param"] = 2 * BYTES["adam" if "adam" in pair else "ftrl" if "ftrl" in pair else
+                                                     "muon" if "muon" in pair else
                                                      "sgd_momentum" if "momentum" in pair else "sgd"]
     # Many short rounds: the per-round ratio scatters by +-5% here, so the median of 200 moves by < 1%. A sparse
     # step takes about a millisecond: more rounds.
-    run(benchmark, both, rounds=40 if "seeds" in pair or "dense" in pair else 1000 if "sparse" in pair else 200)
+    run(benchmark, both, rounds=(40 if "seeds" in pair or "dense" in pair else 1000 if "sparse" in pair else
+                                 6 if "muon" in pair else 200))
+    if "muon" in pair:
+        benchmark.extra_info["params"] = MUON_NUMEL
     ratios = ratios[2:]  # the warm-ups
     q1, med, q3 = statistics.quantiles(ratios, n=4)
     benchmark.extra_info.update(ratio_median=med, ratio_q1=q1, ratio_q3=q3, pairs=len(ratios))

@@ -146,6 +146,13 @@ def cases(dtype):
             return opt.step
         return make
 
+    def muon(cls, **kw):
+        # Muon takes the matrices only; both steps run the same Newton-Schulz (bf16 matmuls)
+        def make():
+            _, opt = torch_opt(lambda ps, **k: cls([p for p in ps if p.dim() == 2], **k), dtype, lr=LR, **kw)
+            return opt.step
+        return make
+
     def copy():
         a, b, _ = setup(dtype, 0)
         return lambda: torch._foreach_copy_(a, b)
@@ -183,6 +190,10 @@ def cases(dtype):
         "torch_sgd_momentum_fused": (sgd(fused=True), sgd_bytes),
         "torch_sgd_momentum_foreach": (sgd(foreach=True), sgd_bytes),
         "torch_adagrad_fused": (adagrad(fused=True), adagrad_bytes),
+        # p, g, buf read, buf and the update written (muon_momentum_); p read and written, the update read (muon_)
+        "fusedreg_cuda_muon_class_l1_group": (muon(fusedreg.Muon, l1=L1, group_l1=L1, backend="cuda"
+                                                   if DEVICE == "cuda" else "auto"), 5 * esz + 12),
+        "torch_muon": (muon(torch.optim.Muon), 5 * esz + 12),
         "copy_d2d": (copy, 2 * esz),
         "a_plus_eq_b": (add, 3 * esz),
     })

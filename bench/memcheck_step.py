@@ -23,19 +23,21 @@ OPTIONS = {"sgd_": dict(momentum=0.9, weight_decay=1e-2, nesterov=True),
            "adam_": dict(lr=1e-3, weight_decay=1e-2, decoupled=True, amsgrad=True),
            "adagrad_": dict(lr_decay=0.01, weight_decay=1e-2),
            "ftrl_": dict(lr_power=-0.6, beta=0.1, l2_shrinkage=1e-3),
-           "lion_": dict(beta1=0.8, beta2=0.95, weight_decay=1e-2, maximize=True)}
+           "lion_": dict(beta1=0.8, beta2=0.95, weight_decay=1e-2, maximize=True),
+           "muon_momentum_": dict(momentum=0.9, maximize=True),
+           "muon_": dict(lr_ratio=1.5, weight_decay=1e-2)}
 # Every elementwise penalty and mode of l1 (the modes exclude each other); a set an op's contract refuses (Ftrl's
-# decoupled l1) is left out for it.
+# decoupled l1), or names an argument it lacks (muon_momentum_ takes only subgradient l1), is left out for it.
 PENALTIES = [dict(l1=1e-3, l2=1e-3, l0=1e-4, nonneg=True), dict(l1=1e-3, l1_subgradient=True),
              dict(l1=1e-3, l1_decoupled=True)]
 GROUPS = ((0.0, 0), (1e-2, 0), (1e-2, 1))
 
 
 def accepts(op, pen):
-    case = build(op, [(2,)], **pen)
     try:
+        case = build(op, [(2,)], **pen)
         fusedreg._ops.check(op, **case.lists, **case.kw)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         return False
     return True
 
@@ -45,9 +47,10 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         for pen in [p for p in PENALTIES if accepts(op, p)]:
             base = build(op, SHAPES, dtype, scale=2.0, init={"state_steps": 0.0}, **OPTIONS.get(op, {}), **pen)
             for offset in (0, 1):
-                for group_l1, group_dim in GROUPS:
+                for group_l1, group_dim in GROUPS if "group_dim" in base.kw else GROUPS[:1]:
                     case = base.clone(device=dev, offset=offset)
-                    case.kw.update(group_l1=group_l1, group_dim=group_dim)
+                    if "group_dim" in base.kw:  # muon_momentum_ has no group lasso
+                        case.kw.update(group_l1=group_l1, group_dim=group_dim)
                     for found in (0.0, 1.0):
                         case.kw["found_inf"].fill_(found)
                         case.call(getattr(torch.ops.fusedreg, op))

@@ -95,6 +95,15 @@ struct LionArgs {
   bool maximize;
   PenaltyArgs pen;
 };
+struct MuonMomentumArgs {
+  double momentum;
+  bool nesterov, maximize;
+  PenaltyArgs pen;  // only l1 and l1_subgradient: the gradient's preprocessing
+};
+struct MuonArgs {
+  double lr, lr_ratio, weight_decay;
+  PenaltyArgs pen;
+};
 
 // The elementwise penalties as the schema orders them (fusedreg/_ops.py ELEMENTWISE): the kernels' parameters
 // (in csrc/ops.h's signatures) and their names, which every kernel hands on as penalty_args(FUSEDREG_PENALTY_NAMES).
@@ -175,6 +184,25 @@ inline LionArgs lion_args(double lr, double beta1, double beta2, double weight_d
   a.beta2 = beta2;
   a.weight_decay = weight_decay;
   a.maximize = maximize;
+  a.pen = pen;
+  return a;
+}
+
+inline MuonMomentumArgs muon_momentum_args(double momentum, bool nesterov, bool maximize, double l1,
+                                           bool l1_subgradient) {
+  MuonMomentumArgs a;
+  a.momentum = momentum;
+  a.nesterov = nesterov;
+  a.maximize = maximize;
+  a.pen = PenaltyArgs{.l1 = l1, .l1_subgradient = l1_subgradient};
+  return a;
+}
+
+inline MuonArgs muon_args(double lr, double lr_ratio, double weight_decay, const PenaltyArgs& pen) {
+  MuonArgs a;
+  a.lr = lr;
+  a.lr_ratio = lr_ratio;
+  a.weight_decay = weight_decay;
   a.pen = pen;
   return a;
 }
@@ -492,6 +520,89 @@ C10_HOST_DEVICE FR_INLINE void lion_update(V& p, V g, V& m, const LionScalars<O>
   const V c = m * V(s.beta1) + V(s.one_minus_beta1) * g;
   p = p - V(s.lr) * fr_sign(c);
   m = m * V(s.beta2) + V(s.one_minus_beta2) * g;
+  p = prox(p, One{}, s.pen);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// torch.lerp(start, end, w) for a scalar weight w rounded to opmath, as ATen's vectorized kernel computes it:
+// fma(w, end - start, start) for |w| < 0.5, else fma(w - 1, end - start, end).
+template <typename O>
+struct LerpWeight {
+  O coeff;
+  bool small;
+};
+
+template <typename O>
+C10_HOST_DEVICE FR_INLINE LerpWeight<O> make_lerp(double w) {
+  LerpWeight<O> r;
+  const O wo = O(w);
+  r.small = fr_abs(wo) < O(0.5);
+  r.coeff = r.small ? wo : wo - O(1);
+  return r;
+}
+
+template <typename V, typename O>
+C10_HOST_DEVICE FR_INLINE V fr_lerp(V start, V end, const LerpWeight<O>& w) {
+  return fr_fmadd(V(w.coeff), end - start, w.small ? start : end);
+}
+
+// Muon (torch.optim.Muon), around the orthogonalization the class runs. muon_momentum_: g after unscaling,
+// maximize and subgradient l1; buf = lerp(buf, g, 1 - momentum); nesterov: update = lerp(g, buf, momentum).
+template <typename O>
+struct MuonMomentumScalars {
+  LerpWeight<O> buf_w, upd_w;
+  bool nesterov;
+  GradPrep<O> gp;
+  Penalty<O> pen;
+};
+
+template <typename O>
+C10_HOST_DEVICE FR_INLINE MuonMomentumScalars<O> make_muon_momentum(const MuonMomentumArgs& a) {
+  MuonMomentumScalars<O> s;
+  s.buf_w = make_lerp<O>(1 - a.momentum);
+  s.upd_w = make_lerp<O>(a.momentum);
+  s.nesterov = a.nesterov;
+  s.gp = make_grad_prep<O>(0.0, a.maximize);
+  s.pen = make_penalty<O>(a.pen, 1.0);
+  return s;
+}
+
+// p is only read (the sign of subgradient l1).
+template <typename V, typename O>
+C10_HOST_DEVICE FR_INLINE void muon_momentum_update(const V& p, V g, V& buf, V& update, const MuonMomentumScalars<O>& s,
+                                                    bool has_scale, O scale) {
+  g = prep_grad(g, p, s.gp, s.pen, has_scale, scale);
+  buf = fr_lerp(buf, g, s.buf_w);
+  if (s.nesterov) update = fr_lerp(g, buf, s.upd_w);
+}
+
+// muon_: u /= grad_scale when given (the class unscales in muon_momentum_ and gives none); p *= 1 - lr*wd;
+// p -= (lr*lr_ratio)*u as torch's add_(u, alpha=-lr*lr_ratio) (ATen's vectorized fma(u, alpha, p)); prox with
+// step lr and no denominator (SGD's: l1's threshold is lr*l1).
+template <typename O>
+struct MuonScalars {
+  O decay, neg_step;
+  bool has_decay;
+  GradPrep<O> gp;  // unused by the update (muon_momentum_ prepared the gradient); cpu/loop.h reads its flags
+  Penalty<O> pen;
+};
+
+template <typename O>
+C10_HOST_DEVICE FR_INLINE MuonScalars<O> make_muon(const MuonArgs& a) {
+  MuonScalars<O> s;
+  s.decay = O(1 - a.lr * a.weight_decay);
+  s.has_decay = a.weight_decay != 0;
+  s.neg_step = O(-(a.lr * a.lr_ratio));
+  s.gp = make_grad_prep<O>(0.0, false);
+  s.pen = make_penalty<O>(a.pen, a.lr);
+  return s;
+}
+
+template <typename V, typename O>
+C10_HOST_DEVICE FR_INLINE void muon_update(V& p, V u, const MuonScalars<O>& s, bool has_scale, O scale) {
+  if (has_scale) u = u / V(scale);
+  if (s.has_decay) p = p * V(s.decay);
+  p = fr_fmadd(u, V(s.neg_step), p);
   p = prox(p, One{}, s.pen);
 }
 

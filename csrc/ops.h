@@ -51,6 +51,15 @@ inline at::TensorList rows_of(const std::optional<at::TensorList>& rows) {
   at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, double lr, double beta1, double beta2, \
       double weight_decay, bool maximize, FUSEDREG_PENALTY_PARAMS
 
+// muon_momentum_ takes only the gradient's preprocessing of the penalties (fusedreg/_ops.py).
+#define FUSEDREG_MUON_MOMENTUM_PARAMS                                                                  \
+  at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList updates,    \
+      double momentum, bool nesterov, bool maximize, double l1, bool l1_subgradient,                    \
+      const std::optional<at::Tensor>&grad_scale, const std::optional<at::Tensor>&found_inf
+
+#define FUSEDREG_MUON_PARAMS \
+  at::TensorList params, at::TensorList grads, double lr, double lr_ratio, double weight_decay, FUSEDREG_PENALTY_PARAMS
+
 void sgd_cpu(FUSEDREG_SGD_PARAMS);
 void adam_cpu(FUSEDREG_ADAM_PARAMS);
 void adagrad_cpu(FUSEDREG_ADAGRAD_PARAMS);
@@ -61,6 +70,10 @@ void ftrl_cpu(FUSEDREG_FTRL_PARAMS);
 void ftrl_cuda(FUSEDREG_FTRL_PARAMS);
 void lion_cpu(FUSEDREG_LION_PARAMS);
 void lion_cuda(FUSEDREG_LION_PARAMS);
+void muon_momentum_cpu(FUSEDREG_MUON_MOMENTUM_PARAMS);
+void muon_cpu(FUSEDREG_MUON_PARAMS);
+void muon_momentum_cuda(FUSEDREG_MUON_MOMENTUM_PARAMS);
+void muon_cuda(FUSEDREG_MUON_PARAMS);
 
 inline at::ScalarType opmath_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 

@@ -140,7 +140,35 @@ ARGS = {
         Arg("weight_decay", "float", 0.0, "decoupled: w *= 1 - lr·weight_decay before the update"),
         Arg("maximize", "bool", False),
     ) + PENALTY,
+    # Muon (torch.optim.Muon) is two ops around the Newton-Schulz orthogonalization, which the class runs with
+    # torch's matmuls: muon_momentum_ before it (momentum; no prox penalties, so it takes only the gradient's
+    # preprocessing of PENALTY: subgradient l1 and AMP), muon_ after it (decay, the step, then the penalties).
+    "muon_momentum_": (
+        _PARAMS._replace(doc="read for the sign of subgradient l1; the values are written back unchanged"), _GRADS,
+        Arg("momentum_buffers", "Tensor(b!)[]", doc="buf = lerp(buf, g, 1 - momentum)", role="state"),
+        Arg("updates", "Tensor(c!)[]", doc="written: lerp(g, buf, momentum), the orthogonalization's input; empty "
+                                          "unless nesterov (the input is then the buffer)", role="state",
+            when="nesterov"),
+        Arg("momentum", "float", 0.95),
+        Arg("nesterov", "bool", True),
+        Arg("maximize", "bool", False),
+    ) + tuple(a for a in PENALTY if a.name in ("l1", "l1_subgradient", "grad_scale", "found_inf")),
+    "muon_": (
+        _PARAMS,
+        _GRADS._replace(doc="the orthogonalized updates, the params' shape and dtype"),
+        _LR,
+        Arg("lr_ratio", "float", 1.0, "the update's step is lr·lr_ratio (torch.optim.Muon's adjusted lr)"),
+        Arg("weight_decay", "float", 0.0, "decoupled: w *= 1 - lr·weight_decay before the update"),
+    ) + PENALTY,
 }
+
+# The file stem of an op's kernels (csrc/cpu/<stem>.cpp, csrc/cuda/<stem>.cu, fusedreg/triton/<stem>.py): its
+# name, or the optimizer's whose second op it is.
+STEMS = {"muon_momentum_": "muon"}
+
+
+def stem(op):
+    return STEMS.get(op, op.rstrip("_"))
 
 
 def _literal(value):

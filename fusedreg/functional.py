@@ -1,5 +1,5 @@
-"""Stateless fused steps over lists of tensors: `sgd`, `adam`, `adagrad`, `ftrl`, `lion`, and the checks every step
-makes.
+"""Stateless fused steps over lists of tensors: `sgd`, `adam`, `adagrad`, `ftrl`, `lion`, `muon` (Muon's step after
+its orthogonalization), and the checks every step makes.
 
 Each step takes its op's arguments (fusedreg._ops.ARGS: the tensor lists, then every scalar by keyword), with
 `l1_mode` in place of the op's `l1_subgradient` and `l1_decoupled` (l1_flags), `lr` a number or a one-element
@@ -250,7 +250,8 @@ def _complex_part(args, scalars):
 # Sparse grads (torch.sparse_coo, e.g. nn.Embedding(sparse=True)) in the ops that take rows (fusedreg._ops.ROWS).
 # torch.optim.Adam's words, which AdamW (its subclass) uses too.
 _NO_SPARSE = {"adam_": "Adam does not support sparse gradients, please consider SparseAdam instead",
-              "lion_": "Lion does not support sparse gradients"}
+              "lion_": "Lion does not support sparse gradients",
+              "muon_momentum_": "Muon does not support sparse gradients"}
 
 
 def check_sparse(op, grads, params, **scalars):
@@ -364,7 +365,8 @@ def launch(op, names, lists, grad_scale=None, found_inf=None, **scalars):
     for i, p in enumerate(params):
         parts.setdefault((p.device, p.dtype, grads[i].is_sparse), []).append(i)
     scalars = {**_DEFAULTS[op], **scalars}
-    lr = scalars.pop("lr")
+    has_lr = "lr" in scalars  # muon_momentum_ has none
+    lr = scalars.pop("lr", None)
     whole = len(parts) == 1
     densify = _densify(op, scalars)
     for (device, dtype, sparse), idx in parts.items():
@@ -376,10 +378,10 @@ def launch(op, names, lists, grad_scale=None, found_inf=None, **scalars):
         if dtype.is_complex:
             args, kw, back = _complex_part(args, scalars)
         on_device = torch.is_tensor(lr) and lr.device == device and device.type != "cpu"
+        # NaN where the kernel reads lr_tensor instead: a kernel that used the float by mistake would show it.
+        lrs = dict(lr=float("nan") if on_device else float(lr), lr_tensor=lr if on_device else None) if has_lr else {}
         backends.kernel(names[device], op)(
-            **args, **kw,
-            # NaN where the kernel reads lr_tensor instead: a kernel that used the float by mistake would show it.
-            lr=float("nan") if on_device else float(lr), lr_tensor=lr if on_device else None,
+            **args, **kw, **lrs,
             grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
             found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True))
         for t, c in back:
@@ -449,6 +451,11 @@ math): accumulators start at the initial accumulator value, linears at 0. l1 and
 l1*sign(w) to the gradient instead. group_l1 > 0 then applies the group-lasso prox in FTRL's metric (per-element
 step 1/q, q the closed form's denominator from the just-updated accumulator; see reference.group_prox) to every
 param with dim >= 2.""")
+
+muon = _stateless("muon_", """Muon's step after its orthogonalization (fusedreg.Muon runs the whole step: the momentum,
+muon_momentum_, then torch's Newton-Schulz, then this): grads are the orthogonalized updates; w *= 1 - lr*weight_decay,
+w -= lr*lr_ratio*u, then the penalties with step lr and no denominator, as SGD's (l1_mode "prox" and "decoupled" are the
+same; "subgradient" belongs to muon_momentum_, and leaves l1 out here), and group lasso in closed form with step lr.""")
 
 adagrad = _stateless("adagrad_", """One Adagrad step (torch.optim.Adagrad's math) with fused penalties; l2 is
 TensorFlow's proximal l2. group_l1 > 0 also applies the group-lasso prox in Adagrad's metric (per-element step

@@ -1,18 +1,20 @@
-"""Drop-in replacements for torch.optim.SGD / Adam / AdamW / Adagrad with fused penalties, Ftrl
+"""Drop-in replacements for torch.optim.SGD / Adam / AdamW / Adagrad / Muon with fused penalties, Ftrl
 (FTRL-Proximal, TensorFlow's / Keras's, which torch.optim lacks) and Lion (lion-pytorch's).
 
 The classes keep torch.optim's signatures, group keys and state layout (so state_dicts move both ways) and
 delegate every update to fusedreg.functional. Penalty keys (l1, l1_mode, ...) may differ per param group.
 """
+import math
+
 import torch
 
 from . import backends
 from . import functional as F
 from . import _ops
-from .precision import Work, local, locals_, no_compile
+from .precision import Work, _dtensor_type, local, locals_, no_compile
 from .reference import opmath
 
-__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "Ftrl", "Lion"]
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "Ftrl", "Lion", "Muon"]
 
 # Penalty group keys every optimizer accepts, with their defaults.
 PENALTIES = dict(l1=0.0, l1_mode="prox", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0)
@@ -76,10 +78,15 @@ class _Fused(torch.optim.Optimizer):
             self.param_groups.pop()
             raise
 
+    def _kind(self, group):
+        """(op, state list -> state key, keys created together) of a group: the class's (Muon's AdamW groups take
+        Adam's)."""
+        return self._op, self._state, self._keys
+
     def _scalars(self, group):
         """The op's scalar arguments for this group: every op argument that is a group key, plus the subclass's
         own (_extra) and l1_subgradient / l1_decoupled for l1_mode."""
-        kw = {a.name: group[a.name] for a in _ops.ARGS[self._op] if not a.role and a.name in group}
+        kw = {a.name: group[a.name] for a in _ops.ARGS[self._kind(group)[0]] if not a.role and a.name in group}
         kw.update(F.l1_flags(group["l1_mode"]))
         kw.update(self._extra(group))
         return kw
@@ -94,7 +101,7 @@ class _Fused(torch.optim.Optimizer):
             raise ValueError("differentiable=True is not supported: fusedreg's step is one fused kernel that "
                              "autograd does not differentiate through")
         scalars = scalars or self._scalars(group)
-        F.check_args(op=self._op, l1_mode=group["l1_mode"], **scalars)
+        F.check_args(op=self._kind(group)[0], l1_mode=group["l1_mode"], **scalars)
         F.check_complex(group.get("params", ()), **scalars)
 
     def _state_keys(self, group):
@@ -105,24 +112,25 @@ class _Fused(torch.optim.Optimizer):
         """Create the state of params that have none yet (the None entries of `lists`, which it fills)."""
         raise NotImplementedError
 
-    def _read(self, params, used, sharded):
+    def _read(self, params, used, sharded, group):
         """The op's state lists for params as their state holds them (None where there is none yet; empty for
         the lists not in `used`); raises where a param's state is broken (some of the keys created together, not
         all). sharded: DTensor params, whose state goes to the kernels as local shards."""
-        keys = [(name, key) for name, key in self._state.items() if name in used]
+        _, names, together = self._kind(group)
+        keys = [(name, key) for name, key in names.items() if name in used]
         state = self.state
         sts = [state.get(p, _EMPTY) for p in params]
         try:  # every step after the first: all there
             lists = {name: [st[key] for st in sts] for name, key in keys}
         except KeyError:  # first steps (or broken state): look closer
             for i, st in enumerate(sts):
-                missing = [k for k in self._keys if k not in st]
-                if st and 0 < len(missing) < len(self._keys):
+                missing = [k for k in together if k not in st]
+                if st and 0 < len(missing) < len(together):
                     raise ValueError(f"param {i}: state is missing {missing} (has {list(st)})")
             lists = {name: [st.get(key) for st in sts] for name, key in keys}
         if sharded:
             lists = {name: locals_(ts) for name, ts in lists.items()}
-        return {name: lists.get(name, []) for name in self._state}
+        return {name: lists.get(name, []) for name in names}
 
     def _run(self, params, names, lists, scalars, grad_scale, found_inf):
         F.launch(self._op, names, lists, grad_scale, found_inf, **scalars)
@@ -156,11 +164,12 @@ class _Fused(torch.optim.Optimizer):
                 F.check_tensors(locals_(params), grads=locals_([p.grad for p in params]))
             # What the kernels update: local shards of DTensors, fp32 masters or temporaries (fusedreg.precision).
             work = Work(params, self.state, group)
-            used = F.used(self._op, scalars)
-            lists = self._read(params, used, work.sharded)
+            op = self._kind(group)[0]
+            used = F.used(op, scalars)
+            lists = self._read(params, used, work.sharded, group)
             F.check_tensors(work.tensors, grads=work.grads, missing_ok=tuple(lists),
                             **{name: ts for name, ts in lists.items() if name in used})
-            F.check_sparse(self._op, work.grads, work.tensors, **scalars)
+            F.check_sparse(op, work.grads, work.tensors, **scalars)
             plans.append((group, params, work, lists, scalars, F.resolve(self.backend, work.tensors)))
         for group, params, work, lists, scalars, names in plans:
             work.keep(self.state)
@@ -337,7 +346,8 @@ class Adam(_Fused):
         return dict(beta1=beta1, beta2=beta2, decoupled=group["decoupled_weight_decay"])
 
     def _state_keys(self, group):
-        return (self._keys + ("max_exp_avg_sq",), ()) if group["amsgrad"] else (self._keys, ("max_exp_avg_sq",))
+        keys = Adam._keys  # also for Muon's AdamW groups
+        return (keys + ("max_exp_avg_sq",), ()) if group["amsgrad"] else (keys, ("max_exp_avg_sq",))
 
     def _init_group(self, group, params, lists):
         for i, p in enumerate(params):
@@ -347,7 +357,7 @@ class Adam(_Fused):
                 st["exp_avg"] = _zeros_state(p)
                 st["exp_avg_sq"] = _zeros_state(p)
                 for name in ("exp_avgs", "exp_avg_sqs", "state_steps"):
-                    lists[name][i] = local(st[self._state[name]])
+                    lists[name][i] = local(st[Adam._state[name]])
             # amsgrad switched on mid-run: the max starts at zero (torch.optim.Adam would raise a KeyError).
             if group["amsgrad"] and lists["max_exp_avg_sqs"][i] is None:
                 self.state[p]["max_exp_avg_sq"] = _zeros_state(p)
@@ -540,6 +550,156 @@ class Lion(_Fused):
             if lists["exp_avgs"][i] is None:
                 self.state[p]["exp_avg"] = _zeros_state(p)
                 lists["exp_avgs"][i] = local(self.state[p]["exp_avg"])
+
+
+class Muon(_Fused):
+    """torch.optim.Muon plus fused penalties. Per 2-D param (torch's order): buf = lerp(buf, g, 1 - momentum);
+    u = lerp(g, buf, momentum) with nesterov, else buf; O = Newton-Schulz(u) in bfloat16 (torch's iteration:
+    ns_coefficients, ns_steps, eps); p *= 1 - lr*weight_decay; p -= lr*ratio*O, ratio = sqrt(max(1, A/B))
+    (adjust_lr_fn None or "original") or 0.2*sqrt(max(A, B)) ("match_rms_adamw"). Then the penalties with the
+    scalar step lr (Muon has no per-element metric, so they are SGD's): l1 soft-thresholds by lr*l1 (l1_mode
+    "decoupled", the default; "subgradient" adds l1*sign(w) to g before the momentum; "prox" is refused: there is
+    no diagonal metric for it to use), l0 zeroes |w| <= sqrt(2*lr*l0), nonneg projects, and group_l1 is the
+    closed-form group prox with step lr over rows (group_dim=0) or columns (1). Two fused ops run around the
+    orthogonalization (fusedreg._ops: muon_momentum_, muon_); the orthogonalization itself is torch's matmuls.
+    2-D params only, real only, dense grads, as torch.optim.Muon; DTensor params are refused (the orthogonalization
+    needs the whole matrix). State: "momentum_buffer" (opmath), made at a param's first step.
+
+    AdamW groups (KellerJordan/Muon's MuonWithAuxAdam): a param group with use_muon=False is stepped by
+    fusedreg.AdamW's math in the same step() (embeddings, head, norms, biases: any shape), with AdamW's keys and
+    defaults (lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, l1_mode="prox") and its own
+    penalties; its state is AdamW's ("step", "exp_avg", "exp_avg_sq")."""
+    _defaults = dict(momentum=0.95, nesterov=True, ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5,
+                     adjust_lr_fn=None, maximize=False, l1_mode="decoupled")
+    _op = "muon_momentum_"
+    _ops = ("muon_momentum_", "muon_")
+    _state = dict(momentum_buffers="momentum_buffer")
+    _keys = ("momentum_buffer",)
+    _orthogonalization = ("ns_coefficients", "ns_steps", "eps", "adjust_lr_fn")
+    # The keys an AdamW group (use_muon=False) takes when it names none: AdamW's defaults, not Muon's.
+    _adamw_defaults = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, l1_mode="prox",
+                           decoupled_weight_decay=True)
+
+    def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                 ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None, *, l1=0.0,
+                 l1_mode="decoupled", l0=0.0, nonneg=False, group_l1=0.0, group_dim=0, maximize=False,
+                 backend="auto", master_weights=False, stochastic_rounding=False):
+        self.backend = backend
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                                      ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps,
+                                      adjust_lr_fn=adjust_lr_fn, maximize=maximize, l1=l1, l1_mode=l1_mode, l0=l0,
+                                      nonneg=nonneg, group_l1=group_l1, group_dim=group_dim,
+                                      master_weights=master_weights, stochastic_rounding=stochastic_rounding))
+
+    def add_param_group(self, param_group):
+        if isinstance(param_group, dict) and not param_group.get("use_muon", True):
+            param_group = {**self._adamw_defaults, **param_group, "decoupled_weight_decay": True}
+        super().add_param_group(param_group)
+
+    def _kind(self, group):
+        return ("adam_", Adam._state, Adam._keys) if _adamw(group) else super()._kind(group)
+
+    def _extra(self, group):
+        return Adam._extra(self, group) if _adamw(group) else {}
+
+    def _scalars(self, group):
+        if _adamw(group):
+            return super()._scalars(group)
+        # Both ops' scalars and the orthogonalization's keys; _run hands each op its own.
+        kw = {a.name: group[a.name] for op in self._ops for a in _ops.ARGS[op] if not a.role and a.name in group}
+        kw.update(F.l1_flags(group["l1_mode"]))
+        kw.update({k: group[k] for k in self._orthogonalization})
+        return kw
+
+    def _check(self, group, scalars=None):
+        if _adamw(group):
+            return super()._check(group, scalars)
+        # torch.optim.Muon's errors in its words (its tests match them)
+        if group.get("l1_mode") == "prox":
+            raise ValueError("l1_mode='prox' is not defined for Muon: its update has no per-element step for the "
+                             "threshold to take; use l1_mode='decoupled' (the default: soft-threshold by lr*l1 "
+                             "after the step) or 'subgradient'")
+        if group.get("adjust_lr_fn") not in (None, "original", "match_rms_adamw"):
+            raise ValueError(f"Adjust learning rate function {group['adjust_lr_fn']} is not supported")
+        if len(group["ns_coefficients"]) != 3:
+            raise ValueError("Coefficients must be a tuple of exactly 3 values")
+        steps = group["ns_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps < 100:
+            raise ValueError(f"Number of steps must be an int in [0, 100) (less than 100 for computational "
+                             f"efficiency), got {steps!r}")
+        dtensor = _dtensor_type()
+        for p in group.get("params", ()):
+            if p.ndim != 2:
+                raise ValueError(f"Muon only supports 2D parameters whereas we found a parameter with size: "
+                                 f"{p.size()}")
+            if dtensor is not None and isinstance(p, dtensor):
+                raise ValueError("fusedreg.Muon does not take DTensor params: its orthogonalization needs each "
+                                 "whole matrix (torch.optim.Muon runs it through DTensor's ops)")
+            if scalars is not None and p.is_complex():  # torch.optim.Muon refuses them at the step
+                raise RuntimeError("Muon does not support complex parameters")
+        super()._check(group, scalars)
+
+    def _state_keys(self, group):
+        return Adam._state_keys(self, group) if _adamw(group) else (self._keys, ())
+
+    def _init_group(self, group, params, lists):
+        if _adamw(group):
+            return Adam._init_group(self, group, params, lists)
+        # torch.optim.Muon's buffers start at zero
+        for i, p in enumerate(params):
+            if lists["momentum_buffers"][i] is None:
+                self.state[p]["momentum_buffer"] = _zeros_state(p)
+                lists["momentum_buffers"][i] = local(self.state[p]["momentum_buffer"])
+
+    def _run(self, params, names, lists, scalars, grad_scale, found_inf):
+        if "beta1" in scalars:  # an AdamW group (_scalars)
+            return F.launch("adam_", names, lists, grad_scale, found_inf, **scalars)
+        mine = [{a.name: scalars[a.name] for a in _ops.ARGS[op] if not a.role and a.name in scalars}
+                for op in self._ops]
+        ps, bufs = lists["params"], lists["momentum_buffers"]
+        nesterov = scalars["nesterov"]
+        updates = [torch.empty_like(b) for b in bufs] if nesterov else []
+        F.launch("muon_momentum_", names, {"params": ps, "grads": lists["grads"], "momentum_buffers": bufs,
+                                            "updates": updates}, grad_scale, found_inf, **mine[0])
+        # With found_inf set the buffers are unchanged and this runs on stale input; muon_ then skips (no sync).
+        coefficients, steps, eps = scalars["ns_coefficients"], scalars["ns_steps"], scalars["eps"]
+        orthogonal = [newton_schulz(u, coefficients=coefficients, steps=steps, eps=eps).to(
+            p.dtype, memory_format=torch.contiguous_format) for p, u in zip(ps, updates or bufs)]
+        by_ratio = {}
+        for i, p in enumerate(ps):
+            by_ratio.setdefault(lr_ratio(p.shape, scalars["adjust_lr_fn"]), []).append(i)
+        for ratio, idx in by_ratio.items():
+            F.launch("muon_", names, {"params": [ps[i] for i in idx], "grads": [orthogonal[i] for i in idx]}, None,
+                     found_inf, lr_ratio=ratio, **mine[1])
+
+
+def _adamw(group):
+    """Whether a Muon param group is an AdamW group (use_muon=False)."""
+    return group is not None and not group.get("use_muon", True)
+
+
+def newton_schulz(u, *, coefficients, steps, eps):
+    """torch.optim.Muon's orthogonalization of a matrix u, in bfloat16: the quintic Newton-Schulz iteration
+    X <- a*X + (b*A + c*A@A)@X, A = X@X^T, from X = u/||u|| (||u|| at least eps), on the wide orientation."""
+    a, b, c = coefficients
+    x = u.bfloat16()  # a copy: u is opmath
+    tall = u.size(0) > u.size(1)
+    if tall:
+        x = x.T
+    x.div_(x.norm().clamp(min=eps))
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def lr_ratio(shape, adjust_lr_fn):
+    """torch.optim.Muon's adjusted lr over lr for a param of `shape` (A, B): sqrt(max(1, A/B)) ("original", None)
+    or 0.2*sqrt(max(A, B)) ("match_rms_adamw", Moonshot's: the update's RMS of AdamW's)."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(1, rows / cols))
 
 
 def _zeros_state(p):

@@ -270,6 +270,43 @@ def ftrl_(params, grads, accumulators, linears, lr, lr_power=-0.5, beta=0.0, l2_
             _group(param, 1.0, q, group_l1, group_dim, 0.0)  # l2 is in q
 
 
+def muon_momentum_(params, grads, momentum_buffers, updates, momentum=0.95, nesterov=True, maximize=False,
+                   grad_scale=None, found_inf=None, **pen):
+    """torch.optim.Muon's momentum, before its orthogonalization: buf = lerp(buf, g, 1 - momentum), and with
+    nesterov the orthogonalization's input lerp(g, buf, momentum) into updates (g after unscaling, maximize and a
+    subgradient l1). params are only read."""
+    if _skip(found_inf):
+        return
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        dt = opmath(param.dtype)
+        g = _grad(param.to(dt), grad.to(dt), grad_scale, maximize, 0, **pen)
+        b = torch.lerp(momentum_buffers[i], g, _scalar(1 - momentum, dt))
+        momentum_buffers[i].copy_(b)
+        if nesterov:
+            updates[i].copy_(torch.lerp(g, b, _scalar(momentum, dt)))
+
+
+def muon_(params, grads, lr, lr_ratio=1.0, weight_decay=0.0, group_l1=0.0, group_dim=0, grad_scale=None,
+          found_inf=None, lr_tensor=None, **pen):
+    """torch.optim.Muon's step from the orthogonalized updates (grads): w *= 1 - lr*wd; w -= lr*lr_ratio*u (as
+    torch's add_ with alpha; u = grads/grad_scale when given: the class unscales in muon_momentum_ and passes none);
+    then SGD's penalties with step lr (no metric: l1's threshold is lr*l1, decoupled),
+    and the closed-form group prox with step lr."""
+    check_group_dim(group_dim)
+    lr = op_lr(lr, lr_tensor)
+    if _skip(found_inf):
+        return
+    for param, grad in zip(params, grads):
+        dt = opmath(param.dtype)
+        p = param.to(dt)
+        if weight_decay != 0:
+            p = p * _scalar(1 - lr * weight_decay, dt)
+        u = grad.to(dt) if grad_scale is None else grad.to(dt) / grad_scale.to(device=grad.device, dtype=dt)
+        p = torch.add(p, u, alpha=-(lr * lr_ratio))
+        param.copy_(prox(p, lr, 1, **pen))
+        _group(param, lr, None, group_l1, group_dim, pen.get("l2", 0.0))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Group lasso: every op applies it after its elementwise penalties, with the same per-element step (group_prox).
 

@@ -20,8 +20,8 @@ REDUCED = (torch.bfloat16, torch.float16)
 # bf16/fp16 params: a kernel's error against an fp64 run of the reference may be at most this times the error of
 # the reference run in the params' precision.
 REDUCED_FACTOR = 2.0
-# The lr of every case that names none (the schema has no default for it).
-LR = {"sgd_": 0.1, "adam_": 1e-2, "adagrad_": 0.1, "ftrl_": 0.1, "lion_": 1e-2}
+# The lr of every case that names none (the schema has no default for it; muon_momentum_ has no lr).
+LR = {"sgd_": 0.1, "adam_": 1e-2, "adagrad_": 0.1, "ftrl_": 0.1, "lion_": 1e-2, "muon_": 0.02}
 SHAPES = ((5, 4), (7,), (0,))
 # The state lists that hold squares or sums of squares (random ones are drawn >= 0); the others are signed.
 NONNEG = ("exp_avg_sqs", "max_exp_avg_sqs", "state_sums", "accumulators")
@@ -135,7 +135,7 @@ def build(op, shapes=SHAPES, dtype=torch.float32, device="cpu", gen=None, scale=
     if unknown:
         raise TypeError(f"{op} has no arguments {sorted(unknown)}")
     gen = gen if gen is not None else torch.Generator().manual_seed(0)
-    kw = {**_ops.defaults(op), "lr": LR[op]}
+    kw = {**_ops.defaults(op), **({"lr": LR[op]} if "lr" in names else {})}
     if scale is not None:
         kw.update(grad_scale=torch.tensor(float(scale)), found_inf=torch.zeros(()))
     kw.update(hp)

@@ -122,3 +122,25 @@ def test_a_torch_adamw_checkpoint_keeps_our_l1_on_and_makes_exact_zeros(backend)
     train(ours, opt, 30, seed=2)
     zeros = sum(int((p == 0).sum()) for p in (ours[0].weight, ours[2].weight))
     assert zeros > 0, "l1 was dropped on load: no exact zeros"
+
+
+def test_a_torch_muon_checkpoint_keeps_our_penalties_and_continues_as_torch(backend):
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.Tanh(),
+                                   torch.nn.Linear(16, 1, bias=False)).double()
+
+    theirs = net()
+    ref = torch.optim.Muon(theirs.parameters(), lr=0.02)
+    train(theirs, ref, 5)
+    plain, sparse = copy.deepcopy(theirs), copy.deepcopy(theirs)
+    opts = [fusedreg.Muon(plain.parameters(), lr=0.02, backend=backend),
+            fusedreg.Muon(sparse.parameters(), lr=0.02, l1=0.05, group_l1=0.05, backend=backend)]
+    for opt in opts:
+        opt.load_state_dict(ref.state_dict())
+    assert opts[1].param_groups[0]["l1"] == 0.05 and opts[1].param_groups[0]["l1_mode"] == "decoupled"
+    for m, opt in ((theirs, ref), (plain, opts[0]), (sparse, opts[1])):
+        train(m, opt, 10, seed=2)
+    for a, b in zip(plain.parameters(), theirs.parameters()):
+        assert rel_err(a, b) <= TRAJECTORY[torch.float64]
+    assert any((p == 0).any() for p in sparse.parameters()), "l1 was dropped on load: no exact zeros"

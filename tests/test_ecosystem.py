@@ -20,13 +20,16 @@ CONFIG_IDS = [name for name, _ in CONFIGS]
 # The GradScaler tests take fusedreg's own options too (no torch.optim run beside them).
 SCALER_CONFIGS = CONFIGS + [("AdamW", dict(lr=0.01, weight_decay=0.1, l1_mode="decoupled", group_l1=1e-3)),
                             ("Adagrad", dict(lr=0.05, lr_decay=0.01, l2=0.01, l1_mode="decoupled")),
-                            ("Lion", dict(lr=0.01, weight_decay=0.1, group_l1=1e-3))]
-SCALER_IDS = CONFIG_IDS + ["AdamW-decoupled", "Adagrad-decoupled", "Lion"]
+                            ("Lion", dict(lr=0.01, weight_decay=0.1, group_l1=1e-3)),
+                            ("Muon", dict(lr=0.02, group_l1=1e-3))]
+SCALER_IDS = CONFIG_IDS + ["AdamW-decoupled", "Adagrad-decoupled", "Lion", "Muon"]
+TWO_D = ("Muon",)  # the optimizers that take 2-D params only: their models have no biases
 
 
-def mlp(dtype=torch.float32, seed=0, device="cpu"):
+def mlp(dtype=torch.float32, seed=0, device="cpu", bias=True):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(device, dtype)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16, bias=bias), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 3, bias=bias)).to(device, dtype)
 
 
 def data(dtype=torch.float32, n=64, device="cpu"):
@@ -204,7 +207,7 @@ def test_precision_flag_misuse_is_a_clear_error():
 def scaler_run(name, cfg, backend, device="cpu", steps=8, inf_at=(), use_scaler=True, unscale_first=False,
                dtype=torch.float32, unscale_in_step=True, **opt_kw):
     """Train with a GradScaler; at the steps in inf_at one grad element is set to inf after backward."""
-    model = mlp(dtype, device=device)
+    model = mlp(dtype, device=device, bias=name not in TWO_D)
     opt = getattr(fusedreg, name)(model.parameters(), **cfg, **opt_kw, backend=backend)
     opt.unscale_in_step = unscale_in_step
     scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 12, growth_interval=3, enabled=use_scaler)
@@ -327,15 +330,16 @@ COMPILE_BACKENDS = [b for b in ("torch", "cpp") if b in fusedreg.backends.availa
                                       ("AdamW", dict(l1=0.5, l1_mode="decoupled", group_l1=0.1)),
                                       ("Ftrl", dict(lr_power=-0.6, l1=0.05)),
                                       # l1 = 1: the threshold lr*l1 is Lion's step, so a zero stays zero
-                                      ("Lion", dict(weight_decay=0.1, l1=1.0, group_l1=0.1))],
-                         ids=["SGD", "AdamW", "AdamW-decoupled", "Ftrl", "Lion"])
+                                      ("Lion", dict(weight_decay=0.1, l1=1.0, group_l1=0.1)),
+                                      ("Muon", dict(l1=0.5, group_l1=0.1))],
+                         ids=["SGD", "AdamW", "AdamW-decoupled", "Ftrl", "Lion", "Muon"])
 @pytest.mark.parametrize("backend_name", COMPILE_BACKENDS)
 def test_compiled_training_step_matches_eager_and_tensor_lr_does_not_recompile(name, cfg, backend_name):
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
     X, y = data()
-    models = [mlp(), mlp()]
+    models = [mlp(bias=name not in TWO_D), mlp(bias=name not in TWO_D)]
     opts = [getattr(fusedreg, name)(m.parameters(), lr=torch.tensor(0.05), **cfg, backend=backend_name)
             for m in models]
     scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in opts]

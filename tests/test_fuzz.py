@@ -45,7 +45,7 @@ from fusedreg import backends
 from tolerances import STEP
 
 BACKENDS = [b for b in backends.available() if b != "cuda"]
-OPS = ("sgd", "adam", "adagrad", "ftrl", "lion")
+OPS = ("sgd", "adam", "adagrad", "ftrl", "lion", "muon")  # muon: the muon_ op (its penalties; muon_momentum_ has none)
 
 _FULL = int(os.environ.get("FUSEDREG_FUZZ_EXAMPLES", "0") or 0)
 _FULL_TRITON = int(os.environ.get("FUSEDREG_FUZZ_EXAMPLES_TRITON", "0") or 0) or _FULL
@@ -126,8 +126,9 @@ def cases(draw, op):
              maximize=draw(st.booleans()),
              weight_decay=draw(_hp(0.0, 0.0, 1e-4, 0.1, 10.0, lo=0.0, hi=2.0)),
              l1=draw(_hp(0.0, 1e-8, 0.01, 1.0, 1e3, lo=0.0, hi=5.0)),
-             # Lion refuses "prox" (no per-element step)
+             # Lion refuses "prox" (no per-element step); muon_'s subgradient l1 is muon_momentum_'s
              l1_mode=draw(st.sampled_from(["decoupled", "decoupled", "decoupled", "subgradient"] if op == "lion" else
+                                          ["prox", "decoupled"] if op == "muon" else
                                           ["prox", "prox", "prox", "subgradient"] +
                                           (["decoupled"] if op != "ftrl" else []))),
              l2=draw(_hp(0.0, 0.0, 1e-3, 1.0, 1e3, lo=0.0, hi=5.0)),
@@ -148,6 +149,9 @@ def cases(draw, op):
                  eps=draw(_hp(0.0, 1e-30, 1e-8, 1e-3, 1.0, lo=0.0, hi=1.0)),
                  decoupled=draw(st.booleans()), amsgrad=draw(st.booleans()),
                  step0=draw(st.sampled_from([0, 1, 2, 9, 1000]) | st.integers(0, 2**24 - 2)))
+    elif op == "muon":
+        c.update(lr=draw(_hp(0.0, 1e-12, 1e-3, 0.1, 1.0, 1e3, lo=0.0, hi=2.0)), maximize=False,
+                 lr_ratio=draw(_hp(1.0, 1.0, 0.5, 3.0, lo=0.0, hi=4.0)))
     elif op == "ftrl":
         # lr >= 1e-3 and lr_power >= -0.75: sigma*w (up to n^0.75/lr * |w|) stays inside fp32's range
         c.update(weight_decay=0.0, lr=draw(_hp(1e-3, 0.1, 1.0, 1e3, lo=1e-3, hi=2.0)),
@@ -214,7 +218,7 @@ def build(c):
             t["z"].append(val().to(O))
         elif c["op"] == "lion":
             t["m"].append(val().to(O))
-        else:
+        elif c["op"] == "adagrad":
             t["sums"].append(val(square=True, zero_frac=0.1).to(O))
         if c["op"] in ("adam", "adagrad"):
             t["steps"].append(torch.tensor(float(c["step0"]), dtype=torch.float32))
@@ -268,7 +272,7 @@ def _grad(c, p, g):
         g = -g
     if c["l1"] and c["l1_mode"] == "subgradient":
         g, Mg = g + c["l1"] * torch.sign(p), Mg + c["l1"] * (p != 0)
-    coupled = not (c["op"] == "adam" and c["decoupled"]) and c["op"] != "lion"
+    coupled = not (c["op"] == "adam" and c["decoupled"]) and c["op"] not in ("lion", "muon")
     if c["weight_decay"] and coupled:
         g, Mg = g + c["weight_decay"] * p, Mg + c["weight_decay"] * p.abs()
     return g, Mg
@@ -323,7 +327,11 @@ def oracle(c, t, i):
     scale = 1.0
     if c["op"] == "ftrl":
         return ftrl_oracle(c, p, g, Mg, f(t["n"][i]), f(t["z"][i]), opmath(t["params"][i].dtype)), None
-    if c["op"] == "sgd":
+    if c["op"] == "muon":  # decoupled decay, then the step lr*lr_ratio*u, then SGD's penalties with step lr
+        lr, adj = c["lr"], c["lr"] * c["lr_ratio"]
+        scale = 1 - lr * c["weight_decay"]
+        upd, Mupd, step, denom, Mden = adj * g, adj * Mg, lr, 1.0, None
+    elif c["op"] == "sgd":
         lr, mu, tau = c["lr"], c["momentum"], c["dampening"]
         d, Md = g, Mg
         if mu != 0:
@@ -402,7 +410,7 @@ def oracle(c, t, i):
 
 def place(c, t):
     """Move a fraction of the params so v = p_eff - upd lands at or a few ulps beside a threshold."""
-    decoupled = c["op"] == "lion" or c["op"] == "adam" and c["decoupled"]
+    decoupled = c["op"] in ("lion", "muon") or c["op"] == "adam" and c["decoupled"]
     if not c["place"] or c["weight_decay"] and not decoupled or c["op"] == "ftrl":
         return  # FTRL's thresholds are on z, which the state sets: tests/test_kernels.py places z there
     if c["l1"] and c["l1_mode"] == "subgradient":
@@ -437,7 +445,10 @@ def run(c, t, backend):
            l2_shrinkage=c["l2_shrinkage"], **kw)
         return
     kw["weight_decay"] = c["weight_decay"]
-    if c["op"] == "sgd":
+    if c["op"] == "muon":
+        del kw["maximize"]
+        fn(t["params"], t["grads"], lr=c["lr"], lr_ratio=c["lr_ratio"], **kw)
+    elif c["op"] == "sgd":
         fn(t["params"], t["grads"], t["bufs"] if c["momentum"] else [], lr=c["lr"], momentum=c["momentum"],
            dampening=c["dampening"], nesterov=c["nesterov"], first_step=c["first_step"], **kw)
     elif c["op"] == "adam":

@@ -26,7 +26,7 @@ import zlib
 import pytest
 import torch
 
-from fusedreg import backends
+from fusedreg import _ops, backends
 from cases import OPS, REDUCED, build, compare, shrink_groups, unchanged
 from tolerances import STEP, rel_err
 
@@ -150,6 +150,14 @@ GRID = {
     "lion_group_rows_l1_tiny": ("lion_", dict(weight_decay=0.1, l1=0.3, l1_decoupled=True, group_l1=2.0, tiny=True)),
     "lion_group_cols_l2_scaled_tiny": ("lion_", dict(l1=0.3, l1_decoupled=True, l2=0.1, group_l1=2.0, group_dim=1,
                                                      scale=True, tiny=True)),
+    "muon_momentum_nesterov": ("muon_momentum_", dict()),
+    "muon_momentum_plain_max_subgrad_scaled": ("muon_momentum_", dict(momentum=0.3, nesterov=False, maximize=True,
+                                                                      l1=0.5, l1_subgradient=True, scale=True)),
+    "muon_plain": ("muon_", dict()),
+    "muon_decay_ratio_l1_l0_nonneg": ("muon_", dict(lr_ratio=1.7, weight_decay=0.1, l1=0.5, l0=0.01, nonneg=True)),
+    "muon_group_rows_l1_l2": ("muon_", dict(lr_ratio=0.5, weight_decay=0.1, l1=0.1, l2=0.1, group_l1=0.5)),
+    "muon_group_cols_subgrad_scaled_tiny": ("muon_", dict(l1=0.5, l1_subgradient=True, group_l1=0.5, group_dim=1,
+                                                          scale=True, tiny=True)),
 }
 # name -> (op, hyperparameters, size): every size in one call. These run on every backend (on Triton at
 # float32/bf16/fp16, or float64 only for the f64_ ones); GRID runs size by size on cpp and cuda only, where a
@@ -223,6 +231,16 @@ MIXED_GRID = {
                                                   grad_scale=8.0, tiny=True), "group"),
     "f64_lion_group_cols": ("lion_", dict(weight_decay=0.1, l1=0.3, l1_decoupled=True, l0=1e-4, group_l1=1.0,
                                           group_dim=1), "group"),
+    "muon_momentum_nesterov_subgrad": ("muon_momentum_", dict(l1=0.05, l1_subgradient=True), "mixed"),
+    "muon_momentum_plain_max_scaled": ("muon_momentum_", dict(momentum=0.9, nesterov=False, maximize=True,
+                                                              grad_scale=1024.0), "mixed"),
+    "muon_decay_l1_l0_nonneg": ("muon_", dict(lr_ratio=1.5, weight_decay=0.1, l1=0.05, l0=1e-4, nonneg=True),
+                                "mixed"),
+    "muon_group_rows_l1": ("muon_", dict(weight_decay=0.1, l1=0.05, group_l1=0.3), "group"),
+    "muon_group_cols_tiny": ("muon_", dict(lr_ratio=2.0, l2=0.1, group_l1=2.0, group_dim=1, tiny=True), "group"),
+    "f64_muon_momentum": ("muon_momentum_", dict(momentum=0.8, l1=0.05, l1_subgradient=True), "mixed"),
+    "f64_muon_group_cols": ("muon_", dict(lr_ratio=1.5, weight_decay=0.1, l1=0.05, group_l1=1.0, group_dim=1),
+                            "group"),
 }
 CONFIGS = {**{k: (op, hp) for k, (op, hp) in GRID.items()},
            **{"mixed_" + k: (op, hp) for k, (op, hp, _) in MIXED_GRID.items()}}
@@ -412,12 +430,13 @@ def test_found_inf_changes_nothing(backend, config, dtype):
 
 @pytest.mark.parametrize("backend,op", each(BACKENDS, *OPS))
 def test_found_inf_zero_runs_the_step(backend, op):
+    decay = {"ftrl_": {"l2_shrinkage": 0.1}, "muon_momentum_": {}}.get(op, {"weight_decay": 0.1})
     case = build(op, SIZES["mixed"], torch.float32, device=DEVICE[backend], gen=seeded(op, "fi0"), scale=2.0,
-                 l1=0.01, **({"momentum": 0.9} if op == "sgd_" else {}),
-                 **({"l2_shrinkage": 0.1} if op == "ftrl_" else {"weight_decay": 0.1}))
+                 l1=0.01, **({"momentum": 0.9} if op == "sgd_" else {}), **decay)
     before = case.clone()
     case.call(kernel(backend, op))
-    assert not torch.equal(case.params[-1], before.params[-1])
+    written = "momentum_buffers" if op == "muon_momentum_" else "params"  # muon_momentum_ only reads the params
+    assert not torch.equal(case.lists[written][-1], before.lists[written][-1])
     for name in ("state_steps",) if op in ("adam_", "adagrad_") else ():
         assert all(s.item() == b.item() + 1 for s, b in zip(case.lists[name], before.lists[name]))
 
@@ -433,7 +452,11 @@ HP = {
                   group_l1=3.0, group_dim=1),
     "lion_": dict(beta1=0.8, beta2=0.95, weight_decay=0.1, maximize=True, l1=0.5, l1_decoupled=True, l2=0.3, l0=1e-4,
                   nonneg=True, group_l1=0.5, group_dim=1),
+    "muon_momentum_": dict(momentum=0.9, maximize=True, l1=0.2, l1_subgradient=True),
+    "muon_": dict(lr_ratio=1.5, weight_decay=1e-2, l1=0.2, l2=0.3, l0=1e-3, nonneg=True, group_l1=0.05),
 }
+# The ops with an lr (muon_momentum_ has none).
+LR_OPS = [op for op in OPS if "lr" in _ops.defaults(op) or any(a.name == "lr" for a in _ops.ARGS[op])]
 
 
 @pytest.mark.parametrize("backend,op", each(BACKENDS, *OPS))
@@ -452,7 +475,7 @@ def test_float64_grad_scale_and_found_inf_are_read_in_full(backend, op):
     unchanged(mine, before)
 
 
-@pytest.mark.parametrize("backend,op", each(BACKENDS, *OPS))
+@pytest.mark.parametrize("backend,op", each(BACKENDS, *LR_OPS))
 def test_lr_tensor_steps_like_the_float_lr(backend, op):
     gen = seeded(op, "lr")
     shapes = SIZES["many"] + [(33, 65)] if backend != "triton" else SIZES["mixed"]

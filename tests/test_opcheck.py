@@ -39,6 +39,11 @@ VARIANTS = {
                             group_l1=0.05),
               "betas_max_subgrad": dict(beta1=0.5, beta2=0.9, maximize=True, l1=0.01, l1_subgradient=True,
                                         group_l1=0.05, group_dim=1)},
+    "muon_momentum_": {"nesterov_subgrad": dict(momentum=0.9, l1=0.1, l1_subgradient=True),
+                       "plain_max": dict(nesterov=False, maximize=True, l1=0.1)},
+    "muon_": {"group_rows": dict(lr_ratio=1.5, weight_decay=0.1, l1=0.1, l2=0.01, l0=0.001, nonneg=True,
+                                 group_l1=0.05),
+              "group_cols_subgrad": dict(l1=0.1, l1_subgradient=True, group_l1=0.05, group_dim=1)},
 }
 CASES = [(op, name) for op in VARIANTS for name in VARIANTS[op]]
 
@@ -73,7 +78,9 @@ def test_opcheck(target, op, name, dtype, amp):
     hp = dict(VARIANTS[op][name])
     if amp:  # grad_scale, found_inf and lr_tensor: the tensor arguments that are None in a plain call
         hp.setdefault("found_inf", torch.tensor(0.0))
-        hp.update(grad_scale=torch.tensor(2.0), lr_tensor=torch.tensor(0.02, dtype=torch.float64))
+        hp.update(grad_scale=torch.tensor(2.0))
+        if "lr_tensor" in _ops.defaults(op):  # muon_momentum_ has no lr
+            hp.update(lr_tensor=torch.tensor(0.02, dtype=torch.float64))
     case = build(op, dtype=dtype, device=device, gen=torch.Generator().manual_seed(3), **hp)
     fn = getattr(torch.ops.fusedreg, op if target != "triton" else f"triton_{op}")
     torch.library.opcheck(fn.default, *case.args())

@@ -737,3 +737,162 @@ def test_lion_refuses_prox_l1_complex_params_and_sparse_grads(backend):
     with pytest.raises(ValueError, match="l1_mode='prox'"):
         opt.step()
     assert_untouched(model, opt, snap)
+
+
+# ---- Muon: torch.optim.Muon's trajectory, its state both ways, the penalties against an fp64 implementation -----
+
+def muon_mlp(dtype, seed=0):
+    # Muon takes 2-D params only: a bias-free MLP, one tall (16x6) and one wide (3x16) weight (two lr ratios)
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16, bias=False), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 3, bias=False)).to(dtype)
+
+
+MUON_CONFIGS = [
+    dict(lr=0.02),
+    dict(lr=0.02, nesterov=False, adjust_lr_fn="match_rms_adamw"),
+    dict(lr=0.01, weight_decay=0.3, momentum=0.8, adjust_lr_fn="original", ns_steps=6),
+    dict(lr=0.02, nesterov=False, ns_coefficients=(3.4, -4.7, 2.0), eps=1e-5),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cfg", MUON_CONFIGS, ids=range(len(MUON_CONFIGS)))
+def test_muon_matches_torch_optim_muon_without_penalty(cfg, dtype, backend):
+    ref_model, our_model = muon_mlp(dtype), muon_mlp(dtype)
+    ref_opt = torch.optim.Muon(ref_model.parameters(), **cfg)
+    ours_opt = fusedreg.Muon(our_model.parameters(), **cfg, backend=backend)
+    assert rel_err(train(our_model, ours_opt), train(ref_model, ref_opt)) <= TRAJECTORY[dtype]
+    for p_ref, p_our in zip(ref_model.parameters(), our_model.parameters()):
+        assert set(ours_opt.state[p_our]) == set(ref_opt.state[p_ref]) == {"momentum_buffer"}
+        buf = ours_opt.state[p_our]["momentum_buffer"]
+        assert rel_err(buf, ref_opt.state[p_ref]["momentum_buffer"]) <= TRAJECTORY[dtype]
+
+
+@pytest.mark.parametrize("ours_first", [True, False])
+def test_muon_state_dict_moves_both_ways(ours_first, backend):
+    # 10 steps on one side, the state_dict loaded into the other, 10 more there; against 20 steps of torch's
+    cfg = dict(lr=0.02, weight_decay=0.05)
+    first, second, whole = muon_mlp(torch.float64), muon_mlp(torch.float64), muon_mlp(torch.float64)
+    ours = lambda m: fusedreg.Muon(m.parameters(), **cfg, backend=backend)  # noqa: E731
+    theirs = lambda m: torch.optim.Muon(m.parameters(), **cfg)  # noqa: E731
+    a = ours(first) if ours_first else theirs(first)
+    train(first, a, steps=10)
+    second.load_state_dict(first.state_dict())
+    b = theirs(second) if ours_first else ours(second)
+    b.load_state_dict(a.state_dict())
+    assert all(torch.is_tensor(st["momentum_buffer"]) for st in b.state.values())
+    got = train(second, b, steps=10)
+    want = train(whole, theirs(whole), steps=20)
+    assert rel_err(got, want) <= TRAJECTORY[torch.float64]
+
+
+def muon_fp64(ps, grads_seq, *, lr, weight_decay, momentum, nesterov, l1, l1_mode, l0, nonneg, group_l1, group_dim):
+    """Muon with the penalties, written independently in numpy fp64 from the formulas (fusedreg.Muon's docstring);
+    only the orthogonalization, torch's bf16 iteration, is fusedreg.optim.newton_schulz."""
+    ws = [p.detach().numpy().astype(np.float64).copy() for p in ps]
+    bufs = [np.zeros_like(w) for w in ws]
+    for grads in grads_seq:
+        for i, (w, g) in enumerate(zip(ws, grads)):
+            g = g.numpy().astype(np.float64)
+            if l1_mode == "subgradient":
+                g = g + l1 * np.sign(w)
+            bufs[i] = bufs[i] + (1 - momentum) * (g - bufs[i])
+            u = g + momentum * (bufs[i] - g) if nesterov else bufs[i]
+            o = fusedreg.optim.newton_schulz(torch.from_numpy(u), coefficients=(3.4445, -4.775, 2.0315), steps=5,
+                                             eps=1e-7).double().numpy()
+            a, b = w.shape
+            w = w * (1 - lr * weight_decay) - lr * np.sqrt(max(1, a / b)) * o
+            if l1_mode == "decoupled":
+                w = np.sign(w) * np.maximum(np.abs(w) - lr * l1, 0)
+            w = np.where(np.abs(w) <= np.sqrt(2 * lr * l0), 0.0, w)
+            if nonneg:
+                w = np.maximum(w, 0)
+            norms = np.linalg.norm(w, axis=1 - group_dim, keepdims=True)
+            size = w.shape[1 - group_dim]
+            w = w * np.maximum(1 - lr * group_l1 * np.sqrt(size) / np.where(norms > 0, norms, 1), 0)
+            ws[i] = w
+    return ws
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(l1=0.5, l1_mode="decoupled", l0=1e-4, nonneg=False, group_l1=0.3, group_dim=0, nesterov=True),
+    dict(l1=0.5, l1_mode="decoupled", l0=0.0, nonneg=True, group_l1=0.5, group_dim=1, nesterov=False),
+    dict(l1=0.2, l1_mode="subgradient", l0=1e-3, nonneg=False, group_l1=0.0, group_dim=0, nesterov=True),
+], ids=["decoupled-rows", "decoupled-nonneg-cols", "subgradient-l0"])
+def test_muon_penalties_match_an_fp64_implementation(cfg, backend):
+    g = torch.Generator().manual_seed(5)
+    ps = [torch.randn(12, 5, generator=g, dtype=torch.float64) * 0.3,
+          torch.randn(4, 9, generator=g, dtype=torch.float64) * 0.3]
+    grads_seq = [[torch.randn(p.shape, generator=g, dtype=torch.float64) for p in ps] for _ in range(6)]
+    hp = dict(lr=0.05, weight_decay=0.1, momentum=0.9, **cfg)
+    want = muon_fp64(ps, grads_seq, **hp)
+    ours = [p.clone().requires_grad_() for p in ps]
+    opt = fusedreg.Muon(ours, backend=backend, **hp)
+    for grads in grads_seq:
+        for p, gr in zip(ours, grads):
+            p.grad = gr.clone()
+        opt.step()
+    zeros = 0
+    for p, w in zip(ours, want):
+        w = torch.from_numpy(w)
+        assert torch.equal(p.detach() == 0, w == 0)
+        assert rel_err(p.detach(), w) <= 1e-12
+        zeros += int((w == 0).sum())
+    assert 0 < zeros < sum(p.numel() for p in ps), "the penalties must zero some weights and keep others"
+
+
+def test_muon_refuses_prox_l1_and_torchs_bad_inputs():
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="l1_mode='prox' is not defined for Muon.*decoupled"):
+        fusedreg.Muon([w], l1=0.1, l1_mode="prox")
+    with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
+        fusedreg.Muon([torch.nn.Parameter(torch.randn(3))])
+    with pytest.raises(ValueError, match="Adjust learning rate function bad is not supported"):
+        fusedreg.Muon([w], adjust_lr_fn="bad")
+    with pytest.raises(ValueError, match="exactly 3"):
+        fusedreg.Muon([w], ns_coefficients=(1.0, 2.0))
+    with pytest.raises(ValueError, match="Number of steps"):
+        fusedreg.Muon([w], ns_steps=100)
+    with pytest.raises(ValueError, match="Invalid lr"):
+        fusedreg.Muon([w], lr=-1.0)
+
+
+def test_muon_adamw_groups_step_as_fusedreg_adamw_in_the_same_step(backend):
+    # KellerJordan/Muon's MuonWithAuxAdam split: hidden 2-D weights with Muon, the rest (here biases and the
+    # output layer) with AdamW's math and its own penalties, in one optimizer; against the two optimizers apart.
+    def net():
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16), torch.nn.Tanh(),
+                                   torch.nn.Linear(16, 3))
+
+    def split(m):
+        hidden = [m[0].weight, m[2].weight]
+        return hidden, [p for p in m.parameters() if all(p is not h for h in hidden)]
+
+    one, two = net(), net()
+    hidden, rest = split(one)
+    side = dict(lr=0.01, betas=(0.9, 0.95), weight_decay=0.01, l1=1e-3)
+    opt = fusedreg.Muon([dict(params=hidden, l1=0.05, group_l1=0.02),
+                         dict(params=rest, use_muon=False, **side)], lr=0.02, backend=backend)
+    hidden2, rest2 = split(two)
+    muon = fusedreg.Muon(hidden2, lr=0.02, l1=0.05, group_l1=0.02, backend=backend)
+    adamw = fusedreg.AdamW(rest2, **side, backend=backend)
+    X, y = data(torch.float32)
+    for _ in range(10):
+        for m, opts in ((one, [opt]), (two, [muon, adamw])):
+            for o in opts:
+                o.zero_grad()
+            ((m(X) - y) ** 2).mean().backward()
+            for o in opts:
+                o.step()
+    assert torch.equal(flat(one), flat(two))
+    assert (hidden[0] == 0).any()
+    g = opt.param_groups[1]
+    assert (g["eps"], g["amsgrad"], g["l1_mode"]) == (1e-8, False, "prox")  # AdamW's defaults, not Muon's
+    assert set(opt.state[rest[0]]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert set(opt.state[hidden[0]]) == {"momentum_buffer"}
+    # the state_dict round trip keeps both kinds of group
+    again = fusedreg.Muon([dict(params=split(two)[0]), dict(params=split(two)[1], use_muon=False)], backend=backend)
+    again.load_state_dict(opt.state_dict())
+    assert again.param_groups[1]["betas"] == (0.9, 0.95) and not again.param_groups[1]["use_muon"]

@@ -6,6 +6,7 @@ upstream's TestOptimRenewed that a user switching from torch.optim can hit, writ
 itself as the oracle."""
 import copy
 import functools
+import inspect
 import io
 import pickle
 import re
@@ -30,7 +31,9 @@ def ours(name, backend):
 
 
 def theirs(name):
-    return functools.partial(INFOS[name].optim_cls, foreach=False)
+    cls = INFOS[name].optim_cls
+    # torch.optim.Muon has one implementation and no foreach keyword
+    return functools.partial(cls, **({"foreach": False} if "foreach" in inspect.signature(cls).parameters else {}))
 
 
 def inputs(name):
@@ -88,11 +91,23 @@ def test_error_inputs_raise_as_torch_optim_does(name, backend):
 # ---------------------------------------------------------------------------------------------------------------
 # Every optim_input: our trajectory and state against torch.optim's.
 
-def make_params(dtype, seed=0):
-    """What torch's tests step: a weight and a bias, a non-contiguous pair, a 0-dim and a zero-size param."""
+# The optimizers that take 2-D params only (torch.optim.Muon): their params are all matrices.
+TWO_D = ("Muon",)
+
+
+def make_params(dtype, seed=0, name=""):
+    """What torch's tests step: a weight and a bias, a non-contiguous pair, a 0-dim and a zero-size param (for
+    TWO_D: a weight, a (10, 1) bias, a non-contiguous tall and wide matrix and a zero-size one)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, dtype=dtype, generator=g)
+    if name in TWO_D:
+        return [r(10, 5), r(10, 1), r(10, 5, 2)[..., 0], r(4, 6).T, r(0, 3)]
     return [r(10, 5), r(10), r(10, 5, 2)[..., 0], r(10, 2)[..., 0], r(()), r(0, 3)]
+
+
+def name_of(make):
+    """The class name behind ours()/theirs()."""
+    return make.func.__name__
 
 
 def set_grads(ps, k, skip=()):
@@ -121,7 +136,7 @@ def test_every_optim_input_follows_torch_optim(name, dtype, backend):
     5; params and every state tensor compared after each step."""
     for sched in scheduler_sets(name, backend):
         for a_in, b_in in zip(inputs(name), inputs(name)):
-            pa, pb = make_params(dtype), make_params(dtype)
+            pa, pb = make_params(dtype, name=name), make_params(dtype, name=name)
             a = ours(name, backend)(pa, **a_in.kwargs)
             b = theirs(name)(pb, **b_in.kwargs)
             sa = [c(a) for c in sched or ()]
@@ -135,9 +150,12 @@ def test_every_optim_input_follows_torch_optim(name, dtype, backend):
                 step_schedulers(sa)
                 step_schedulers(sb)
                 where = f"{a_in.desc}, schedulers {sched}, step {k}"
+                # torch.optim.Muon keeps a tensor lr a tensor: it forms lr*ratio and 1 - lr*wd in the lr's float32
+                # (ours in double, as for a float lr), an fp32 rounding apart
+                tol = torch.float32 if name == "Muon" and torch.is_tensor(a_in.kwargs.get("lr")) else dtype
                 for p, q in zip(pa, pb):
-                    assert close(p, q, dtype), where
-                assert_state_close(a, pa, b, pb, dtype)
+                    assert close(p, q, tol), where
+                assert_state_close(a, pa, b, pb, tol)
             assert [g["lr"] for g in a.param_groups] == pytest.approx([float(g["lr"]) for g in b.param_groups])
 
 
@@ -147,7 +165,7 @@ def test_param_groups_and_closure_follow_torch_optim(name, backend):
     x = torch.randn(5, dtype=torch.float64)
     models = []
     for make in (ours(name, backend), theirs(name)):
-        w, b = [p.requires_grad_() for p in make_params(torch.float64)[:2]]
+        w, b = [p.requires_grad_() for p in make_params(torch.float64, name=name)[:2]]
         opt = make([{"params": [w], "weight_decay": 0.1}, {"params": [b], "lr": 0.02}], lr=0.01)
         models.append((w, b, opt))
     for _ in range(5):
@@ -168,7 +186,7 @@ def test_param_groups_and_closure_follow_torch_optim(name, backend):
 # Complex params: our complex run equals our run on view_as_real copies (torch's own complex check) and torch.optim's
 # complex run.
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if INFOS[n].supports_complex])  # Muon: an error input
 def test_complex_params_follow_their_real_view_and_torch_optim(name, backend):
     all_inputs = common_optimizers._get_optim_inputs_including_global_cliquey_kwargs(
         "cpu", torch.complex64, INFOS[name], skip=("differentiable",))
@@ -204,7 +222,7 @@ def rosenbrock(xy):
     return (1 - x) ** 2 + 100 * (y - x ** 2) ** 2
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if INFOS[n].supports_complex])
 def test_complex_2d_rosenbrock_equals_separate_real_params(name, backend):
     # f(z) on one complex param of 2 elements against the same f on its real and imaginary parts as two params.
     kw = dict(lr=1e-3) if name != "Adagrad" else dict(lr=1e-2)
@@ -252,8 +270,9 @@ def test_sparse_rosenbrock_follows_torch_optim(name, backend):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if not INFOS[n].supports_sparse])
 def test_sparse_gradients_are_refused_with_torch_optims_error(name, backend):
-    p, q = torch.randn(4), torch.randn(4)
-    p.grad, q.grad = torch.ones(4).to_sparse(), torch.ones(4).to_sparse()
+    shape = (4, 1) if name in TWO_D else (4,)
+    p, q = torch.randn(shape), torch.randn(shape)
+    p.grad, q.grad = torch.ones(shape).to_sparse(), torch.ones(shape).to_sparse()
     with pytest.raises(RuntimeError) as want:
         theirs(name)([q]).step()
     with pytest.raises(RuntimeError, match=re.escape(str(want.value))):
@@ -265,7 +284,7 @@ def test_sparse_gradients_are_refused_with_torch_optims_error(name, backend):
 # step), the state_dict hooks; deepcopy and pickle; printing.
 
 def trained(make, dtype=torch.float32, steps=3, **kw):
-    ps = make_params(dtype)
+    ps = make_params(dtype, name=name_of(make))
     opt = make(ps, **kw)
     for k in range(steps):
         set_grads(ps, k)
@@ -328,7 +347,8 @@ def test_named_params_state_dict_moves_both_ways_with_torch_optim(name, backend)
     # unnamed optimizer and back.
     for first, second in (("ours", "torch"), ("torch", "ours")):
         torch.manual_seed(1)
-        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+        bias = name not in TWO_D
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=bias), torch.nn.Linear(3, 2, bias=bias))
         makers = {"ours": ours(name, backend), "torch": theirs(name)}
         src = makers[first](model.named_parameters(), lr=0.01)
         x = torch.randn(5, 4)
@@ -338,7 +358,7 @@ def test_named_params_state_dict_moves_both_ways_with_torch_optim(name, backend)
             src.step()
         dst = makers[second](model.parameters(), lr=0.01)
         dst.load_state_dict(copy.deepcopy(src.state_dict()))
-        assert dst.state_dict()["param_groups"][0]["param_names"] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+        assert dst.state_dict()["param_groups"][0]["param_names"] == [n for n, _ in model.named_parameters()]
         ps = list(model.parameters())
         assert_state_close(dst, ps, src, ps, torch.float32)
 
@@ -369,7 +389,7 @@ def test_state_dict_hooks_fire(name, backend):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_step_hooks_fire_in_order(name, backend):
-    ps = make_params(torch.float32)
+    ps = make_params(torch.float32, name=name)
     opt = ours(name, backend)(ps, lr=0.01)
     calls = []
     h1 = opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
@@ -422,7 +442,7 @@ def test_copies_continue_identically(name, how, backend):
 @pytest.mark.parametrize("name", NAMES)
 def test_step_without_grads_is_a_no_op_as_in_torch_optim(name, backend):
     for a_in, b_in in zip(inputs(name), inputs(name)):
-        pa, pb = make_params(torch.float32), make_params(torch.float32)
+        pa, pb = make_params(torch.float32, name=name), make_params(torch.float32, name=name)
         a, b = ours(name, backend)(pa, **a_in.kwargs), theirs(name)(pb, **b_in.kwargs)
         for opt in (a, b):
             opt.step()  # no grad anywhere
@@ -443,7 +463,7 @@ def test_grad_scaler_skips_inf_steps_and_unscales_as_torch_optim(name, backend):
     x = torch.randn(5)
     runs = []
     for make in (ours(name, backend), theirs(name)):
-        w, b = [p.requires_grad_() for p in make_params(torch.float32)[:2]]
+        w, b = [p.requires_grad_() for p in make_params(torch.float32, name=name)[:2]]
         opt = make([w, b], lr=0.01)
         runs.append((w, b, opt, torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=2)))
     for k in range(6):

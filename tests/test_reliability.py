@@ -452,10 +452,12 @@ def test_a_valid_optimizer_step_never_takes_the_python_walk(monkeypatch):
 
 # The kernel-level tests below: momentum on, AdamW's decay, so that lr reaches every term of the update.
 KERNEL_HP = {"sgd_": dict(momentum=0.9), "adam_": dict(decoupled=True), "adagrad_": dict(), "ftrl_": dict(),
-             "lion_": dict()}
+             "lion_": dict(), "muon_": dict(lr_ratio=1.5)}
+# muon_momentum_ has neither lr nor group lasso (its kernels run before Muon's orthogonalization)
+PENALTY_OPS = [op for op in OPS if "group_dim" in fusedreg._ops.defaults(op)]
 
 
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", PENALTY_OPS)
 def test_kernel_rejects_a_bad_group_dim_before_anything_moves(op, backend):
     # The kernels themselves (below fusedreg.functional's checks): Adam/Adagrad must not advance their step
     # counters, and nothing may be written, before the group arguments are checked.
@@ -468,7 +470,7 @@ def test_kernel_rejects_a_bad_group_dim_before_anything_moves(op, backend):
 
 
 @pytest.mark.parametrize("lr_dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", PENALTY_OPS)
 def test_kernel_lr_tensor_replaces_the_float_lr(op, lr_dtype, backend):
     # The kernels take lr as a one-element tensor too (read on the device by the CUDA kernels: no host sync, so
     # a step can be captured in a CUDA graph); it must step exactly like the float it holds, group lasso included.
@@ -857,3 +859,67 @@ def test_unloadable_extension_falls_back_with_one_warning_and_explains_why(mode,
     assert r["auto"] == "torch"
     assert cause in r["cpp_error"]
     assert r["same"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Muon: 2-D params only, so its own params and cases (bad values at the step, state, sparse and complex grads)
+
+MUON_SHAPES = ((16, 6), (6, 16), (3, 16), (16, 3))
+MUON_HYPER = ["lr", "momentum", "weight_decay", "eps", "l1", "l0", "group_l1"]
+
+
+def muon_trained(backend, steps=2, **kw):
+    ps = params(shapes=MUON_SHAPES)
+    opt = fusedreg.Muon([dict(params=ps[:2]), dict(params=ps[2:])], lr=0.02, l1=0.01, group_l1=0.01, **kw,
+                        backend=backend)
+    train(ps, opt, steps)
+    set_grads(ps, steps)
+    return ps, opt
+
+
+@pytest.mark.parametrize("key", MUON_HYPER)
+def test_muon_hyperparameter_edited_to_a_bad_value_fails_at_step_before_any_group_moves(key, backend):
+    ps, opt = muon_trained(backend)
+    snap = snapshot(ps, opt)
+    group = opt.param_groups[1]
+    saved = copy.deepcopy({k: v for k, v in group.items() if k != "params"})
+    for value in (-1.0, float("nan")):
+        group[key] = value
+        with pytest.raises(ValueError, match=key):
+            opt.step()
+        assert_unchanged(ps, opt, snap)
+    for key, value, match in (("l1_mode", "prox", "prox"), ("ns_steps", 100, "steps"),
+                              ("ns_coefficients", (1.0,), "3 values"), ("adjust_lr_fn", "x", "Adjust")):
+        group.update(saved)
+        group[key] = value
+        with pytest.raises(ValueError, match=match):
+            opt.step()
+        assert_unchanged(ps, opt, snap)
+
+
+def test_muon_sparse_or_complex_grads_and_bad_state_are_refused_before_anything_moves(backend):
+    ps, opt = muon_trained(backend)
+    ps[3].grad = ps[3].grad.to_sparse()  # the last param: earlier ones must not have been stepped
+    _step_and_expect(ps, opt, RuntimeError, "Muon does not support sparse gradients")
+    set_grads(ps, 2)
+    opt.state[ps[3]]["momentum_buffer"] = opt.state[ps[3]]["momentum_buffer"].double()
+    _step_and_expect(ps, opt, RuntimeError, "momentum_buffer")
+    z = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.complex64))
+    z.grad = torch.randn_like(z)
+    opt = fusedreg.Muon([ps[0], z], backend=backend)
+    set_grads(ps[:1], 0)
+    _step_and_expect([ps[0], z], opt, RuntimeError, "Muon does not support complex parameters")
+
+
+def test_muon_state_dict_of_another_optimizer_or_shape_is_rejected(backend):
+    ps, opt = muon_trained(backend)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][1]["momentum_buffer"] = sd["state"][1]["momentum_buffer"][:3].clone()
+    _load_then_step(ps, opt, sd, r"shape|\(3, 16\)")
+    ps2, sgd = muon_trained(backend)[0], None
+    sgd = fusedreg.AdamW([dict(params=ps2[:2]), dict(params=ps2[2:])], backend=backend)
+    train(ps2, sgd, 2)
+    sd = copy.deepcopy(sgd.state_dict())
+    for g in sd["param_groups"]:
+        g.update({k: v for k, v in opt.param_groups[0].items() if k != "params"})
+    _load_then_step(ps, opt, sd, "exp_avg|momentum_buffer|step")

@@ -22,7 +22,7 @@ import torch
 from .. import _ops
 
 # Each op's entry lives in the module named after its stem (fusedreg/triton/sgd.py has sgd_), as in csrc/.
-OPS = {op: getattr(importlib.import_module(f"{__name__}.{op.rstrip('_')}"), op) for op in _ops.ARGS}
+OPS = {op: getattr(importlib.import_module(f"{__name__}.{_ops.stem(op)}"), op) for op in _ops.ARGS}
 
 _lib = torch.library.Library(_ops.LIB, "FRAGMENT")
 _PEN = {a.name for a in _ops.ELEMENTWISE}  # an entry takes these as **pen (fusedreg.triton.math.penalties)

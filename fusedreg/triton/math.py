@@ -252,6 +252,33 @@ def adagrad_update(p, g, s, gs, clr, eps, weight_decay, pen,
 
 
 @triton.jit
+def muon_momentum_update(p, g, buf, gs, momentum, pen, HAS_GS: tl.constexpr, MAXIMIZE: tl.constexpr,
+                         PEN: tl.constexpr, NESTEROV: tl.constexpr):
+    """Muon's momentum (momentum fp64): buf = lerp(buf, g, 1 - momentum); the orthogonalization's input
+    lerp(g, buf, momentum) with nesterov, else buf. p is only read."""
+    dt = p.dtype
+    g = prep_grad(p, g, gs, weight_decay=0.0, pen=pen, HAS_GS=HAS_GS, MAXIMIZE=MAXIMIZE, PEN=PEN)
+    buf = lerp(buf, g, (1.0 - momentum).to(dt))
+    update = buf
+    if NESTEROV:
+        update = lerp(g, buf, momentum.to(dt))
+    return buf, update
+
+
+@triton.jit
+def muon_update(p, u, gs, lr, lr_ratio, weight_decay, pen, HAS_GS: tl.constexpr, PEN: tl.constexpr):
+    """Muon's step from the orthogonalized update u (scalars fp64): u / grad_scale, decay, then torch's
+    add_(u, alpha=-lr*lr_ratio) (one FMA), then the penalties with step lr and no denominator."""
+    dt = p.dtype
+    if HAS_GS:
+        u = div(u, gs)
+    if weight_decay != 0:
+        p = p * (1.0 - lr * weight_decay).to(dt)
+    p = tl.fma(u, tl.broadcast_to((-(lr * lr_ratio)).to(dt), u.shape), p)
+    return prox(p, 1.0, lr, pen=pen, PEN=PEN, HAS_DENOM=False)
+
+
+@triton.jit
 def ftrl_power(n, neg_power, POWER: tl.constexpr):
     """n^(-lr_power), neg_power = -lr_power in fp64: sqrt for -0.5 (POWER 0), 1 for 0 (POWER 1), else (POWER 2)
     exp2(e*log2(n)) in fp64, with e rounded to the compute dtype first (libdevice's pow does not run under the
