@@ -1,6 +1,7 @@
 // The Python module fusedreg._C. Importing it loads the shared library, whose static initializers register the
-// CPU (and CUDA) kernels for the fusedreg::* schemas defined in fusedreg/_ops.py; its one Python function is the
-// optimizers' fast input check (check.cpp).
+// CPU (and CUDA) kernels of the fusedreg::* ops; fusedreg/_ops.py imports it before it defines their schemas, so
+// that torch checks each kernel against its schema in a Python call (a stale build is an ImportError there). Its
+// Python functions are the optimizers' fast input checks (check.cpp).
 #include <torch/csrc/utils/pybind.h>
 
 namespace fusedreg {
