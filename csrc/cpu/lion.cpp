@@ -15,10 +15,10 @@ void lion_cpu(FUSEDREG_LION_PARAMS) {
   const LionArgs args = lion_args(lr, beta1, beta2, weight_decay, maximize, penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_lion_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
-    run_closed_form<scalar_t>(st, make_lion<O>(args), lr, group_l1, group_dim, l2, grad_scale,
-                              [](auto& p, auto g, auto& m, const auto& s, bool hs, O scale) {
-                                lion_update(p, g, m, s, hs, scale);
-                              });
+    run_closed_form<scalar_t, 1>(st, make_lion<O>(args), lr, group_l1, group_dim, l2, grad_scale,
+                                 [](auto& p, auto g, auto& m, const auto& s, bool hs, O scale) {
+                                   lion_update(p, g, m[0], s, hs, scale);
+                                 });
   });
   st.finish();
 }

@@ -392,21 +392,21 @@ inline double advance(const at::Tensor& step) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The whole call of an op with one state list and no metric (SGD, Lion): update(p, g, state, scalars, has_scale,
-// scale) over every element, with the group prox of SGD's closed form and the scalar step lr.
-template <typename T, typename S, typename F>
+// The whole call of an op with NS state lists and no metric (SGD, Lion: 1; muon_: 0): update(p, g, states, scalars,
+// has_scale, scale) over every element, with the group prox of SGD's closed form and the scalar step lr.
+template <typename T, int NS, typename S, typename F>
 void run_closed_form(const Staged& st, const S& sc, double lr, double group_l1, int64_t group_dim, double l2,
                      const std::optional<at::Tensor>& grad_scale, const F& update) {
   using O = at::opmath_type<T>;
   const auto [has_scale, scale] = scale_of<O>(grad_scale);
-  std::vector<Slot<T, O, 1, S>> slots;
+  std::vector<Slot<T, O, NS, S>> slots;
   std::vector<GroupJob<O>> jobs;
   for (size_t i = 0; i < st.n; ++i) {
-    slots.push_back(make_slot<T, O, 1>(st, i, sc));
+    slots.push_back(make_slot<T, O, NS>(st, i, sc));
     add_group_job<O>(jobs, st, i, lr, group_l1, group_dim, l2, nullptr, O(1), O(0));
   }
   run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto g, auto& st_) {
-    update(p, g, st_[0], s, hs, scale);
+    update(p, g, st_, s, hs, scale);
   });
 }
 

@@ -37,18 +37,10 @@ void muon_cpu(FUSEDREG_MUON_PARAMS) {
   const MuonArgs args = muon_args(lr, lr_ratio, weight_decay, penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_muon_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
-    using S = MuonScalars<O>;
-    const S sc = make_muon<O>(args);
-    const auto [has_scale, scale] = scale_of<O>(grad_scale);
-    std::vector<Slot<scalar_t, O, 0, S>> slots;
-    std::vector<GroupJob<O>> jobs;
-    for (size_t i = 0; i < st.n; ++i) {
-      slots.push_back(make_slot<scalar_t, O, 0>(st, i, sc));
-      add_group_job<O>(jobs, st, i, lr, group_l1, group_dim, l2, nullptr, O(1), O(0));
-    }
-    run_update(slots, jobs, group_dim, has_scale, [&, scale = scale](const S& s, bool hs, auto& p, auto u, auto&) {
-      muon_update(p, u, s, hs, scale);
-    });
+    run_closed_form<scalar_t, 0>(st, make_muon<O>(args), lr, group_l1, group_dim, l2, grad_scale,
+                                 [](auto& p, auto u, auto&, const auto& s, bool hs, O scale) {
+                                   muon_update(p, u, s, hs, scale);
+                                 });
   });
   st.finish();
 }

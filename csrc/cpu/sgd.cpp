@@ -17,10 +17,10 @@ void sgd_cpu(FUSEDREG_SGD_PARAMS) {
                                 penalty_args(FUSEDREG_PENALTY_NAMES));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.dtype, "fusedreg_sgd_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
-    run_closed_form<scalar_t>(st, make_sgd<O>(args), lr, group_l1, group_dim, l2, grad_scale,
-                              [](auto& p, auto g, auto& buf, const auto& s, bool hs, O scale) {
-                                sgd_update(p, g, buf, s, hs, scale);
-                              });
+    run_closed_form<scalar_t, 1>(st, make_sgd<O>(args), lr, group_l1, group_dim, l2, grad_scale,
+                                 [](auto& p, auto g, auto& buf, const auto& s, bool hs, O scale) {
+                                   sgd_update(p, g, buf[0], s, hs, scale);
+                                 });
   });
   st.finish();
 }
